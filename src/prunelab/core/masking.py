@@ -1,0 +1,223 @@
+"""Pruning masks as ``torch.nn.utils.parametrize`` parametrizations.
+
+A pruned tensor ``W`` is stored as its unconstrained original ``W₀`` plus a boolean keep-mask ``M``;
+the module sees ``W = W₀ ⊙ M``. Because the product sits inside autograd, ``∂L/∂W₀ = ∂L/∂W ⊙ M``:
+masked entries receive an exactly zero gradient, so neither momentum nor weight decay nor Adam's
+moments can ever bring them back into the effective weight. Masks are boolean, ``True`` = keep, and
+only ever shrink (:func:`update_mask` intersects the new mask with the old one).
+
+All mask state is addressed by the qualified parameter name (``"features.0.weight"``), never by module
+objects, so it can be saved, loaded and compared across processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from prunelab.errors import CheckpointError
+
+
+class Mask(nn.Module):
+    """Parametrization ``W = W₀ ⊙ M`` with a boolean keep-mask buffer ``M``.
+
+    Args:
+        shape: shape of the parametrized tensor.
+        device: device of the mask buffer.
+    """
+
+    def __init__(self, shape: torch.Size | tuple[int, ...], device: torch.device | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=device))
+
+    def forward(self, original: Tensor) -> Tensor:
+        """Return the effective tensor ``original ⊙ mask``."""
+        return original * self.mask.to(original.dtype)
+
+
+def _split(fqn: str) -> tuple[str, str]:
+    module_name, _, param_name = fqn.rpartition(".")
+    return module_name, param_name
+
+
+def _mask_of(module: nn.Module, name: str) -> Mask | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:  # type: ignore[index]
+        if isinstance(p, Mask):
+            return p
+    return None
+
+
+def add_mask(module: nn.Module, name: str = "weight") -> Mask:
+    """Attach an all-ones :class:`Mask` to ``module.<name>`` (idempotent) and return it.
+
+    Attach masks *before* building the optimizer: parametrize replaces the parameter by a new
+    ``original`` parameter only the first time a parametrization is registered.
+    """
+    existing = _mask_of(module, name)
+    if existing is not None:
+        return existing
+    tensor = getattr(module, name)
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{type(module).__name__}.{name} is not a tensor and cannot be masked")
+    mask = Mask(tensor.shape, device=tensor.device)
+    # unsafe=True skips parametrize's consistency check, which would run a forward for nothing.
+    parametrize.register_parametrization(module, name, mask, unsafe=True)
+    return mask
+
+
+def has_mask(module: nn.Module, name: str = "weight") -> bool:
+    """Whether ``module.<name>`` carries a prunelab :class:`Mask`."""
+    return _mask_of(module, name) is not None
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> Tensor:
+    """The boolean keep-mask of ``module.<name>`` (all ones if the tensor is not masked)."""
+    mask = _mask_of(module, name)
+    if mask is None:
+        return torch.ones_like(getattr(module, name), dtype=torch.bool)
+    return mask.mask
+
+
+def original(module: nn.Module, name: str = "weight") -> Tensor:
+    """The unconstrained tensor ``W₀`` behind ``module.<name>`` (the tensor itself if not parametrized).
+
+    With several stacked parametrizations (e.g. an interspace filter basis), this is the input of the
+    first one.
+    """
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original  # type: ignore[index,return-value]
+    return getattr(module, name)
+
+
+@torch.no_grad()
+def update_mask(module: nn.Module, name: str, keep: Tensor) -> Tensor:
+    """Intersect the mask of ``module.<name>`` with ``keep`` and zero the pruned originals.
+
+    The intersection guarantees that masks only shrink, whatever the criterion proposes. The
+    originals at pruned positions are zeroed as well, so that baking, rewinding and weight decay all
+    see the same zeros as the forward pass.
+
+    Returns:
+        The new mask.
+    """
+    mask = add_mask(module, name)
+    if keep.shape != mask.mask.shape:
+        raise ValueError(f"mask of shape {tuple(keep.shape)} does not fit tensor {tuple(mask.mask.shape)}")
+    mask.mask &= keep.to(device=mask.mask.device, dtype=torch.bool)
+    orig = original(module, name)
+    if orig.shape == mask.mask.shape:
+        orig.mul_(mask.mask.to(orig.dtype))
+    return mask.mask
+
+
+def iter_masks(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, Tensor]]:
+    """Yield ``(fqn, module, param_name, mask)`` for every masked tensor of ``model``."""
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+            mask = _mask_of(module, name)
+            if mask is not None:
+                fqn = f"{module_name}.{name}" if module_name else name
+                yield fqn, module, name, mask.mask
+
+
+def masks_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """All masks of ``model`` as ``{parameter fqn: bool tensor}`` (CPU copies)."""
+    return {fqn: m.detach().cpu().clone() for fqn, _, _, m in iter_masks(model)}
+
+
+@torch.no_grad()
+def load_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Attach and set the masks in ``masks`` (as produced by :func:`masks_state_dict`).
+
+    Raises:
+        CheckpointError: if a mask names a tensor the model lacks or has the wrong shape.
+    """
+    modules = dict(model.named_modules())
+    for fqn, keep in masks.items():
+        module_name, name = _split(fqn)
+        module = modules.get(module_name)
+        if module is None or not isinstance(getattr(module, name, None), Tensor):
+            raise CheckpointError(f"mask for {fqn!r} does not match any tensor of the model")
+        if tuple(getattr(module, name).shape) != tuple(keep.shape):
+            raise CheckpointError(
+                f"mask for {fqn!r} has shape {tuple(keep.shape)}, the model's tensor "
+                f"{tuple(getattr(module, name).shape)}"
+            )
+        mask = add_mask(module, name)
+        mask.mask.copy_(keep.to(torch.bool))
+        original(module, name).mul_(mask.mask.to(original(module, name).dtype))
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Replace every masked tensor by a plain parameter holding ``W₀ ⊙ M`` (in place).
+
+    Other parametrizations stacked on the same tensor are baked with it.
+
+    Returns:
+        ``model``, now free of prunelab masks.
+    """
+    for _, module, name, _ in list(iter_masks(model)):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state_dict as it would be after :func:`bake`: effective tensors under plain names.
+
+    Parametrized tensors appear under their ordinary key (``"conv.weight"``) with their masked value,
+    and the parametrization internals (``original``, mask buffers) are left out, so a plain, unpruned
+    copy of the architecture loads the result with ``load_state_dict``.
+    """
+    state: dict[str, Tensor] = {}
+    parametrized: set[str] = set()
+    for module_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            prefix = f"{module_name}." if module_name else ""
+            for name in module.parametrizations.keys():  # type: ignore[union-attr]
+                state[prefix + name] = getattr(module, name).detach().clone()
+                parametrized.add(prefix + "parametrizations." + name + ".")
+    for key, value in model.state_dict().items():
+        if not any(key.startswith(p) for p in parametrized):
+            state[key] = value
+    return state
+
+
+@torch.no_grad()
+def load_plain_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict: bool = True) -> None:
+    """Load a plain state_dict (see :func:`plain_state_dict`) into a possibly masked model.
+
+    Values for masked tensors go into their originals and are then multiplied by the current mask, so
+    the mask keeps winning over whatever the file holds.
+    """
+    modules = dict(model.named_modules())
+    rest: dict[str, Tensor] = {}
+    for key, value in state.items():
+        module_name, name = _split(key)
+        module = modules.get(module_name)
+        if module is not None and parametrize.is_parametrized(module, name):
+            if tuple(value.shape) != tuple(getattr(module, name).shape):
+                raise CheckpointError(
+                    f"{key}: checkpoint shape {tuple(value.shape)} != model shape "
+                    f"{tuple(getattr(module, name).shape)}"
+                )
+            orig = original(module, name)
+            orig.copy_(value)
+            mask = _mask_of(module, name)
+            if mask is not None:
+                orig.mul_(mask.mask.to(orig.dtype))
+        else:
+            rest[key] = value
+    expected = {k for k in model.state_dict() if ".parametrizations." not in k}
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    missing = [k for k in missing if k in expected and k not in state]
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"state_dict does not match the model (missing {missing[:5]}, unexpected {list(unexpected)[:5]})"
+        )
