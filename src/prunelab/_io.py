@@ -85,3 +85,67 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             f"checkpoint {path} cannot be loaded safely ({first[:160]}); "
             "it is corrupted or not a weights-only state_dict — re-create or re-download it"
         ) from None
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file (``sha256`` or ``md5``), read in chunks."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_url(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    md5: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` and verify its checksum before moving it into place.
+
+    A file that already exists with the right checksum is not downloaded again. A checksum mismatch
+    deletes the partial download and raises, so a corrupted file never reaches the data folder.
+
+    Raises:
+        prunelab.errors.DataNotFoundError: the URL cannot be reached or the checksum does not match.
+    """
+    import shutil
+    import urllib.request
+
+    from prunelab.errors import DataNotFoundError
+
+    dest = Path(dest)
+
+    def verified(path: Path) -> bool:
+        if sha256 and not file_digest(path, "sha256").startswith(sha256.lower()):
+            return False
+        return not (md5 and file_digest(path, "md5") != md5.lower())
+
+    if dest.is_file() and verified(dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            shutil.copyfileobj(response, out)
+        if not verified(tmp):
+            raise DataNotFoundError(
+                f"checksum mismatch for {url}; the download is corrupted or the file changed upstream — "
+                "retry, or place a verified copy at " + str(dest)
+            )
+        os.replace(tmp, dest)
+    except DataNotFoundError:
+        raise
+    except OSError as exc:
+        raise DataNotFoundError(
+            f"cannot download {url} ({exc}); check the network, or place the file at {dest} by hand"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
