@@ -1,0 +1,173 @@
+"""The ``prunelab`` command line.
+
+Subcommands: ``demo``, ``run``, ``validate``, ``list`` and ``report``; ``prunelab SUBCOMMAND --help``
+documents each. User errors (bad recipe, missing data, corrupted checkpoint, ...) print one line
+``prunelab: error: ...`` and exit non-zero (2 for recipe errors) without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from prunelab.errors import PrunelabError
+
+LISTABLE = ("models", "datasets", "methods", "criteria", "schedules", "granularities", "pretrained")
+
+
+def _registry(kind: str):  # noqa: ANN202 - returns one of several Registry types
+    if kind == "models":
+        from prunelab.models import MODELS as reg
+    elif kind == "pretrained":
+        from prunelab.models import PRETRAINED as reg
+    elif kind == "datasets":
+        from prunelab.data import DATASETS as reg
+    elif kind == "methods":
+        from prunelab.experiments.methods import METHODS as reg
+    elif kind == "criteria":
+        from prunelab.criteria import CRITERIA as reg
+    elif kind == "schedules":
+        from prunelab.core.schedules import SCHEDULES as reg
+    else:
+        from prunelab.core.granularity import GRANULARITIES as reg
+    return reg
+
+
+def _default_out(name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``prunelab run RECIPE``: validate, then execute one recipe."""
+    from prunelab.experiments.runner import run_recipe
+    from prunelab.experiments.schema import load_recipe
+    from prunelab.training import distributed as dist
+
+    overrides = list(args.set or [])
+    if args.download:
+        overrides.append("data.download=true")
+    recipe = load_recipe(args.recipe, overrides)
+    dist.init_distributed()
+    try:
+        out = Path(args.out) if args.out else _default_out(recipe.name)
+        summary = run_recipe(recipe, out, data_dir=args.data_dir, progress=not args.quiet,
+                             echo=None if args.quiet else print)
+    finally:
+        dist.cleanup()
+    if dist.is_main_process():
+        print(f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
+              f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x -> {out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``prunelab validate RECIPE ...``: check recipes without running them."""
+    from prunelab.experiments.schema import load_recipe
+
+    failed = 0
+    for path in args.recipes:
+        try:
+            load_recipe(path, list(args.set or []))
+        except PrunelabError as exc:
+            failed += 1
+            print(f"prunelab: error: {exc}", file=sys.stderr)
+        else:
+            print(f"ok: {path}")
+    return 2 if failed else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``prunelab list KIND``: print the registered names with one-line descriptions."""
+    entries = _registry(args.kind).describe()
+    width = max((len(name) for name, _ in entries), default=0)
+    for name, help_text in entries:
+        print(f"{name:<{width}}  {help_text}".rstrip())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``prunelab report RUN_DIR ...``: write a markdown report with a table and a plot."""
+    from prunelab.experiments.report import write_report
+
+    path = write_report(args.run_dirs, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``prunelab demo``: the offline end-to-end demo on scikit-learn's digits."""
+    from prunelab.experiments.demo import run_demo
+
+    run_demo(Path(args.out), quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prunelab`` command."""
+    parser = argparse.ArgumentParser(
+        prog="prunelab",
+        description="Prune convolutional networks and measure what the pruning bought.",
+    )
+    from prunelab import __version__
+
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="offline demo: train a small CNN on digits, prune it at 3 sparsities",
+                       description="Train a small CNN on scikit-learn's digits, prune it at three sparsities "
+                                   "with fine-tuning, print a table and write report.md with a plot. Offline.")
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run one recipe", description="Validate and run a YAML recipe; the run "
+                       "directory gets config.yaml, summary.json, layers.csv, metrics.jsonl, checkpoint.pt, log.txt.")
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set prune.sparsity=0.95 (repeatable)")
+    p.add_argument("--out", help="run directory (default: runs/<recipe>-<timestamp>)")
+    p.add_argument("--data-dir", help="data root (default: $PRUNELAB_DATA or ~/.cache/prunelab)")
+    p.add_argument("--download", action="store_true", help="download missing datasets/weights (needs network)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check recipes without running them",
+                       description="Validate recipes: unknown keys, wrong types, out-of-range values and unknown "
+                                   "names are reported as 'file: field.path: reason'; exit code 2 on any error.")
+    p.add_argument("recipes", nargs="+", help="recipe YAML files")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied before validation")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="list registered components",
+                       description="List registered models, datasets, methods, criteria, schedules, "
+                                   "granularities or pretrained weights.")
+    p.add_argument("kind", choices=LISTABLE)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="write a markdown report over run directories",
+                       description="Collect summary.json of each run (directories are searched recursively) "
+                                   "into report.md with a table and an accuracy-vs-parameters plot.")
+    p.add_argument("run_dirs", nargs="+", help="run directories or folders containing runs")
+    p.add_argument("--out", help="report file (default: <first RUN_DIR>/report.md)")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prunelab`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PrunelabError as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("prunelab: interrupted", file=sys.stderr)
+        return 130
+

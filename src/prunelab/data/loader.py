@@ -1,0 +1,228 @@
+"""A light batch loader for in-memory datasets: seeded shuffling, vectorised augmentation, DDP sharding.
+
+``torch.utils.data.DataLoader`` collates sample by sample in Python, which dominates the step time of a
+small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor, one gather that
+performs the random crops and flips of the whole batch at once, and one fused multiply-add for the
+normalisation. Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is
+reproducible and independent of the global RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from prunelab.data.dataset import Augment, TensorImageDataset
+from prunelab.errors import ConfigError
+
+__all__ = ["BatchLoader", "augment_batch", "make_loader"]
+
+# Distinct streams for the shuffle order and for the augmentation draws, so that changing the
+# augmentation policy does not change which samples land in which batch.
+_SHUFFLE_STREAM = 0
+_AUGMENT_STREAM = 1
+
+
+def _derive_seed(*values: int) -> int:
+    # SeedSequence mixes the tuple properly: (seed=0, epoch=1) and (seed=1, epoch=0) must not collide,
+    # which a naive "seed + epoch" would make them do.
+    state = np.random.SeedSequence([int(v) for v in values]).generate_state(2, dtype=np.uint64)
+    return int(state[0]) & ((1 << 63) - 1)
+
+
+def _generator(*values: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(_derive_seed(*values))
+    return g
+
+
+def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
+
+    Both are folded into one pair of gathers: each sample gets a row offset, a column offset and a flip
+    bit, turned into per-sample row and column index vectors into the padded batch.
+
+    Args:
+        images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader).
+        policy: what to apply.
+        generator: source of randomness (crop offsets first, then flip bits).
+
+    Returns:
+        A new tensor with the shape and dtype of ``images``.
+    """
+    if not policy.active or images.shape[0] == 0:
+        return images
+    b, c, h, w = images.shape
+    p = policy.crop_padding
+    rows = torch.arange(h).expand(b, h)
+    cols = torch.arange(w).expand(b, w)
+    if p > 0:
+        images = F.pad(images, (p, p, p, p))
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1), generator=generator)
+        rows = rows + offsets[0]
+        cols = cols + offsets[1]
+    if policy.flip:
+        flip = torch.rand(b, 1, generator=generator) < 0.5
+        cols = torch.where(flip, cols.flip(1), cols)
+    hp, wp = images.shape[2], images.shape[3]
+    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, wp))
+    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+def _dist_info(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if not distributed:
+        return 0, 1
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        initialised = dist.is_available() and dist.is_initialized()
+        rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
+        world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"distributed: rank {rank} is not in [0, world_size={world_size}); check the launcher")
+    return rank, world_size
+
+
+class BatchLoader:
+    """Iterable of ``(x, y)`` batches over one epoch; build it with :func:`make_loader`.
+
+    Iterating twice yields the same batches; call :meth:`set_epoch` (or build a new loader) to move to the
+    next epoch's order and augmentation draws.
+
+    Attributes:
+        dataset: the dataset batches come from.
+        batch_size: samples per batch (the last one may be smaller unless ``drop_last``).
+        train: shuffle and augment when true.
+        seed: base seed of the shuffle and augmentation generators.
+        epoch: current epoch, mixed into the seeds.
+        rank: this process's shard index (0 without DDP).
+        world_size: number of shards (1 without DDP).
+        drop_last: drop the final incomplete batch.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size: must be a positive integer, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = bool(drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle order and augmentation draws the next iteration uses."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch (DistributedSampler semantics: padded to equal shards)."""
+        return math.ceil(len(self.dataset) / self.world_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch, in iteration order.
+
+        Training order is a permutation drawn from a generator seeded by ``(seed, epoch)`` only, so every
+        rank computes the same permutation; the list is padded by wrapping around to a multiple of
+        ``world_size`` and rank ``r`` takes positions ``r, r + world_size, ...`` — disjoint, equal shards
+        that together cover the epoch, as ``torch.utils.data.DistributedSampler`` does.
+        """
+        n = len(self.dataset)
+        if self.train:
+            order = torch.randperm(n, generator=_generator(self.seed, self.epoch, _SHUFFLE_STREAM))
+        else:
+            order = torch.arange(n)
+        total = self.num_samples * self.world_size
+        if total > n and n > 0:
+            order = order.repeat(math.ceil(total / n))[:total]
+        return order[self.rank : total : self.world_size]
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        ds = self.dataset
+        fast = isinstance(ds, TensorImageDataset)
+        policy = ds.augment if fast and self.train else Augment()
+        # Each rank augments its own samples, so the augmentation stream includes the rank.
+        gen = _generator(self.seed, self.epoch, _AUGMENT_STREAM, self.rank) if policy.active else None
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            if fast:
+                if gen is not None:
+                    images, labels = ds.get_raw_batch(idx)
+                    yield ds.normalize(augment_batch(images, policy, gen)), labels
+                else:
+                    yield ds.get_batch(idx)
+            else:
+                # Foreign datasets: fall back to per-sample access and stacking (no augmentation here).
+                items = [ds[int(i)] for i in idx]
+                yield torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchLoader(n={len(self.dataset)}, batch_size={self.batch_size}, train={self.train}, "
+            f"epoch={self.epoch}, rank={self.rank}/{self.world_size}, batches={len(self)})"
+        )
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    distributed: bool = False,
+    drop_last: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> BatchLoader:
+    """Build the batch iterable for one epoch of ``dataset``.
+
+    Args:
+        dataset: a :class:`~prunelab.data.dataset.TensorImageDataset` (fast path with augmentation) or any
+            map-style dataset of ``(tensor, int)`` items (stacked per batch, never augmented).
+        batch_size: samples per batch, per rank.
+        train: shuffle with a ``(seed, epoch)``-seeded generator and apply the dataset's augmentation
+            policy; evaluation (``False``) keeps the stored order and never augments.
+        seed: run seed.
+        epoch: epoch number, mixed into the shuffle and augmentation seeds.
+        distributed: shard the epoch across ``torch.distributed`` ranks (DistributedSampler semantics,
+            including padding by wrap-around so every rank gets the same number of samples).
+        drop_last: drop the final incomplete batch.
+        rank: override of this process's rank (for tests or custom launchers); implies sharding when
+            ``distributed`` is true.
+        world_size: override of the number of ranks.
+
+    Returns:
+        A :class:`BatchLoader`; ``len()`` is the number of batches per epoch and iteration yields
+        ``(x float32 (B, C, H, W), y int64 (B,))``.
+
+    Raises:
+        ConfigError: a non-positive batch size or an impossible rank.
+    """
+    r, ws = _dist_info(distributed, rank, world_size)
+    return BatchLoader(
+        dataset, batch_size, train=train, seed=seed, epoch=epoch, rank=r, world_size=ws, drop_last=drop_last
+    )

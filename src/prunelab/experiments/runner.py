@@ -1,0 +1,360 @@
+"""Run one recipe end to end and leave a complete run directory behind.
+
+Stages (each a plain function call, in this order):
+
+1. load the data and build the model; initialise it (scratch, registered pretrained weights, a
+   weights file, or another run's checkpoint);
+2. dense training (``train``, skipped when ``train.epochs`` is 0) and the dense measurements;
+3. pruning by the recipe's schedule — one-shot (prune, fine-tune), iterative (rounds of prune →
+   [rewind] → fine-tune) or AGP (gradual pruning during fine-tuning);
+4. final measurements and the run record.
+
+The run directory holds ``config.yaml`` (the resolved recipe), ``summary.json``, ``layers.csv``,
+``metrics.jsonl``, ``checkpoint.pt`` (plain state_dict + masks, loadable with ``weights_only=True``),
+``rounds.csv`` for iterative schedules, and ``log.txt``. Files are written atomically; under DDP only
+rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+import prunelab
+from prunelab._io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from prunelab.core import masking
+from prunelab.errors import CheckpointError, ConfigError
+from prunelab.experiments.schema import Recipe
+
+CHECKPOINT_FORMAT = "prunelab.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class RunLog:
+    """Appends timestamped lines to ``log.txt`` and echoes them (rank 0 only)."""
+
+    def __init__(self, path: Path | None, echo: Callable[[str], None] | None = print) -> None:
+        self.path = path
+        self.echo = echo
+        self._start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        """Record one line."""
+        line = f"[{time.perf_counter() - self._start:8.1f}s] {message}"
+        if self.echo is not None:
+            self.echo(line)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, model: nn.Module, arch: dict[str, Any]) -> None:
+    """Save ``model`` as a plain state_dict plus its masks and the architecture needed to rebuild it."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "state_dict": masking.plain_state_dict(model),
+        "masks": masking.masks_state_dict(model),
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a prunelab checkpoint (``weights_only=True``) and check its format.
+
+    Raises:
+        CheckpointError: if the file is not a prunelab checkpoint or is corrupted.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    payload = safe_torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a prunelab checkpoint; pass a run directory or checkpoint.pt")
+    if payload.get("version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer prunelab; upgrade prunelab to read it")
+    return payload
+
+
+def build_from_checkpoint(path: str | Path) -> nn.Module:
+    """Rebuild the model stored in a prunelab checkpoint, masks included."""
+    from prunelab.models import build_model
+
+    payload = load_checkpoint(path)
+    arch = payload["arch"]
+    model = build_model(
+        arch["model"], num_classes=arch["num_classes"], input_shape=tuple(arch["input_shape"]), **arch["kwargs"]
+    )
+    masking.load_masks(model, payload["masks"])
+    masking.load_plain_state_dict(model, payload["state_dict"])
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages
+
+
+def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: RunLog) -> None:
+    from prunelab.models import PRETRAINED, classifier_name, find_pretrained, load_weights
+
+    init = recipe.model.init
+    if init == "scratch":
+        return
+    if init == "pretrained":
+        entry = PRETRAINED.get(recipe.model.pretrained)  # validated already
+        path = find_pretrained(recipe.model.pretrained, data_dir=data_dir, download=recipe.data.download)
+        head = model.get_submodule(classifier_name(model))
+        reset = getattr(head, "out_features", None) != getattr(entry, "num_classes", None)
+        load_weights(model, path, strict=True, reset_head=reset)
+        expected = getattr(entry, "normalize", None)
+        if expected and expected != recipe.data.normalize:
+            log(f"warning: {recipe.model.pretrained} expects data.normalize={expected!r}, "
+                f"the recipe uses {recipe.data.normalize!r}")
+        log(f"init: pretrained {recipe.model.pretrained} from {path}" + (" (new head)" if reset else ""))
+        return
+    path = Path(init)
+    if path.is_dir() or (path.is_file() and _is_prunelab_checkpoint(path)):
+        payload = load_checkpoint(path)
+        masking.load_masks(model, payload["masks"])
+        masking.load_plain_state_dict(model, payload["state_dict"])
+        log(f"init: checkpoint {path} ({len(payload['masks'])} masked tensors)")
+        return
+    if path.is_file():
+        load_weights(model, path, strict=True)
+        log(f"init: weights file {path}")
+        return
+    raise ConfigError(
+        f"model.init: {init!r} is neither scratch, pretrained, a weights file nor a run directory; check the path"
+    )
+
+
+def _is_prunelab_checkpoint(path: Path) -> bool:
+    try:
+        payload = safe_torch_load(path)
+    except CheckpointError:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    from prunelab.metrics import count_parameters, dense_macs, effective_macs
+
+    counts = count_parameters(model)
+    dense = dense_macs(model, input_shape)
+    return {
+        "params_total": int(counts.total),
+        "params_nonzero": int(counts.nonzero),
+        "macs_dense": int(dense),
+        "macs_effective": int(effective_macs(model, input_shape)),
+    }
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _targeted_sparsity(model: nn.Module) -> float:
+    total = kept = 0
+    for _, _, _, mask in masking.iter_masks(model):
+        total += mask.numel()
+        kept += int(mask.sum())
+    return 1.0 - kept / total if total else 0.0
+
+
+def run_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Execute ``recipe`` and write its run directory to ``out_dir``.
+
+    Args:
+        recipe: a validated recipe (see :func:`prunelab.experiments.schema.load_recipe`).
+        out_dir: the run directory (created; an existing ``summary.json`` there is overwritten).
+        data_dir: the data root (default ``$PRUNELAB_DATA`` or ``~/.cache/prunelab``).
+        progress: show progress bars (only on a terminal).
+        echo: where log lines go besides ``log.txt`` (``None`` for silence).
+
+    Returns:
+        The summary written to ``summary.json``.
+    """
+    from prunelab.core.pruner import GradualPruningHook, Pruner
+    from prunelab.core.schedules import SCHEDULES
+    from prunelab.data import load_dataset
+    from prunelab.models import build_model
+    from prunelab.training import distributed as dist
+    from prunelab.training import evaluate, set_seed, train
+
+    started = time.perf_counter()
+    main = dist.is_main_process()
+    out = Path(out_dir)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        (out / "log.txt").unlink(missing_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    log = RunLog(out / "log.txt" if main else None, echo if main else None)
+    log(f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}")
+
+    set_seed(recipe.seed)
+    d = recipe.data
+    data = load_dataset(
+        d.name, data_dir=data_dir, val_fraction=d.val_fraction, train_subset=d.train_subset,
+        test_subset=d.test_subset, seed=recipe.seed, augment=d.augment, normalize=d.normalize,
+        image_size=d.image_size, download=d.download, **d.kwargs,
+    )
+    log(f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
+        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes")
+    arch = {
+        "model": recipe.model.name,
+        "kwargs": dict(recipe.model.kwargs),
+        "num_classes": int(data.num_classes),
+        "input_shape": [int(s) for s in data.input_shape],
+    }
+    model = build_model(recipe.model.name, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
+                        **recipe.model.kwargs)
+    _init_model(recipe, model, data_dir, log)
+    input_shape = tuple(data.input_shape)
+    out_arg = out if main else None
+    # Rewinding resets surviving weights to their values before any training (lottery tickets).
+    init_state = masking.plain_state_dict(model) if recipe.prune.rewind else None
+
+    def evaluate_test() -> float:
+        return float(evaluate(model, data.test, batch_size=recipe.eval.batch_size)["accuracy"])
+
+    if recipe.train.epochs > 0:
+        log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
+        train(model, data, recipe.train.to_train_config(progress), out_dir=out_arg, seed=recipe.seed, tag="dense")
+    accuracy_dense = evaluate_test()
+    dense = _measure(model, input_shape)
+    log(f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs")
+
+    p = recipe.prune
+    rounds: list[dict[str, Any]] = []
+    accuracy_pruned = accuracy_dense
+    pruner = None
+    if p.schedule != "none":
+        pruner = Pruner(
+            model, criterion=p.criterion, granularity=p.granularity, scope=p.scope, include=p.include,
+            exclude=p.exclude, min_keep=p.min_keep, criterion_kwargs=dict(p.criterion_kwargs),
+        )
+        pruner.prepare()
+        finetune_cfg = recipe.finetune.to_train_config(progress)
+        if p.schedule == "agp":
+            schedule = SCHEDULES.build(
+                "agp", sparsity=p.sparsity, initial_sparsity=p.agp.initial_sparsity, start=p.agp.start,
+                end=p.agp.end, frequency=p.agp.frequency,
+            )
+            log(f"gradual pruning to {p.sparsity:.3f} over {recipe.finetune.epochs} epochs (AGP)")
+            train(model, data, finetune_cfg, hooks=[GradualPruningHook(pruner, schedule)], out_dir=out_arg,
+                  seed=recipe.seed, tag="agp")
+            accuracy_pruned = float("nan")  # pruning and training are interleaved: no "before" point
+        else:
+            if p.schedule == "iterative":
+                targets = SCHEDULES.build("iterative", sparsity=p.sparsity, rounds=p.rounds,
+                                          spacing=p.spacing).targets()
+            else:
+                targets = [p.sparsity]
+            for index, target in enumerate(targets, start=1):
+                report = pruner.step(target)
+                accuracy_pruned = evaluate_test()
+                if init_state is not None:
+                    masking.load_plain_state_dict(model, init_state)
+                log(f"round {index}/{len(targets)}: sparsity {report.sparsity:.4f}, "
+                    f"accuracy before fine-tuning {accuracy_pruned:.4f}")
+                if recipe.finetune.epochs > 0:
+                    train(model, data, finetune_cfg, out_dir=out_arg, seed=recipe.seed + index,
+                          tag=f"finetune{index}")
+                changed = recipe.finetune.epochs > 0 or init_state is not None
+                after = evaluate_test() if changed else accuracy_pruned
+                m = _measure(model, input_shape)
+                rounds.append({
+                    "round": index,
+                    "target_sparsity": round(target, 6),
+                    "sparsity": round(report.sparsity, 6),
+                    "accuracy_before_finetune": round(accuracy_pruned, 6),
+                    "accuracy_after_finetune": round(after, 6),
+                    "remaining_percent": round(100.0 * m["params_nonzero"] / m["params_total"], 4),
+                    "compression": round(m["params_total"] / max(m["params_nonzero"], 1), 4),
+                    "macs_effective": m["macs_effective"],
+                })
+                log(f"round {index}: accuracy after fine-tuning {after:.4f}, "
+                    f"compression {rounds[-1]['compression']:.2f}x")
+
+    accuracy = evaluate_test()
+    final = _measure(model, input_shape)
+    log(f"final: test accuracy {accuracy:.4f}, {final['params_nonzero']}/{final['params_total']} non-zero")
+
+    summary: dict[str, Any] = {
+        "name": recipe.name,
+        "model": recipe.model.name,
+        "dataset": recipe.data.name,
+        "method": recipe.prune.method,
+        "seed": recipe.seed,
+        "accuracy": accuracy,
+        "accuracy_dense": accuracy_dense,
+        "accuracy_before_finetune": None if accuracy_pruned != accuracy_pruned else accuracy_pruned,
+        "params_total": final["params_total"],
+        "params_nonzero": final["params_nonzero"],
+        "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
+        "target_sparsity": p.sparsity if p.schedule != "none" else 0.0,
+        "targeted_sparsity": _targeted_sparsity(model),
+        "compression": final["params_total"] / max(final["params_nonzero"], 1),
+        "macs_dense": dense["macs_dense"],
+        "macs_effective": final["macs_effective"],
+        "params_dense_nonzero": dense["params_nonzero"],
+        "parameter_convention": "all learnable parameters incl. BN; masked weights count as zeros",
+    }
+    if main:
+        from prunelab.metrics import file_size, layer_table, measure_latency
+
+        save_checkpoint(out / "checkpoint.pt", model, arch)
+        summary["checkpoint_bytes"] = file_size(out / "checkpoint.pt")
+        _write_csv(out / "layers.csv", layer_table(model, input_shape))
+        if rounds:
+            _write_csv(out / "rounds.csv", rounds)
+        if recipe.eval.latency:
+            model.eval()
+            summary["latency_ms"] = {
+                str(bs): measure_latency(model, input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats)[
+                    "median_ms"
+                ]
+                for bs in recipe.eval.latency_batch_sizes
+            }
+        summary["environment"] = {
+            "prunelab": prunelab.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "world_size": dist.world_size(),
+        }
+        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+        atomic_write_json(out / "summary.json", summary)
+        log(f"wrote {out}")
+    else:
+        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+    del pruner
+    return summary

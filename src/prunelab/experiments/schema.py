@@ -1,0 +1,420 @@
+"""Recipe schema, loading, ``--set`` overrides and validation.
+
+A recipe is a YAML file with the sections ``model``, ``data``, ``train``, ``prune``, ``finetune`` and
+``eval`` (see ``recipes/`` for examples). Everything is validated *before* a run starts: unknown keys,
+wrong types, values out of range and unknown registry names all fail with one line of the form
+``file: field.path: reason`` and exit code 2, so a typo never costs a half-finished run.
+
+``prune.method`` names a preset (see :mod:`prunelab.experiments.methods`) that fills in the other
+``prune`` fields; fields written in the recipe win over the preset.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from prunelab.errors import ConfigError, PrunelabError
+
+
+@dataclass
+class ModelSection:
+    """Which network to build and how to initialise it.
+
+    Attributes:
+        name: a registered model (``prunelab list models``).
+        kwargs: model-specific options (``width``, ``stem``, ...).
+        init: ``scratch``; ``pretrained`` (the registered weights named by ``pretrained``); or a path to
+            a weights file or to a run directory whose ``checkpoint.pt`` is loaded.
+        pretrained: the registered pretrained weights used when ``init: pretrained``.
+    """
+
+    name: str = "lenet300_100"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str = "scratch"
+    pretrained: str | None = None
+
+
+@dataclass
+class DataSection:
+    """Which dataset to load and how (see :func:`prunelab.data.load_dataset`)."""
+
+    name: str = "digits"
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool | None = None
+    normalize: Literal["dataset", "imagenet", "inception", "none"] = "dataset"
+    image_size: int | None = None
+    download: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("val_fraction: must be in [0, 1)")
+        for name in ("train_subset", "test_subset", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}: must be a positive integer or null")
+
+
+@dataclass
+class TrainSection:
+    """Optimisation settings of one training stage (dense training or fine-tuning).
+
+    The fields mirror :class:`prunelab.training.TrainConfig`; ``epochs: 0`` skips the stage.
+    """
+
+    epochs: int = 0
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    select: Literal["last", "best_val"] = "last"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError("epochs: must be >= 0")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError("lr: must be > 0")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay: must be >= 0")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("label_smoothing: must be in [0, 1)")
+
+    def to_train_config(self, progress: bool = True) -> Any:
+        """The equivalent :class:`prunelab.training.TrainConfig`."""
+        from prunelab.training import TrainConfig
+
+        values = dataclasses.asdict(self)
+        return TrainConfig(**values, progress=progress)
+
+
+@dataclass
+class AGPSection:
+    """Automated gradual pruning settings; ``start``/``end`` are fractions of the fine-tuning steps."""
+
+    initial_sparsity: float = 0.0
+    start: float = 0.0
+    end: float = 0.8
+    frequency: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.initial_sparsity < 1.0:
+            raise ConfigError("initial_sparsity: must be in [0, 1)")
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise ConfigError("start/end: need 0 <= start < end <= 1")
+        if self.frequency < 1:
+            raise ConfigError("frequency: must be >= 1")
+
+
+@dataclass
+class PruneSection:
+    """What to prune, how, and when.
+
+    Attributes:
+        method: a preset from ``prunelab list methods`` that fills in the other fields.
+        sparsity: final fraction of the targeted weights (or units) removed, in [0, 1).
+        schedule: ``none`` (no pruning), ``one_shot``, ``iterative`` or ``agp``.
+        rounds: number of prune → fine-tune rounds of the iterative schedule.
+        spacing: how the iterative targets are spaced (``geometric``: the same fraction of the
+            remaining weights each round).
+        rewind: iterative only — reset surviving weights to their initial values before each round's
+            fine-tuning (lottery-ticket rewinding).
+    """
+
+    method: str = "magnitude"
+    criterion: str = "magnitude"
+    criterion_kwargs: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "element"
+    scope: Literal["global", "layer"] = "global"
+    sparsity: float = 0.9
+    schedule: Literal["none", "one_shot", "iterative", "agp"] = "one_shot"
+    rounds: int = 1
+    spacing: Literal["geometric", "linear"] = "geometric"
+    rewind: bool = False
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    min_keep: int = 1
+    agp: AGPSection = field(default_factory=AGPSection)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(
+                f"sparsity: {self.sparsity} is impossible; use a fraction in [0, 1) (0.9 = remove 90 %)"
+            )
+        if self.rounds < 1:
+            raise ConfigError("rounds: must be >= 1")
+        if self.min_keep < 0:
+            raise ConfigError("min_keep: must be >= 0")
+        if self.rewind and self.schedule != "iterative":
+            raise ConfigError("rewind: only the iterative schedule rewinds; set schedule: iterative")
+
+
+@dataclass
+class EvalSection:
+    """Final measurements: latency batch sizes and repeats (``latency: false`` skips timing)."""
+
+    latency: bool = True
+    latency_batch_sizes: list[int] = field(default_factory=lambda: [1])
+    latency_repeats: int = 20
+    batch_size: int = 256
+
+
+@dataclass
+class Recipe:
+    """A complete, validated experiment description."""
+
+    name: str = "experiment"
+    seed: int = 0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+    finetune: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain data (what ``config.yaml`` of a run holds)."""
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it converted (ints → floats etc.)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{path}: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}{hint}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        # YAML reads 1e-3 (no dot) as a string; accept it as the number the user meant.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a schema bug, not a user error
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    where = path or "recipe"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(fields))}"
+            raise ConfigError(f"{sub}: unknown key{hint}")
+        kwargs[key] = _convert(value, hints[key], sub)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        # __post_init__ messages start with the field name; make them full dotted paths.
+        raise ConfigError(f"{path}.{exc}" if path else str(exc)) from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted = "a.b.c"``, creating mappings on the way."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key.path=value`` strings; values are read as YAML (``0.9``, ``true``, ``[1, 2]``)."""
+    out = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key.path=value, e.g. prune.sparsity=0.9")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> Recipe:  # type: ignore[assignment]
+    """Build and validate a :class:`Recipe` from plain data (method preset applied, overrides last).
+
+    Raises:
+        ConfigError: ``field.path: reason`` for the first problem found.
+    """
+    from prunelab.experiments.methods import METHODS
+
+    data = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
+    for key, value in overrides:
+        set_dotted(data, key, value)
+    prune = data.get("prune") or {}
+    if not isinstance(prune, dict):
+        raise ConfigError("prune: expected a mapping")
+    method = prune.get("method", PruneSection.method)
+    if method not in METHODS:
+        raise ConfigError(f"prune.method: {METHODS.unknown_message(method)}")
+    merged = copy.deepcopy(METHODS.get(method).defaults)
+    merged.update(prune)
+    merged["method"] = method
+    data["prune"] = merged
+    recipe = _build(Recipe, data, "")
+    check_names(recipe)
+    return recipe
+
+
+def check_names(recipe: Recipe) -> None:
+    """Resolve every registry name and model/data option of ``recipe`` (cheap: nothing is trained)."""
+    from prunelab.core.granularity import GRANULARITIES
+    from prunelab.criteria import CRITERIA
+    from prunelab.data import DATASETS
+    from prunelab.models import MODELS, PRETRAINED
+
+    checks = [
+        ("model.name", MODELS, recipe.model.name),
+        ("data.name", DATASETS, recipe.data.name),
+        ("prune.criterion", CRITERIA, recipe.prune.criterion),
+        ("prune.granularity", GRANULARITIES, recipe.prune.granularity),
+    ]
+    for path, registry, name in checks:
+        if name not in registry:
+            raise ConfigError(f"{path}: {registry.unknown_message(name)}")
+    if recipe.model.init == "pretrained":
+        if recipe.model.pretrained is None:
+            raise ConfigError("model.pretrained: required with init: pretrained (e.g. resnet20_cifar10)")
+        if recipe.model.pretrained not in PRETRAINED:
+            raise ConfigError(f"model.pretrained: {PRETRAINED.unknown_message(recipe.model.pretrained)}")
+    if recipe.prune.schedule != "none" and recipe.prune.schedule != "agp" and recipe.finetune.epochs == 0:
+        pass  # pruning without fine-tuning is legitimate (e.g. to measure the raw damage)
+    if recipe.prune.schedule == "agp" and recipe.finetune.epochs == 0:
+        raise ConfigError("finetune.epochs: agp prunes gradually during fine-tuning, so it needs epochs > 0")
+    _check_model_kwargs(recipe)
+
+
+def _check_model_kwargs(recipe: Recipe) -> None:
+    import torch
+
+    from prunelab.models import build_model
+
+    # Building on the meta device checks the options without allocating or initialising weights.
+    with torch.device("meta"):
+        try:
+            build_model(recipe.model.name, **recipe.model.kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"model.kwargs: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"model.kwargs: {exc}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge and validate a recipe file.
+
+    Raises:
+        ConfigError: ``file: field.path: reason``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found; check the path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}{problem}; fix the YAML syntax") from None
+    try:
+        parsed = parse_overrides(overrides or [])
+        recipe = recipe_from_dict(raw or {}, parsed)
+    except PrunelabError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if recipe.name == Recipe.name:
+        recipe.name = path.stem
+    return recipe
