@@ -1,0 +1,186 @@
+"""CIFAR ResNet-20/32/44/56/110 with the parameter-free "option A" shortcut.
+
+Architecture from K. He, X. Zhang, S. Ren and J. Sun, *Deep Residual Learning for Image Recognition*,
+CVPR 2016, §4.2: a 3×3 conv with 16 filters, then three stages of ``n`` BasicBlocks with 16, 32 and 64
+filters (the first block of stages 2 and 3 has stride 2), global average pooling and a linear classifier;
+depth = 6n + 2. When a block changes the width, the shortcut subsamples spatially and zero-pads the new
+channels ("option A"), so it has no parameters.
+
+Module names are those of Y. Idelbayev's reference implementation (``conv1``, ``bn1``,
+``layer{1,2,3}.{i}.conv1/bn1/conv2/bn2``, ``linear``), so its pretrained CIFAR-10 checkpoints load
+strictly once the ``module.`` prefix of DataParallel is stripped (see :mod:`prunelab.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from prunelab.models.base import MODELS, check_input_shape, check_num_classes, check_width, init_weights, scale_channels
+
+__all__ = ["BasicBlock", "PadShortcut", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: take every ``stride``-th pixel and zero-pad the channels from ``in_planes`` to ``planes``.
+
+    The new channels are split evenly before and after the existing ones; for the standard widths
+    (16→32, 32→64) that is the ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))`` of
+    the reference code.
+
+    Args:
+        in_planes: channels of the block input.
+        planes: channels of the block output (``>= in_planes``).
+        stride: spatial subsampling factor.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        if planes < in_planes:
+            raise ValueError(f"option-A shortcut cannot shrink {in_planes} channels to {planes}")
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+        self.pad_before = (planes - in_planes) // 2
+        self.pad_after = planes - in_planes - self.pad_before
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Subsample and channel-pad ``x``."""
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+
+    def extra_repr(self) -> str:
+        """Show the widths and stride in ``print(model)``."""
+        return f"{self.in_planes}->{self.planes}, stride={self.stride}"
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.
+
+    Args:
+        in_planes: input channels.
+        planes: output channels.
+        stride: stride of the first convolution (and subsampling of the shortcut).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = (
+            PadShortcut(in_planes, planes, stride) if stride != 1 or in_planes != planes else nn.Identity()
+        )
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the block to ``x``."""
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for CIFAR with ``blocks_per_stage`` BasicBlocks per stage.
+
+    Args:
+        blocks_per_stage: ``n``.
+        num_classes: size of the output.
+        in_channels: image channels.
+        width: multiplier on the stage widths 16/32/64.
+    """
+
+    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
+        super().__init__()
+        widths = [scale_channels(c, width) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU()
+        planes_in = widths[0]
+        stages = []
+        for stage, planes in enumerate(widths):
+            blocks = []
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(planes_in, planes, stride))
+                planes_in = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(widths[2], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the logits for a batch ``x`` of shape ``(N, C, H, W)``."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(self.flatten(self.pool(x)))
+
+
+def _resnet(depth: int, num_classes: int, input_shape: Sequence[int], width: float) -> nn.Module:
+    shape = check_input_shape(input_shape)
+    model = CifarResNet((depth - 2) // 6, check_num_classes(num_classes), shape[0], check_width(width))
+    return init_weights(model)
+
+
+@MODELS.register("resnet20")
+def resnet20(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+    """CIFAR ResNet-20 (3 blocks per stage, option-A shortcuts, 0.27M parameters).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``.
+        width: multiplier on the stage widths 16/32/64.
+    """
+    return _resnet(20, num_classes, input_shape, width)
+
+
+@MODELS.register("resnet32")
+def resnet32(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+    """CIFAR ResNet-32 (5 blocks per stage, option-A shortcuts, 0.46M parameters).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``.
+        width: multiplier on the stage widths 16/32/64.
+    """
+    return _resnet(32, num_classes, input_shape, width)
+
+
+@MODELS.register("resnet44")
+def resnet44(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+    """CIFAR ResNet-44 (7 blocks per stage, option-A shortcuts, 0.66M parameters).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``.
+        width: multiplier on the stage widths 16/32/64.
+    """
+    return _resnet(44, num_classes, input_shape, width)
+
+
+@MODELS.register("resnet56")
+def resnet56(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+    """CIFAR ResNet-56 (9 blocks per stage, option-A shortcuts, 0.85M parameters).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``.
+        width: multiplier on the stage widths 16/32/64.
+    """
+    return _resnet(56, num_classes, input_shape, width)
+
+
+@MODELS.register("resnet110")
+def resnet110(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+    """CIFAR ResNet-110 (18 blocks per stage, option-A shortcuts, 1.7M parameters).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``.
+        width: multiplier on the stage widths 16/32/64.
+    """
+    return _resnet(110, num_classes, input_shape, width)

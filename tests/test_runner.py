@@ -1,0 +1,117 @@
+"""The recipe runner end to end on the offline digits data: run records, schedules, checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunelab.cli import main
+from prunelab.core import masking
+from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
+from prunelab.experiments.schema import recipe_from_dict
+from prunelab.errors import CheckpointError
+
+REQUIRED = ["model", "dataset", "method", "seed", "accuracy", "accuracy_dense", "params_total", "params_nonzero",
+            "sparsity", "compression", "macs_dense", "macs_effective", "wall_time_s"]
+
+FAST = {"epochs": 2, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64}
+
+
+def _recipe(**prune):
+    return recipe_from_dict({
+        "name": "t", "seed": 0, "model": {"name": "small_cnn"}, "data": {"name": "digits"},
+        "train": FAST, "finetune": {**FAST, "epochs": 1}, "prune": prune,
+        "eval": {"latency_batch_sizes": [1, 8], "latency_repeats": 3},
+    })
+
+
+def test_one_shot_run_directory(tmp_path: Path) -> None:
+    summary = run_recipe(_recipe(method="magnitude", sparsity=0.7), tmp_path, echo=None)
+    for name in ("config.yaml", "summary.json", "layers.csv", "metrics.jsonl", "checkpoint.pt", "log.txt"):
+        assert (tmp_path / name).is_file(), name
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert set(REQUIRED) <= set(on_disk)
+    assert on_disk == json.loads(json.dumps(summary))
+    assert 0.0 <= on_disk["accuracy"] <= 1.0
+    assert on_disk["targeted_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert on_disk["compression"] == pytest.approx(on_disk["params_total"] / on_disk["params_nonzero"])
+    assert on_disk["macs_effective"] < on_disk["macs_dense"]
+    assert set(on_disk["latency_ms"]) == {"1", "8"}
+    rows = list(csv.DictReader(open(tmp_path / "layers.csv")))
+    assert {"name", "sparsity", "macs_dense", "macs_effective"} <= set(rows[0])
+    tags = {json.loads(line)["tag"] for line in open(tmp_path / "metrics.jsonl")}
+    assert {"dense", "finetune1"} <= tags
+
+
+def test_checkpoint_round_trip_reproduces_accuracy(tmp_path: Path) -> None:
+    summary = run_recipe(_recipe(method="magnitude", sparsity=0.8), tmp_path, echo=None)
+    model = build_from_checkpoint(tmp_path)
+    from prunelab.data import load_dataset
+    from prunelab.training import evaluate
+
+    data = load_dataset("digits", seed=0)
+    assert evaluate(model, data.test)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-9)
+    masks = load_checkpoint(tmp_path)["masks"]
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    assert 1 - kept / total == pytest.approx(0.8, abs=1e-3)
+
+
+def test_iterative_rounds_with_rewind(tmp_path: Path) -> None:
+    summary = run_recipe(_recipe(method="lottery_ticket", sparsity=0.9, rounds=3), tmp_path, echo=None)
+    rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3]
+    sparsities = [float(r["sparsity"]) for r in rows]
+    assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.9, abs=1e-3)
+    assert float(rows[-1]["compression"]) == pytest.approx(summary["compression"], rel=1e-3)
+
+
+def test_agp_reaches_final_sparsity(tmp_path: Path) -> None:
+    recipe = _recipe(method="agp", sparsity=0.85, agp={"start": 0.0, "end": 0.6, "frequency": 5})
+    recipe.finetune.epochs = 2
+    summary = run_recipe(recipe, tmp_path, echo=None)
+    assert summary["targeted_sparsity"] == pytest.approx(0.85, abs=1e-3)
+    assert summary["accuracy_before_finetune"] is None
+
+
+def test_init_from_run_checkpoint_keeps_masks(tmp_path: Path) -> None:
+    run_recipe(_recipe(method="magnitude", sparsity=0.5), tmp_path / "a", echo=None)
+    recipe = _recipe(method="dense")
+    recipe.model.init = str(tmp_path / "a")
+    recipe.train.epochs = 0
+    summary = run_recipe(recipe, tmp_path / "b", echo=None)
+    assert summary["targeted_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    first = json.loads((tmp_path / "a/summary.json").read_text())
+    assert summary["accuracy"] == pytest.approx(first["accuracy"], abs=1e-9)
+
+
+def test_corrupted_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(bad)
+
+
+def test_missing_dataset_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name: lenet300_100}\ndata: {name: mnist}\nprune: {method: dense}\n")
+    code = main(["run", str(recipe), "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
+                 "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert err.startswith("prunelab: error: ") and "\n" not in err
+    assert str(tmp_path / "empty") in err
+
+
+def test_masks_survive_fine_tuning(tmp_path: Path) -> None:
+    run_recipe(_recipe(method="magnitude", sparsity=0.6), tmp_path, echo=None)
+    payload = load_checkpoint(tmp_path)
+    for fqn, mask in payload["masks"].items():
+        weight = payload["state_dict"][fqn]
+        assert torch.all(weight[~mask] == 0), fqn
+    model = build_from_checkpoint(tmp_path)
+    assert len(list(masking.iter_masks(model))) == len(payload["masks"])
