@@ -1,1 +1,37 @@
-"""data"""
+"""Datasets: readers for the official formats and offline ``.npz`` copies, splits, and a fast loader.
+
+Importing this package registers every reader in :data:`DATASETS`.
+
+Example:
+    >>> from prunelab.data import load_dataset, make_loader
+    >>> data = load_dataset("digits", seed=0)
+    >>> x, y = next(iter(make_loader(data.train, 64, train=True)))
+    >>> tuple(x.shape), data.input_shape
+    ((64, 1, 8, 8), (1, 8, 8))
+"""
+
+from prunelab.data import digits as _digits  # noqa: F401  (registers the reader)
+from prunelab.data.base import DATASETS, RawData, Resource, read_npz, resolve_data_dir
+from prunelab.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Augment, TensorImageDataset
+from prunelab.data.loader import BatchLoader, augment_batch, make_loader
+from prunelab.data.splits import NORMALIZATIONS, DataSplits, load_dataset, resize_images, stratified_split
+
+__all__ = [
+    "DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZATIONS",
+    "Augment",
+    "BatchLoader",
+    "DataSplits",
+    "RawData",
+    "Resource",
+    "TensorImageDataset",
+    "augment_batch",
+    "load_dataset",
+    "make_loader",
+    "read_npz",
+    "resize_images",
+    "resolve_data_dir",
+    "stratified_split",
+]

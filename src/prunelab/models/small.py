@@ -6,9 +6,11 @@ pooling and a linear head: about 25 k parameters at width 1, a second per epoch 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from prunelab.models.registry import MODELS, check_input_shape
+from prunelab.models.base import MODELS, check_input_shape, check_min_size, check_width, init_weights, scale_channels
 
 
 class SmallCNN(nn.Module):
@@ -22,7 +24,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> None:
         super().__init__()
-        c1, c2, c3 = (max(1, int(round(c * width))) for c in (16, 32, 64))
+        c1, c2, c3 = (scale_channels(c, width) for c in (16, 32, 64))
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1, bias=False),
             nn.BatchNorm2d(c1),
@@ -45,7 +47,8 @@ class SmallCNN(nn.Module):
 
 
 @MODELS.register("small_cnn")
-def small_cnn(num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 8, 8), width: float = 1.0) -> SmallCNN:
+def small_cnn(num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8), width: float = 1.0) -> SmallCNN:
     """Small 3-conv CNN for tiny inputs such as 8×8 digits (the offline demo)."""
-    check_input_shape(input_shape, min_hw=2)
-    return SmallCNN(num_classes=num_classes, in_channels=input_shape[0], width=width)
+    shape = check_input_shape(input_shape)
+    check_min_size("small_cnn", shape, min_hw=2)
+    return init_weights(SmallCNN(num_classes=num_classes, in_channels=shape[0], width=check_width(width)))

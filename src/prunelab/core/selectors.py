@@ -1,0 +1,223 @@
+"""Selectors: which units survive, given their scores and a level.
+
+A selector turns unit scores (one tensor per target, keyed by fqn, as produced by a granularity's
+``reduce``) into boolean unit masks (``True`` = keep). Every selector follows one call signature, so
+the pruner can use any registered one:
+
+.. code-block:: python
+
+    selector(unit_scores, level, *, scope, previous, min_keep, **options) -> dict[str, Tensor]
+
+where ``level`` is the selector's budget (a sparsity for top-k; a mass fraction α for a
+cumulative-mass rule) and ``previous`` holds the current unit masks. A selector must return masks
+that are subsets of ``previous``: masks only shrink.
+
+Registered here: ``topk`` (:func:`select_topk`). Other selectors (NN-relief's cumulative importance
+mass, proximal slimming's exact zeros) register themselves in :data:`SELECTORS` from their own modules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from prunelab.errors import ConfigError
+from prunelab.registry import Registry
+
+
+class Selector(Protocol):
+    """The call signature shared by every registered selector."""
+
+    def __call__(
+        self,
+        unit_scores: Mapping[str, Tensor],
+        level: float,
+        *,
+        scope: str,
+        previous: Mapping[str, Tensor] | None,
+        min_keep: int,
+        **options: Any,
+    ) -> dict[str, Tensor]:
+        """Return boolean unit masks (``True`` = keep), each a subset of ``previous[fqn]``."""
+        ...
+
+
+SELECTORS: Registry[Selector] = Registry("selector")
+
+SCOPES = ("global", "layer")
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float after checking that it is a number in [0, 1].
+
+    Raises:
+        ConfigError: for a non-number, NaN, or a value outside [0, 1].
+    """
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise ConfigError(f"{what} must be a number in [0, 1], got {sparsity!r}")
+    value = float(sparsity)
+    if not 0.0 <= value <= 1.0:  # also rejects NaN
+        raise ConfigError(f"{what} {sparsity!r} is outside [0, 1]; use a fraction (0.9 = remove 90 %)")
+    return value
+
+
+def _check_common(scope: str, min_keep: int) -> None:
+    if scope not in SCOPES:
+        raise ConfigError(f"unknown scope {scope!r}; use 'global' (one ranking) or 'layer' (per tensor)")
+    if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
+        raise ConfigError(f"min_keep must be an integer >= 0, got {min_keep!r}")
+
+
+def _alive_flat(fqn: str, scores: Tensor, previous: Mapping[str, Tensor] | None) -> Tensor:
+    if previous is None or fqn not in previous:
+        return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    prev = previous[fqn]
+    if prev.shape != scores.shape:
+        raise ValueError(f"previous mask of {fqn!r} has shape {tuple(prev.shape)}, scores {tuple(scores.shape)}")
+    return prev.reshape(-1).to(device=scores.device, dtype=torch.bool)
+
+
+def _check_finite(fqn: str, scores: Tensor) -> None:
+    if scores.is_floating_point() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(
+            f"scores of {fqn!r} contain NaN or inf; the weights or statistics are not finite "
+            "(did training diverge?)"
+        )
+
+
+def select_topk(
+    unit_scores: Mapping[str, Tensor],
+    sparsity: float,
+    *,
+    scope: str = "global",
+    previous: Mapping[str, Tensor] | None = None,
+    min_keep: int = 1,
+) -> dict[str, Tensor]:
+    """Keep the highest-scored units; remove exactly ``round(sparsity · units)`` of them.
+
+    Counting. With ``N`` units in scope (all tensors for ``scope="global"``, each tensor on its own for
+    ``scope="layer"``), the selector removes ``k = round(sparsity · N)`` units (Python's ``round``:
+    halves go to the even integer). Units already removed in ``previous`` count towards ``k`` and
+    stay removed; only the remaining ``k - already_removed`` are chosen, lowest score first. If
+    ``previous`` already removes ``k`` or more, nothing else is removed (masks never grow back).
+
+    Guard. At least ``min(min_keep, n_t)`` units of every tensor ``t`` stay, so a layer can never be
+    wiped out (layer collapse). Under ``scope="global"`` a protected unit is skipped and the next-lowest
+    unprotected unit is removed instead, so the count stays exact; if fewer than ``k`` units can be
+    removed at all, the call fails. Under ``scope="layer"`` a tensor removes at most ``n_t - min_keep``
+    units: for a tiny tensor at a very high sparsity (10 output neurons at 0.97 → 9, not 10) the
+    realised sparsity is therefore slightly *lower* than requested. The realised value is what the
+    :class:`~prunelab.core.pruner.PruneReport` shows.
+
+    Ties. Equal scores are broken deterministically: by the order of ``unit_scores`` (insertion order),
+    then by flat index; the earlier unit is removed first.
+
+    Args:
+        unit_scores: ``{fqn: unit scores}``, non-negative, any shape (usually a granularity's ``keepdim``
+            shape).
+        sparsity: target fraction of units removed, in [0, 1], cumulative (not per call).
+        scope: ``"global"`` (one ranking over all tensors) or ``"layer"`` (each tensor on its own).
+        previous: ``{fqn: bool unit mask}`` of the current state; missing entries mean all kept.
+        min_keep: the guard, units kept per tensor at least.
+
+    Returns:
+        ``{fqn: bool tensor}`` of the same shapes as ``unit_scores`` (``True`` = keep), each a subset of
+        ``previous[fqn]``.
+
+    Raises:
+        ConfigError: ``sparsity`` outside [0, 1], an unknown ``scope``, a negative ``min_keep``, or (global
+            scope) a sparsity that would have to remove units the guard protects.
+        ValueError: scores that are not finite or a ``previous`` mask of the wrong shape.
+
+    Example:
+        >>> import torch
+        >>> masks = select_topk({"a": torch.tensor([3.0, 1.0]), "b": torch.tensor([2.0, 0.5])}, 0.5)
+        >>> masks["a"].tolist(), masks["b"].tolist()
+        ([True, False], [True, False])
+    """
+    sparsity = check_sparsity(sparsity)
+    _check_common(scope, min_keep)
+    if not unit_scores:
+        return {}
+    for fqn, scores in unit_scores.items():
+        _check_finite(fqn, scores)
+    alive = {fqn: _alive_flat(fqn, s, previous) for fqn, s in unit_scores.items()}
+    if scope == "layer":
+        return {
+            fqn: _select_one(fqn, scores, alive[fqn], sparsity, min_keep)
+            for fqn, scores in unit_scores.items()
+        }
+    return _select_global(unit_scores, alive, sparsity, min_keep)
+
+
+def _select_one(fqn: str, scores: Tensor, alive: Tensor, sparsity: float, min_keep: int) -> Tensor:
+    n = scores.numel()
+    n_alive = int(alive.sum())
+    k = round(sparsity * n)
+    capacity = max(0, n_alive - min(min_keep, n))
+    # The guard clamps the count here (documented: realised sparsity may end slightly below target).
+    remove = min(max(0, k - (n - n_alive)), capacity)
+    keep = alive.clone()
+    if remove > 0:
+        candidates = torch.nonzero(alive).squeeze(1)
+        order = torch.sort(scores.reshape(-1)[candidates], stable=True).indices
+        keep[candidates[order[:remove]]] = False
+    return keep.reshape(scores.shape)
+
+
+def _select_global(
+    unit_scores: Mapping[str, Tensor], alive: Mapping[str, Tensor], sparsity: float, min_keep: int
+) -> dict[str, Tensor]:
+    fqns = list(unit_scores)
+    device = unit_scores[fqns[0]].device
+    sizes = [unit_scores[f].numel() for f in fqns]
+    total = sum(sizes)
+    n_alive = [int(alive[f].sum()) for f in fqns]
+    already = total - sum(n_alive)
+    k = round(sparsity * total)
+    remove = k - already
+    keep = {f: alive[f].clone() for f in fqns}
+    if remove > 0:
+        capacity = [max(0, a - min(min_keep, n)) for a, n in zip(n_alive, sizes)]
+        if remove > sum(capacity):
+            reachable = (already + sum(capacity)) / total
+            raise ConfigError(
+                f"sparsity {sparsity:g} needs {k} of {total} units removed, but min_keep={min_keep} per "
+                f"tensor allows at most sparsity {math.floor(reachable * 1e4) / 1e4:g}; "
+                "lower the sparsity or min_keep"
+            )
+        # Candidates are the alive units, laid out tensor after tensor in insertion order, so a stable
+        # sort breaks ties by (tensor order, flat index).
+        cand_scores, cand_tensor, cand_index = [], [], []
+        for t, f in enumerate(fqns):
+            idx = torch.nonzero(alive[f].to(device)).squeeze(1)
+            cand_index.append(idx)
+            cand_scores.append(unit_scores[f].reshape(-1).to(device)[idx])
+            cand_tensor.append(torch.full_like(idx, t))
+        scores_cat = torch.cat(cand_scores)
+        tensor_cat = torch.cat(cand_tensor)
+        index_cat = torch.cat(cand_index)
+        order = torch.sort(scores_cat, stable=True).indices
+        owner = tensor_cat[order]
+        # Rank of each candidate among the candidates of its own tensor, in ascending-score order:
+        # a candidate may go only while its tensor still has guard capacity left. Taking the first
+        # `remove` eligible candidates is exactly the greedy "lowest score that the guard allows".
+        by_owner = torch.sort(owner, stable=True).indices
+        counts = torch.bincount(owner, minlength=len(fqns))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(owner)
+        rank[by_owner] = torch.arange(owner.numel(), device=device) - starts[owner[by_owner]]
+        cap = torch.tensor(capacity, device=device, dtype=owner.dtype)
+        eligible = torch.nonzero(rank < cap[owner]).squeeze(1)[:remove]
+        chosen = order[eligible]
+        for t, f in enumerate(fqns):
+            hit = index_cat[chosen[tensor_cat[chosen] == t]]
+            keep[f][hit.to(keep[f].device)] = False
+    return {f: keep[f].reshape(unit_scores[f].shape) for f in fqns}
+
+
+SELECTORS.register("topk", help="Keep the top-scored units; exact global or per-layer counts.")(select_topk)
