@@ -1,3 +1,25 @@
 """prunelab: prune convolutional networks and measure what the pruning bought."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+__all__ = ["Pruner", "__version__", "prune"]
+
+if TYPE_CHECKING:
+    from prunelab.core.pruner import Pruner, prune
+
+# Importing prunelab stays cheap (no torch import) until one of these is used.
+_LAZY = {"prune": "prunelab.core.pruner", "Pruner": "prunelab.core.pruner"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'prunelab' has no attribute {name!r}")

@@ -68,6 +68,15 @@ class Granularity:
     Attributes:
         name: registry name.
         dims: maps a tensor's rank to the dimensions summed into one unit (``()`` = element-wise).
+
+    Example:
+        >>> import torch
+        >>> filters = GRANULARITIES.get("filter")
+        >>> scores = torch.ones(4, 3, 2, 2)
+        >>> filters.reduce(scores).flatten().tolist()  # L1 norm of each all-ones filter
+        [12.0, 12.0, 12.0, 12.0]
+        >>> filters.expand(torch.tensor([True, False, True, True]).reshape(4, 1, 1, 1), scores.shape).sum()
+        tensor(36)
     """
 
     name: str

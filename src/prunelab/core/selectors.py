@@ -77,7 +77,9 @@ def _alive_flat(fqn: str, scores: Tensor, previous: Mapping[str, Tensor] | None)
         return torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     prev = previous[fqn]
     if prev.shape != scores.shape:
-        raise ValueError(f"previous mask of {fqn!r} has shape {tuple(prev.shape)}, scores {tuple(scores.shape)}")
+        raise ValueError(
+            f"previous mask of {fqn!r} has shape {tuple(prev.shape)}, scores {tuple(scores.shape)}"
+        )
     return prev.reshape(-1).to(device=scores.device, dtype=torch.bool)
 
 

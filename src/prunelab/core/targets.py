@@ -98,6 +98,14 @@ def find_targets(
     Raises:
         ConfigError: an unknown layer type, an ``include`` glob that matches no candidate (the message
             names it and lists a few candidate names), or a selection that ends up empty.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+        >>> [t.fqn for t in find_targets(model)]
+        ['0.weight', '3.weight']
+        >>> [t.fqn for t in find_targets(model, exclude="3")]
+        ['0.weight']
     """
     unknown = [t for t in layer_types if t not in LAYER_TYPES]
     if unknown:

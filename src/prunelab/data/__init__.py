@@ -10,7 +10,14 @@ Example:
     ((64, 1, 8, 8), (1, 8, 8))
 """
 
-from prunelab.data import digits as _digits  # noqa: F401  (registers the reader)
+# Importing the reader modules registers them in DATASETS.
+from prunelab.data import caltech101 as _caltech101  # noqa: F401
+from prunelab.data import cifar as _cifar  # noqa: F401
+from prunelab.data import digits as _digits  # noqa: F401
+from prunelab.data import image_folder as _image_folder  # noqa: F401
+from prunelab.data import mnist as _mnist  # noqa: F401
+from prunelab.data import svhn as _svhn  # noqa: F401
+from prunelab.data import tiny_imagenet as _tiny_imagenet  # noqa: F401
 from prunelab.data.base import DATASETS, RawData, Resource, read_npz, resolve_data_dir
 from prunelab.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Augment, TensorImageDataset
 from prunelab.data.loader import BatchLoader, augment_batch, make_loader

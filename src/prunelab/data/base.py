@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +92,6 @@ class RawData:
     std: tuple[float, ...] | None = None
     augment: str = "none"
     source: str = ""
-    extra: dict[str, object] = field(default_factory=dict)
 
     def validate(self, name: str) -> None:
         """Check shapes, dtypes and label range; a bad file raises :class:`DataNotFoundError`."""
@@ -175,7 +174,9 @@ def _safe_members(tar: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
     for m in tar.getmembers():
         target = (dest / m.name).resolve()
         if not (target == root or root in target.parents) or not (m.isfile() or m.isdir()):
-            raise DataNotFoundError(f"archive member {m.name!r} is unsafe; the archive is corrupted or hostile")
+            raise DataNotFoundError(
+                f"archive member {m.name!r} is unsafe; the archive is corrupted or hostile"
+            )
         members.append(m)
     return members
 
@@ -268,16 +269,22 @@ def read_npz(path: Path, name: str, classes: Sequence[str] | None = None) -> Raw
     return RawData(classes=names, source=str(path), **arrays)
 
 
-def not_found(name: str, looked_at: Sequence[Path], *, downloadable: bool = True) -> DataNotFoundError:
+def not_found(
+    name: str, looked_at: Sequence[Path], *, downloadable: bool = True, hint: str | None = None
+) -> DataNotFoundError:
     """Build the one-line error for a dataset that is not on disk.
 
-    The message names the dataset, every path that was checked, and both fixes: downloading (when the
-    dataset can be downloaded) and pointing ``PRUNELAB_DATA``/``--data-dir`` at a folder with the files.
+    Args:
+        name: the dataset's registry name.
+        looked_at: every path that was checked, in the order they were checked.
+        downloadable: whether ``--download`` can fetch the dataset (mentioned as a fix when it can).
+        hint: a replacement for the standard "how to get it" part of the message.
+
+    Returns:
+        The error (the caller raises it), naming the dataset, the paths and the fixes.
     """
     paths = ", ".join(str(p) for p in looked_at)
-    root = looked_at[0].parent if looked_at else Path(".")
-    how = "pass --download (download=True) when online, or " if downloadable else ""
-    return DataNotFoundError(
-        f"dataset {name!r} not found (looked at: {paths}); {how}set PRUNELAB_DATA or --data-dir to a folder "
-        f"holding {name}.npz or the official files (current data folder: {root})"
-    )
+    if hint is None:
+        how = "pass --download (download=True) when online, or " if downloadable else ""
+        hint = f"{how}set PRUNELAB_DATA or --data-dir to a folder holding {name}.npz or the official files"
+    return DataNotFoundError(f"dataset {name!r} not found (looked at: {paths}); {hint}")

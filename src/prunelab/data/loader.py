@@ -69,8 +69,8 @@ def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Genera
     if policy.flip:
         flip = torch.rand(b, 1, generator=generator) < 0.5
         cols = torch.where(flip, cols.flip(1), cols)
-    hp, wp = images.shape[2], images.shape[3]
-    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, wp))
+    # Gather the rows of every sample, then its columns; expand() makes the index views without copies.
+    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, images.shape[3]))
     return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
@@ -84,7 +84,9 @@ def _dist_info(distributed: bool, rank: int | None, world_size: int | None) -> t
         rank = rank if rank is not None else (dist.get_rank() if initialised else 0)
         world_size = world_size if world_size is not None else (dist.get_world_size() if initialised else 1)
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"distributed: rank {rank} is not in [0, world_size={world_size}); check the launcher")
+        raise ConfigError(
+            f"distributed: rank {rank} is not in [0, world_size={world_size}); check the launcher"
+        )
     return rank, world_size
 
 
@@ -151,7 +153,7 @@ class BatchLoader:
         else:
             order = torch.arange(n)
         total = self.num_samples * self.world_size
-        if total > n and n > 0:
+        if total > n > 0:
             order = order.repeat(math.ceil(total / n))[:total]
         return order[self.rank : total : self.world_size]
 

@@ -42,8 +42,8 @@ class DataSplits:
     Attributes:
         name: registry name of the dataset.
         train: training images (augmented by the loader when ``train=True``).
-        val: validation images carved from the official training set, or ``None`` when
-            ``val_fraction=0``.
+        val: validation images carved from the official training set, or ``None`` when there are none
+            (``val_fraction=0``).
         test: the official test split (or its stratified subset).
         num_classes: number of classes.
         input_shape: ``(C, H, W)`` of one image after resizing.
@@ -61,9 +61,7 @@ class DataSplits:
     source: str = ""
 
 
-def stratified_split(
-    labels: np.ndarray, n: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw exactly ``n`` indices with the class proportions of ``labels``.
 
     Each class gets ``floor(n * count / total)`` samples and the remaining ones go to the classes with the
@@ -81,7 +79,7 @@ def stratified_split(
     total = labels.shape[0]
     if not 0 <= n <= total:
         raise ValueError(f"cannot draw {n} of {total} samples")
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     quota = counts * (n / total) if total else counts.astype(np.float64)
     take = np.floor(quota).astype(np.int64)
     short = n - int(take.sum())
@@ -173,7 +171,9 @@ def _parse_augment(augment: str | bool | None, default: str) -> str:
     if augment is False:
         return "none"
     if augment not in AUGMENTATIONS:
-        raise ConfigError(f"augment: unknown policy {augment!r}; use one of {', '.join(AUGMENTATIONS)} or null")
+        raise ConfigError(
+            f"augment: unknown policy {augment!r}; use one of {', '.join(AUGMENTATIONS)} or null"
+        )
     return str(augment)
 
 
@@ -196,8 +196,10 @@ def _reader_options(name: str, reader: Any, options: dict[str, Any]) -> tuple[di
 
 
 def _to_tensor(x: np.ndarray, idx: np.ndarray | None) -> torch.Tensor:
-    part = x if idx is None else x[idx]
-    return torch.from_numpy(np.ascontiguousarray(part)).permute(0, 3, 1, 2).contiguous()
+    part = np.ascontiguousarray(x if idx is None else x[idx])
+    if not part.flags.writeable:  # e.g. np.frombuffer views; torch warns about sharing read-only memory
+        part = part.copy()
+    return torch.from_numpy(part).permute(0, 3, 1, 2).contiguous()
 
 
 def load_dataset(
@@ -244,7 +246,11 @@ def load_dataset(
     reader = DATASETS.get(name)
     if normalize not in NORMALIZATIONS:
         raise ConfigError(f"normalize: unknown value {normalize!r}; use one of {', '.join(NORMALIZATIONS)}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float))
+        or not 0 <= val_fraction < 1
+    ):
         raise ConfigError(f"val_fraction: must be a number in [0, 1), got {val_fraction!r}")
     train_subset = _check_count("train_subset", train_subset)
     test_subset = _check_count("test_subset", test_subset)
@@ -260,20 +266,22 @@ def load_dataset(
 
     n_train = raw.y_train.shape[0]
     if train_subset is None:
-        n_val = int(round(val_fraction * n_train))
+        n_val = round(val_fraction * n_train)
     else:
-        n_val = int(round(train_subset * val_fraction / (1 - val_fraction)))
+        n_val = round(train_subset * val_fraction / (1 - val_fraction))
         if train_subset + n_val > n_train:
             raise ConfigError(
                 f"train_subset: {train_subset} training + {n_val} validation images exceed the {n_train} "
                 f"training images of {name}; lower train_subset or val_fraction"
             )
-    if n_val >= n_train and n_train > 0:
+    if n_val >= n_train > 0:
         raise ConfigError(f"val_fraction: {val_fraction} leaves no training images of {name}; lower it")
     val_idx, pool = stratified_split(raw.y_train, n_val, np.random.default_rng([seed, _VAL_SALT]))
     train_idx = pool
     if train_subset is not None:
-        chosen, _ = stratified_split(raw.y_train[pool], train_subset, np.random.default_rng([seed, _TRAIN_SALT]))
+        chosen, _ = stratified_split(
+            raw.y_train[pool], train_subset, np.random.default_rng([seed, _TRAIN_SALT])
+        )
         train_idx = pool[chosen]
     test_idx = None
     if test_subset is not None:

@@ -1,1 +1,38 @@
-"""models"""
+"""Model zoo: CNN architectures for pruning experiments, and their pretrained weights.
+
+Importing this package registers every architecture in :data:`MODELS` (LeNets, CIFAR VGGs, CIFAR ResNets
+with option-A shortcuts, MobileNetV1/V2, DenseNet-40, a small CNN for the offline demo) and every set of pretrained weights in
+:data:`PRETRAINED`.
+
+Example:
+    >>> from prunelab.models import build_model
+    >>> model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32))
+"""
+
+# Imported for their side effect: each module registers its builders in MODELS.
+from prunelab.models import densenet, lenet, mobilenet_v1, mobilenet_v2, resnet, small, vgg  # noqa: F401
+from prunelab.models.base import MODELS, build_model, model_options
+from prunelab.models.pretrained import (
+    NORMALIZATIONS,
+    PRETRAINED,
+    PretrainedWeights,
+    build_pretrained,
+    classifier_name,
+    default_data_dir,
+    find_pretrained,
+    load_weights,
+)
+
+__all__ = [
+    "MODELS",
+    "NORMALIZATIONS",
+    "PRETRAINED",
+    "PretrainedWeights",
+    "build_model",
+    "build_pretrained",
+    "classifier_name",
+    "default_data_dir",
+    "find_pretrained",
+    "load_weights",
+    "model_options",
+]

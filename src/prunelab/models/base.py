@@ -127,7 +127,12 @@ def check_width(width: Any) -> float:
     Raises:
         ConfigError: if it is not a positive finite number.
     """
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
+    if (
+        isinstance(width, bool)
+        or not isinstance(width, (int, float))
+        or not math.isfinite(width)
+        or width <= 0
+    ):
         raise ConfigError(f"width must be a positive number (1.0 = the paper's widths), got {width!r}")
     return float(width)
 
@@ -148,7 +153,7 @@ def scale_channels(channels: int, width: float) -> int:
 
     Half-up rounding (not Python's banker's rounding) makes the result monotone in ``width``.
     """
-    return max(1, int(math.floor(channels * width + 0.5)))
+    return max(1, math.floor(channels * width + 0.5))
 
 
 def init_weights(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from prunelab.models.base import MODELS, check_input_shape, check_min_size, check_num_classes, init_weights
 
-__all__ = ["LeNet300100", "LeNet5", "lenet300_100", "lenet5"]
+__all__ = ["LeNet5", "LeNet300100", "lenet5", "lenet300_100"]
 
 
 class LeNet300100(nn.Module):

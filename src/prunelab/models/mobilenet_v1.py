@@ -37,7 +37,7 @@ from prunelab.models.base import (
     scale_channels,
 )
 
-__all__ = ["MobileNetV1", "DepthwiseSeparable", "TFSamePad2d", "mobilenet_v1"]
+__all__ = ["DepthwiseSeparable", "MobileNetV1", "TFSamePad2d", "mobilenet_v1"]
 
 # (output channels, depthwise stride) of the 13 blocks at width 1 for the ImageNet model.
 _BLOCKS: tuple[tuple[int, int], ...] = (
@@ -107,7 +107,13 @@ class DepthwiseSeparable(nn.Module):
         eps = 1e-3 if imagenet else 1e-5
         self.pad, padding = _conv3x3_pad(stride, imagenet)
         self.dw = nn.Conv2d(
-            in_channels, in_channels, kernel_size=3, stride=stride, padding=padding, groups=in_channels, bias=False
+            in_channels,
+            in_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=padding,
+            groups=in_channels,
+            bias=False,
         )
         self.dw_bn = nn.BatchNorm2d(in_channels, eps=eps)
         self.dw_act = _act(imagenet)
@@ -131,13 +137,17 @@ class MobileNetV1(nn.Module):
         stem: ``"imagenet"`` or ``"cifar"``.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, stem: str = "cifar") -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 3, width: float = 1.0, stem: str = "cifar"
+    ) -> None:
         super().__init__()
         imagenet = stem == "imagenet"
         stem_stride = 2 if imagenet else 1
         channels = scale_channels(32, width)
         self.pad, padding = _conv3x3_pad(stem_stride, imagenet)
-        self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=3, stride=stem_stride, padding=padding, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, channels, kernel_size=3, stride=stem_stride, padding=padding, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(channels, eps=1e-3 if imagenet else 1e-5)
         self.act = _act(imagenet)
         blocks = []

@@ -62,7 +62,9 @@ class InvertedResidual(nn.Module):
             self.expand_act: nn.Module = nn.ReLU6()
         else:
             self.expand, self.expand_bn, self.expand_act = nn.Identity(), nn.Identity(), nn.Identity()
-        self.dw = nn.Conv2d(hidden, hidden, kernel_size=3, stride=stride, padding=1, groups=hidden, bias=False)
+        self.dw = nn.Conv2d(
+            hidden, hidden, kernel_size=3, stride=stride, padding=1, groups=hidden, bias=False
+        )
         self.dw_bn = nn.BatchNorm2d(hidden)
         self.dw_act = nn.ReLU6()
         self.project = nn.Conv2d(hidden, out_channels, kernel_size=1, bias=False)
@@ -114,7 +116,9 @@ class MobileNetV2(nn.Module):
 
 
 @MODELS.register("mobilenet_v2")
-def mobilenet_v2(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def mobilenet_v2(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """MobileNetV2 adapted to 32×32 inputs (stride-1 stem and first stage), with width multiplier.
 
     Args:

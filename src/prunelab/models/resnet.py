@@ -18,9 +18,25 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunelab.models.base import MODELS, check_input_shape, check_num_classes, check_width, init_weights, scale_channels
+from prunelab.models.base import (
+    MODELS,
+    check_input_shape,
+    check_num_classes,
+    check_width,
+    init_weights,
+    scale_channels,
+)
 
-__all__ = ["BasicBlock", "PadShortcut", "CifarResNet", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "PadShortcut",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+]
 
 
 class PadShortcut(nn.Module):
@@ -93,7 +109,9 @@ class CifarResNet(nn.Module):
         width: multiplier on the stage widths 16/32/64.
     """
 
-    def __init__(self, blocks_per_stage: int, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
+    def __init__(
+        self, blocks_per_stage: int, num_classes: int, in_channels: int = 3, width: float = 1.0
+    ) -> None:
         super().__init__()
         widths = [scale_channels(c, width) for c in (16, 32, 64)]
         self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
@@ -127,7 +145,9 @@ def _resnet(depth: int, num_classes: int, input_shape: Sequence[int], width: flo
 
 
 @MODELS.register("resnet20")
-def resnet20(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def resnet20(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """CIFAR ResNet-20 (3 blocks per stage, option-A shortcuts, 0.27M parameters).
 
     Args:
@@ -139,7 +159,9 @@ def resnet20(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), wi
 
 
 @MODELS.register("resnet32")
-def resnet32(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def resnet32(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """CIFAR ResNet-32 (5 blocks per stage, option-A shortcuts, 0.46M parameters).
 
     Args:
@@ -151,7 +173,9 @@ def resnet32(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), wi
 
 
 @MODELS.register("resnet44")
-def resnet44(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def resnet44(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """CIFAR ResNet-44 (7 blocks per stage, option-A shortcuts, 0.66M parameters).
 
     Args:
@@ -163,7 +187,9 @@ def resnet44(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), wi
 
 
 @MODELS.register("resnet56")
-def resnet56(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def resnet56(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """CIFAR ResNet-56 (9 blocks per stage, option-A shortcuts, 0.85M parameters).
 
     Args:
@@ -175,7 +201,9 @@ def resnet56(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), wi
 
 
 @MODELS.register("resnet110")
-def resnet110(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
+def resnet110(
+    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+) -> nn.Module:
     """CIFAR ResNet-110 (18 blocks per stage, option-A shortcuts, 1.7M parameters).
 
     Args:

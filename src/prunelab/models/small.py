@@ -10,7 +10,17 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from prunelab.models.base import MODELS, check_input_shape, check_min_size, check_width, init_weights, scale_channels
+from prunelab.models.base import (
+    MODELS,
+    check_input_shape,
+    check_min_size,
+    check_num_classes,
+    check_width,
+    init_weights,
+    scale_channels,
+)
+
+__all__ = ["SmallCNN", "small_cnn"]
 
 
 class SmallCNN(nn.Module):
@@ -28,14 +38,14 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1, bias=False),
             nn.BatchNorm2d(c1),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.Conv2d(c1, c2, 3, padding=1, bias=False),
             nn.BatchNorm2d(c2),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(c2, c3, 3, padding=1, bias=False),
             nn.BatchNorm2d(c3),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
@@ -48,7 +58,15 @@ class SmallCNN(nn.Module):
 
 @MODELS.register("small_cnn")
 def small_cnn(num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8), width: float = 1.0) -> SmallCNN:
-    """Small 3-conv CNN for tiny inputs such as 8×8 digits (the offline demo)."""
+    """Small 3-conv CNN for tiny inputs such as 8×8 digits (the offline demo).
+
+    Args:
+        num_classes: size of the output.
+        input_shape: ``(C, H, W)``, at least 2×2 (one 2×2 max-pool).
+        width: multiplier on every conv width.
+    """
     shape = check_input_shape(input_shape)
     check_min_size("small_cnn", shape, min_hw=2)
-    return init_weights(SmallCNN(num_classes=num_classes, in_channels=shape[0], width=check_width(width)))
+    return init_weights(
+        SmallCNN(num_classes=check_num_classes(num_classes), in_channels=shape[0], width=check_width(width))
+    )

@@ -37,13 +37,15 @@ VGG_CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512],
+    "vgg19": [64, 64, "M", 128, 128, "M", *[256] * 4, "M", *[512] * 4, "M", *[512] * 4],
     # NN-relief's vgg-like keeps the fifth pool of the original VGG-16.
     "vgg_like": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 
 
-def make_features(config: Sequence[int | str], in_channels: int, width: float, conv_bias: bool) -> nn.Sequential:
+def make_features(
+    config: Sequence[int | str], in_channels: int, width: float, conv_bias: bool
+) -> nn.Sequential:
     """The conv-BN-ReLU / max-pool stack described by ``config`` (channel counts scaled by ``width``)."""
     layers: list[nn.Module] = []
     channels = in_channels
@@ -52,7 +54,11 @@ def make_features(config: Sequence[int | str], in_channels: int, width: float, c
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
         out = scale_channels(int(item), width)
-        layers += [nn.Conv2d(channels, out, kernel_size=3, padding=1, bias=conv_bias), nn.BatchNorm2d(out), nn.ReLU()]
+        layers += [
+            nn.Conv2d(channels, out, kernel_size=3, padding=1, bias=conv_bias),
+            nn.BatchNorm2d(out),
+            nn.ReLU(),
+        ]
         channels = out
     return nn.Sequential(*layers)
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from prunelab.errors import ConfigError
 
-__all__ = ["OPTIMIZERS", "LR_SCHEDULES", "SELECTIONS", "TrainConfig"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "SELECTIONS", "TrainConfig"]
 
 #: Optimizer names accepted by :class:`TrainConfig`.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -74,7 +74,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.milestones = list(self.milestones) if isinstance(self.milestones, (list, tuple)) else self.milestones
+        self.milestones = (
+            list(self.milestones) if isinstance(self.milestones, (list, tuple)) else self.milestones
+        )
         for check in (
             self._check_counts,
             self._check_rates,

@@ -1,0 +1,695 @@
+"""The one training loop: optimizer, step-level LR schedule, hooks, validation, checkpoints, DDP.
+
+Every training stage of prunelab (dense training, fine-tuning between pruning rounds, gradual pruning,
+sparsity-regularised training) goes through :func:`train`, written as one explicit loop so the order of
+operations is visible in one place (see :mod:`prunelab.training.hooks` for where each hook runs).
+
+Reproducibility: :func:`train` seeds Python, NumPy and torch from ``seed``; the data loader draws its
+shuffle and augmentation from generators seeded by ``(seed, epoch)``; the only global-RNG consumers left
+(dropout, random criteria inside hooks) are captured in the checkpoint. On the CPU, the same seed gives
+bit-identical weights, and an interrupted run resumed from its checkpoint ends with the same weights as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from prunelab._io import atomic_torch_save, atomic_write_text, safe_torch_load
+from prunelab.core.masking import load_masks, load_plain_state_dict, masks_state_dict, plain_state_dict
+from prunelab.errors import CheckpointError, ConfigError
+from prunelab.training import distributed as dist
+from prunelab.training.config import TrainConfig
+from prunelab.training.hooks import HOOK_METHODS
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainResult",
+    "build_optimizer",
+    "build_scheduler",
+    "checkpoint_path",
+    "evaluate",
+    "set_seed",
+    "train",
+]
+
+#: Value of the ``"format"`` key of a resumable training checkpoint.
+CHECKPOINT_FORMAT = "prunelab-train-state-v1"
+
+# One-cycle shape (Smith & Topin 2019, as in torch.optim.lr_scheduler.OneCycleLR): start at lr/25,
+# rise to lr, fall to lr/(25·10⁴).
+_ONECYCLE_DIV = 25.0
+_ONECYCLE_FINAL_DIV = 1e4
+_ONECYCLE_DEFAULT_RISE = 0.3
+
+_TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        history: the ``metrics.jsonl`` rows of every epoch of the run, including epochs done before a
+            resume.
+        best_val_accuracy: the highest validation accuracy seen (under ``select="best_val"``, among the
+            epochs that share the latest masks); ``None`` without a validation set.
+        final_val_accuracy: validation accuracy of the weights left in the model (the best-val epoch's
+            under ``select="best_val"``, otherwise the last epoch's); ``None`` without a validation set.
+        epochs_run: epochs completed in total (equals ``cfg.epochs`` after a complete run).
+        best_epoch: the epoch (from 1) whose weights ``select="best_val"`` restored, else ``None``.
+        checkpoint: path of the resumable checkpoint, if one was written.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_accuracy: float | None = None
+    final_val_accuracy: float | None = None
+    epochs_run: int = 0
+    best_epoch: int | None = None
+    checkpoint: Path | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeding and RNG state
+
+
+def set_seed(seed: int, *, deterministic: bool = False) -> None:
+    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
+
+    On the CPU this alone makes training bit-reproducible at a fixed thread count.
+
+    Args:
+        seed: the seed.
+        deterministic: also ask cuDNN and torch for deterministic kernels (slower on GPU; needs
+            ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for some CUDA ops). Leaves the flags alone when false.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Everything stored as tensors and plain Python values so the checkpoint loads with weights_only=True.
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------------------------------
+# Optimizer and schedule
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
+    """Build the optimizer named by ``cfg.optimizer`` over the model's trainable parameters.
+
+    Masked tensors are optimised through their unconstrained originals (the parametrization's
+    parameter), so build the optimizer *after* attaching masks.
+
+    Raises:
+        ConfigError: if the model has no trainable parameter.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("train: the model has no trainable parameters; unfreeze some (requires_grad=True)")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"TrainConfig.optimizer: unknown value {cfg.optimizer!r}")  # pragma: no cover
+
+
+def _cosine(start: float, end: float, progress: float) -> float:
+    # Half-cosine interpolation: start at progress 0, end at progress 1.
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Return ``f(t)``: the LR multiplier of optimizer step ``t`` (0-based) for ``cfg``'s schedule."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+
+    if cfg.lr_schedule == "onecycle":
+        rise = warmup if warmup > 0 else round(_ONECYCLE_DEFAULT_RISE * total)
+        rise = min(max(rise, 1), total - 1) if total > 1 else 0
+        low, final = 1.0 / _ONECYCLE_DIV, 1.0 / (_ONECYCLE_DIV * _ONECYCLE_FINAL_DIV)
+
+        def onecycle(t: int) -> float:
+            if total == 1:
+                return 1.0
+            if t <= rise:
+                return _cosine(low, 1.0, t / rise)
+            return _cosine(1.0, final, (t - rise) / max(1, total - 1 - rise))
+
+        return onecycle
+
+    milestone_steps = [round(m * steps_per_epoch) for m in cfg.milestones]
+
+    def factor(t: int) -> float:
+        # Linear warm-up multiplies whatever the main schedule gives: lr/W, 2·lr/W, ..., lr.
+        scale = (t + 1) / warmup if t < warmup else 1.0
+        if cfg.lr_schedule == "cosine":
+            # Reaches exactly 0 after the last step; the last step itself uses a small positive LR.
+            scale *= _cosine(1.0, 0.0, (t - warmup) / max(1, total - warmup)) if t >= warmup else 1.0
+        elif cfg.lr_schedule == "multistep":
+            scale *= cfg.gamma ** sum(t >= s for s in milestone_steps)
+        return scale
+
+    return factor
+
+
+def build_scheduler(optimizer: Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
+    """Build the step-level learning-rate schedule of ``cfg`` (stepped once per optimizer step).
+
+    Schedules, with ``T = epochs × steps_per_epoch`` steps and ``W = round(warmup_epochs ×
+    steps_per_epoch)`` warm-up steps (the LR of step ``t``, counted from 0):
+
+    - ``constant``: ``lr``;
+    - ``multistep``: ``lr · gamma^k``, ``k`` = milestones reached (milestone ``m`` epochs = step
+      ``round(m × steps_per_epoch)``);
+    - ``cosine``: ``lr · ½(1 + cos(π (t − W) / (T − W)))``, reaching 0 after the last step;
+    - ``onecycle``: half-cosine from ``lr/25`` up to ``lr`` at step ``W`` (30 % of ``T`` when
+      ``W = 0``), then down to ``lr/2.5e5`` at the last step (LR only; momentum is not cycled).
+
+    The first three multiply a linear warm-up ``(t + 1) / W`` during the first ``W`` steps.
+
+    Args:
+        optimizer: the optimizer whose parameter groups' ``lr`` is scheduled (``cfg.lr`` is the base).
+        cfg: the training config.
+        steps_per_epoch: optimizer steps per epoch (batches per epoch per rank).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr
+        group.pop("initial_lr", None)  # so LambdaLR takes cfg.lr as its base, not a stale value
+    return LambdaLR(optimizer, _lr_factor(cfg, max(1, steps_per_epoch)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Any,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` on ``dataset``, in eval mode.
+
+    Under DDP each rank evaluates a disjoint shard (the loader's wrap-around padding is excluded) and the
+    counts are all-reduced, so every rank returns the exact figures of the whole dataset. The model's
+    training/eval mode is restored afterwards.
+
+    Args:
+        model: the model (a ``DistributedDataParallel`` wrapper is unwrapped).
+        dataset: a map-style dataset of ``(image, label)``, e.g. ``DataSplits.val``.
+        batch_size: evaluation batch size per rank.
+        device: where to run the batches; defaults to the device of the model's parameters.
+
+    Returns:
+        ``{"accuracy": fraction in [0, 1], "loss": mean cross-entropy}``.
+
+    Raises:
+        ConfigError: if the dataset is empty.
+    """
+    from prunelab.data import make_loader
+
+    net = _unwrap(model)
+    dev = torch.device(device) if device is not None else _model_device(net)
+    n = len(dataset)
+    if n == 0:
+        raise ConfigError("evaluate: the dataset is empty; check the split sizes (val_fraction, test_subset)")
+    distributed = dist.is_distributed()
+    loader = make_loader(dataset, batch_size, train=False, distributed=distributed)
+    # DistributedSampler-style sharding gives rank r positions r, r+N, ...; the padded repeats come last,
+    # so the first len(range(r, n, N)) samples of this rank are exactly its share of the real data.
+    valid = len(range(dist.rank(), n, dist.world_size())) if distributed else n
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, count
+    was_training = net.training
+    net.eval()
+    try:
+        seen = 0
+        for x, y in loader:
+            take = min(len(y), valid - seen)
+            if take <= 0:
+                break
+            x, y = x[:take].to(dev, non_blocking=True), y[:take].to(dev, non_blocking=True)
+            logits = net(x)
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            sums[1] += (logits.argmax(dim=1) == y).sum()
+            sums[2] += take
+            seen += take
+    finally:
+        net.train(was_training)
+    dist.all_reduce_(sums)
+    count = max(float(sums[2]), 1.0)
+    return {"accuracy": float(sums[1]) / count, "loss": float(sums[0]) / count}
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: metrics.jsonl and the resumable checkpoint
+
+
+def checkpoint_path(out_dir: str | os.PathLike[str], tag: str = "train") -> Path:
+    """Where :func:`train` keeps the resumable checkpoint of stage ``tag``: ``<out_dir>/<tag>_last.pt``."""
+    return Path(out_dir) / f"{tag}_last.pt"
+
+
+def _rewrite_metrics(path: Path, tag: str, keep_through_epoch: int) -> None:
+    """Drop this stage's rows after ``keep_through_epoch`` (all of them for a fresh start).
+
+    Rows of other stages (tags) sharing the file are kept. A resumed run would otherwise repeat the rows
+    of epochs written after the last checkpoint, and a restarted one would mix two runs.
+    """
+    if not path.is_file():
+        return
+    kept: list[str] = []
+    changed = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            changed = True  # a line cut short by a crash
+            continue
+        if isinstance(row, dict) and row.get("tag") == tag and int(row.get("epoch", 0)) > keep_through_epoch:
+            changed = True
+            continue
+        kept.append(line)
+    if changed:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _append_row(path: Path, row: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _load_resume_state(path: Path, tag: str, cfg: TrainConfig) -> dict[str, Any]:
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a prunelab training checkpoint; delete it or resume=False to start over"
+        )
+    if state.get("tag") != tag:
+        raise CheckpointError(
+            f"{path} belongs to stage {state.get('tag')!r}, not {tag!r}; pass the right tag"
+        )
+    if int(state["epoch"]) > cfg.epochs:
+        raise CheckpointError(
+            f"{path} has {state['epoch']} epochs done, more than the {cfg.epochs} requested; "
+            "raise epochs or start over with resume=False"
+        )
+    return state
+
+
+def _masks_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+# --------------------------------------------------------------------------------------------------
+# DDP helpers
+
+
+@torch.no_grad()
+def _sync_buffers(model: nn.Module) -> None:
+    # DDP broadcasts rank 0's buffers at the *start* of each forward, so after the last training forward
+    # every rank holds BN statistics updated by its own shard. Broadcasting once more at the end of the
+    # epoch makes validation, checkpoints and the returned model identical on every rank.
+    import torch.distributed as tdist
+
+    for buf in model.buffers():
+        if buf.dtype == torch.bool:
+            # Not every backend reduces/broadcasts bool tensors; go through uint8.
+            tmp = buf.to(torch.uint8)
+            tdist.broadcast(tmp, src=0)
+            buf.copy_(tmp.bool())
+        else:
+            tdist.broadcast(buf, src=0)
+
+
+def _buffer_sync_kwargs() -> dict[str, bool]:
+    # Rank 0's buffers (mask buffers, BN statistics) are broadcast before every forward. Newer torch
+    # renamed ``broadcast_buffers`` to ``forward_sync_buffers`` and warns on the old name.
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": True} if "forward_sync_buffers" in params else {"broadcast_buffers": True}
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if dist.is_distributed() and torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank())
+    return _model_device(model)
+
+
+def _bound_methods(hooks: Sequence[object], name: str) -> list[Callable[..., Any]]:
+    # Duck typing: a hook only needs the methods it uses.
+    return [getattr(h, name) for h in hooks if callable(getattr(h, name, None))]
+
+
+def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    *,
+    hooks: Sequence[object] = (),
+    out_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    tag: str = "train",
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``data.train``, validating on ``data.val``.
+
+    Per step: forward; loss = cross-entropy + Σ ``hook.penalty(model)``; backward;
+    ``hook.after_backward(model)``; gradient clipping; ``optimizer.step()``; ``hook.after_step(model, lr)``;
+    ``hook.on_step_end(step, total_steps)``; ``scheduler.step()``. Per epoch: validation (every
+    ``cfg.eval_every`` epochs and always the last), one ``metrics.jsonl`` row, ``hook.on_epoch_end``, and the
+    resumable checkpoint ``<out_dir>/<tag>_last.pt``.
+
+    Masks must be attached (e.g. ``Pruner.prepare()``) *before* calling ``train``: the optimizer is built
+    here over the parameters that exist now. Masks may shrink during training (``update_mask`` edits the
+    mask buffer in place), which hooks such as gradual pruning do.
+
+    Under ``torchrun`` (after :func:`prunelab.training.distributed.init_distributed`), the model is wrapped
+    in ``DistributedDataParallel`` (``broadcast_buffers=True`` keeps mask buffers and BN statistics
+    identical), each rank trains on its shard with ``cfg.batch_size // world_size`` samples per step,
+    hooks receive the unwrapped module, and only rank 0 writes files. Pass the same ``out_dir`` on every
+    rank when resuming, since every rank reads the checkpoint.
+
+    Args:
+        model: the model; moved to ``device``.
+        data: an object with ``train`` and ``val`` datasets (``val`` may be ``None``), such as
+            :class:`prunelab.data.DataSplits`.
+        cfg: the optimisation settings.
+        hooks: training hooks (:class:`~prunelab.training.hooks.TrainHook` or any object with some of its
+            methods), called in the order given. Hooks with ``state_dict``/``load_state_dict`` are
+            checkpointed.
+        out_dir: folder for ``metrics.jsonl`` and the checkpoint; ``None`` writes nothing.
+        seed: seeds the RNGs and the data order; the same seed gives the same run.
+        resume: continue from ``<out_dir>/<tag>_last.pt`` if it exists (otherwise start afresh). The
+            model's masks and weights, optimizer, scheduler, RNG states, best-val record and hook states
+            are restored, so the result matches an uninterrupted run.
+        tag: name of this training stage, used for the checkpoint file and the ``tag`` field of rows.
+        device: where to train; default: this rank's GPU under DDP with CUDA, else the model's device.
+        log: called with one summary line per epoch (rank 0 only), e.g. a run log's writer.
+
+    Returns:
+        A :class:`TrainResult`. With ``cfg.select == "best_val"`` the model holds the weights of the best
+        validation epoch among those whose masks equal the final masks (a hook that prunes mid-training
+        makes earlier, denser epochs ineligible).
+
+    Raises:
+        ConfigError: bad arguments (no validation set for ``best_val``, ``resume`` without ``out_dir``,
+            an invalid tag, an empty training set).
+        CheckpointError: the checkpoint to resume from is unusable or belongs to another stage.
+    """
+    if isinstance(cfg, Mapping):
+        cfg = TrainConfig.from_dict(cfg)
+    if not _TAG_PATTERN.fullmatch(tag):
+        raise ConfigError(f"train: tag {tag!r} must be letters, digits, '_', '.' or '-' (it names a file)")
+    if resume and out_dir is None:
+        raise ConfigError("train: resume=True needs out_dir, the folder holding the checkpoint")
+    train_set = data.train
+    val_set = getattr(data, "val", None)
+    has_val = val_set is not None and len(val_set) > 0
+    if cfg.select == "best_val" and not has_val:
+        raise ConfigError(
+            "TrainConfig.select: 'best_val' needs a validation split; set val_fraction > 0 or select 'last'"
+        )
+    if cfg.epochs > 0 and len(train_set) == 0:
+        raise ConfigError("train: the training set is empty; check train_subset and the dataset files")
+
+    from prunelab.data import make_loader
+
+    was_training = model.training
+    dev = _resolve_device(model, device)
+    model.to(dev)
+    distributed = dist.is_distributed()
+    main = dist.is_main_process()
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = checkpoint_path(out, tag) if out is not None else None
+    writes = main and out is not None
+    say = log if (log is not None and main) else (lambda _msg: None)
+
+    set_seed(seed)
+    state = _load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
+    if state is not None:
+        # Masks first: attaching one replaces the parameter by its parametrization's original, and the
+        # optimizer built below must hold the final parameter objects.
+        load_masks(model, state["masks"])
+        load_plain_state_dict(model, state["model"])
+        say(f"{tag}: resuming from {ckpt} after epoch {state['epoch']}")
+
+    batch_size = max(1, cfg.batch_size // dist.world_size())
+    steps_per_epoch = len(make_loader(train_set, batch_size, train=True, seed=seed, distributed=distributed))
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+
+    start_epoch, step = 0, 0
+    history: list[dict[str, Any]] = []
+    # best: validation accuracy, epoch, and (for best_val) the weights and masks of that epoch.
+    best: dict[str, Any] = {"val_acc": None, "epoch": None, "model": None, "masks": None}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        history = [dict(row) for row in state["history"]]
+        best = dict(state["best"])
+        _set_rng_state(state["rng"])
+        for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
+            if hook_state is not None and callable(getattr(hook, "load_state_dict", None)):
+                hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
+    if writes:
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        _rewrite_metrics(out / "metrics.jsonl", tag, start_epoch)
+
+    penalties, after_backward, after_step, on_step_end, on_epoch_end = (
+        _bound_methods(hooks, name) for name in HOOK_METHODS
+    )
+    net: nn.Module = model
+    if distributed and cfg.epochs > start_epoch:
+        net = DistributedDataParallel(
+            model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=False,
+            **_buffer_sync_kwargs(),
+        )
+    bar = cfg.progress and main and sys.stderr.isatty()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        net.train()
+        loader = make_loader(
+            train_set, batch_size, train=True, seed=seed, epoch=epoch, distributed=distributed
+        )
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, samples
+        lr = optimizer.param_groups[0]["lr"]
+        for x, y in _progress(loader, bar, f"{tag} {epoch + 1}/{cfg.epochs}"):
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            logits = net(x)
+            data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss = data_loss
+            for penalty in penalties:
+                extra = penalty(model)
+                if extra is not None:
+                    loss = loss + extra
+            loss.backward()
+            for fn in after_backward:
+                fn(model)
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            lr = float(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            for fn in after_step:
+                fn(model, lr)
+            step += 1
+            for fn in on_step_end:
+                fn(step, total_steps)
+            scheduler.step()
+            with torch.no_grad():
+                sums[0] += data_loss.detach().double() * len(y)
+                sums[1] += (logits.argmax(dim=1) == y).sum()
+                sums[2] += len(y)
+
+        if distributed:
+            _sync_buffers(model)
+        dist.all_reduce_(sums)
+        validate = has_val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        val = evaluate(model, val_set, device=dev) if validate else None
+        row: dict[str, Any] = {
+            "tag": tag,
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": lr,
+            "train_loss": float(sums[0] / sums[2].clamp_min(1)),
+            "train_acc": float(sums[1] / sums[2].clamp_min(1)),
+            "val_acc": val["accuracy"] if val else None,
+            "val_loss": val["loss"] if val else None,
+            "time_s": round(time.perf_counter() - started, 4),
+        }
+        if val is not None:
+            _update_best(best, model, row, keep_weights=cfg.select == "best_val")
+        history.append(row)
+        if writes:
+            assert out is not None
+            _append_row(out / "metrics.jsonl", row)
+        for fn in on_epoch_end:
+            fn(epoch + 1, row)
+        if writes:
+            assert ckpt is not None
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "tag": tag,
+                    "config": cfg.to_dict(),
+                    "seed": seed,
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "model": plain_state_dict(model),
+                    "masks": masks_state_dict(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_state(),
+                    "best": best,
+                    "history": history,
+                    "hooks": [
+                        h.state_dict() if callable(getattr(h, "state_dict", None)) else None  # type: ignore[attr-defined]
+                        for h in hooks
+                    ],
+                },
+                ckpt,
+            )
+        say(_summary_line(row, cfg.epochs))
+
+    best_epoch = None
+    final_val = history[-1]["val_acc"] if history else None
+    if cfg.select == "best_val" and best["model"] is not None:
+        if _masks_equal(best["masks"], masks_state_dict(model)):
+            load_plain_state_dict(model, best["model"])
+            best_epoch, final_val = int(best["epoch"]), float(best["val_acc"])
+            say(f"{tag}: restored the weights of epoch {best_epoch} (best val_acc {final_val:.4f})")
+        else:
+            say(f"{tag}: masks changed after the best epoch; keeping the last weights")
+    elif cfg.epochs == 0 and has_val:
+        final_val = evaluate(model, val_set, device=dev)["accuracy"]
+    dist.barrier()
+    model.train(was_training)
+    return TrainResult(
+        history=history,
+        best_val_accuracy=best["val_acc"],
+        final_val_accuracy=final_val,
+        epochs_run=cfg.epochs,
+        best_epoch=best_epoch,
+        checkpoint=ckpt if (ckpt is not None and ckpt.is_file() and cfg.epochs > 0) else None,
+    )
+
+
+def _update_best(
+    best: dict[str, Any], model: nn.Module, row: Mapping[str, Any], *, keep_weights: bool
+) -> None:
+    """Record this epoch as the best if its validation accuracy is higher (ties keep the earlier epoch).
+
+    With ``keep_weights``, epochs validated under different masks are not comparable (masks only shrink,
+    so an earlier denser epoch cannot be restored without undoing pruning): a change of masks resets the
+    record to the current epoch.
+    """
+    acc = float(row["val_acc"])
+    masks = masks_state_dict(model) if keep_weights else None
+    stale = keep_weights and best["masks"] is not None and not _masks_equal(best["masks"], masks)  # type: ignore[arg-type]
+    if best["val_acc"] is None or acc > best["val_acc"] or stale:
+        best["val_acc"], best["epoch"] = acc, int(row["epoch"])
+        if keep_weights:
+            # plain_state_dict shares storage with live buffers; copy so training cannot overwrite it.
+            best["model"] = {k: v.detach().to("cpu", copy=True) for k, v in plain_state_dict(model).items()}
+            best["masks"] = masks
+
+
+def _summary_line(row: Mapping[str, Any], epochs: int) -> str:
+    val = f", val_acc {row['val_acc']:.4f}" if row["val_acc"] is not None else ""
+    return (
+        f"{row['tag']} epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f}, "
+        f"train_acc {row['train_acc']:.4f}{val}, lr {row['lr']:.3g}, {row['time_s']:.1f}s"
+    )

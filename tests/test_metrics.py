@@ -1,0 +1,150 @@
+"""Parameter, non-zero, MAC, latency and file-size measurements, on plain and masked models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunelab.core import masking
+from prunelab.errors import ConfigError
+from prunelab.metrics import (
+    ParamCount,
+    count_parameters,
+    dense_macs,
+    effective_macs,
+    file_size,
+    layer_table,
+    measure_latency,
+)
+
+INPUT = (3, 10, 12)  # C, H, W
+
+
+def hand_built() -> nn.Module:
+    # conv: 4·3·3·3 + 4 = 112; bn: 4 + 4 = 8; linear: 16·5 + 5 = 85  →  205 parameters.
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+
+
+def filled(model: nn.Module, value: float = 0.5) -> nn.Module:
+    # No accidental zeros, so non-zero counts are exact.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    return model
+
+
+def prune_first(model: nn.Module, n_pruned: int) -> torch.Tensor:
+    conv = model[0]
+    keep = torch.ones(conv.weight.numel(), dtype=torch.bool)
+    keep[:n_pruned] = False
+    masking.add_mask(conv)
+    return masking.update_mask(conv, "weight", keep.view_as(conv.weight))
+
+
+def test_parameter_count_of_hand_built_model() -> None:
+    model = filled(hand_built())
+    assert count_parameters(model) == ParamCount(205, 205)
+    total, nonzero = count_parameters(model)  # unpacks like a tuple
+    assert (total, nonzero) == (205, 205)
+
+
+def test_masked_entries_count_as_zeros_and_masks_are_not_double_counted() -> None:
+    model = filled(hand_built())
+    masking.add_mask(model[0])
+    assert count_parameters(model) == (205, 205)  # the original and the mask buffer are not extra params
+    prune_first(model, 30)
+    counts = count_parameters(model)
+    assert counts == (205, 175)
+    assert counts.sparsity == pytest.approx(30 / 205) and counts.compression == pytest.approx(205 / 175)
+    assert parametrize.is_parametrized(model[0], "weight")  # measuring never bakes
+
+
+def test_dense_macs_of_a_convolution() -> None:
+    h, w, cin, cout, k = 10, 12, 3, 4, 3
+    conv = nn.Conv2d(cin, cout, k, padding=1, bias=True)
+    assert dense_macs(conv, (cin, h, w)) == h * w * cin * cout * k * k
+    assert dense_macs(conv, (cin, h, w), batch_size=4) == 4 * h * w * cin * cout * k * k
+    strided = nn.Conv2d(cin, cout, k, stride=2, padding=1)
+    assert dense_macs(strided, (cin, h, w)) == 5 * 6 * cin * cout * k * k
+    depthwise = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    assert dense_macs(depthwise, (4, h, w)) == h * w * 4 * 1 * 9
+
+
+def test_dense_macs_of_linear_and_whole_model() -> None:
+    assert dense_macs(nn.Linear(7, 5), (7,)) == 7 * 5
+    model = hand_built()
+    assert dense_macs(model, INPUT) == 10 * 12 * 3 * 4 * 9 + 16 * 5
+
+
+def test_layer_table_rows() -> None:
+    model = filled(hand_built())
+    prune_first(model, 27)  # a quarter of the 108 conv weights
+    rows = layer_table(model, INPUT)
+    assert [r["name"] for r in rows] == ["0", "5"]
+    conv, fc = rows
+    assert conv["type"] == "Conv2d" and conv["shape"] == [4, 3, 3, 3]
+    assert (conv["params"], conv["nonzero"]) == (108, 81) and conv["sparsity"] == pytest.approx(0.25)
+    assert conv["macs_dense"] == 12960 and conv["macs_effective"] == 9720  # 10·12·3·4·9, × 3/4
+    assert fc == {
+        "name": "5",
+        "type": "Linear",
+        "shape": [5, 16],
+        "params": 80,
+        "nonzero": 80,
+        "sparsity": 0.0,
+        "macs_dense": 80,
+        "macs_effective": 80,
+    }
+
+
+def test_effective_macs_scale_with_density() -> None:
+    model = filled(hand_built())
+    dense = dense_macs(model, INPUT)
+    assert effective_macs(model, INPUT) == dense
+    prune_first(model, 54)  # half of the conv weights
+    assert dense_macs(model, INPUT) == dense  # masks do not change dense MACs
+    assert effective_macs(model, INPUT) == 12960 // 2 + 80
+    assert effective_macs(model, INPUT, batch_size=3) == 3 * (12960 // 2 + 80)
+
+
+def test_measurements_restore_training_mode() -> None:
+    model = hand_built()
+    model.train()
+    dense_macs(model, INPUT)
+    layer_table(model, INPUT)
+    measure_latency(model, INPUT, warmup=1, repeats=2)
+    assert model.training
+
+
+def test_latency_returns_positive_ordered_figures() -> None:
+    model = hand_built()
+    masking.add_mask(model[0])
+    threads = torch.get_num_threads()
+    result = measure_latency(model, INPUT, batch_size=2, warmup=2, repeats=7, threads=1)
+    assert result["median_ms"] > 0
+    assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
+    assert result["repeats"] == 7 and result["batch_size"] == 2 and result["threads"] == 1
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ConfigError):
+        measure_latency(model, INPUT, repeats=0)
+
+
+def test_file_size(tmp_path: Path) -> None:
+    (tmp_path / "a.bin").write_bytes(b"x" * 123)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.bin").write_bytes(b"y" * 77)
+    assert file_size(tmp_path / "a.bin") == 123
+    assert file_size(tmp_path) == 200
+    with pytest.raises(FileNotFoundError):
+        file_size(tmp_path / "missing")
