@@ -155,6 +155,26 @@ def test_option_a_shortcut_matches_reference_formula() -> None:
     assert isinstance(block.shortcut, PadShortcut)
 
 
+def test_option_a_shortcut_channel_surgery() -> None:
+    # Removing channels must give exactly what the unpruned shortcut gives when those channels are zero
+    # (inputs) or dropped (outputs): that is what residual-stream surgery relies on.
+    shortcut = PadShortcut(16, 32, 2)
+    x = torch.randn(2, 16, 8, 8)
+    zeroed = x.clone()
+    zeroed[:, [0, 5]] = 0
+    reference = shortcut(zeroed)
+    kept_inputs = [c for c in range(16) if c not in (0, 5)]
+    shortcut.prune_inputs([0, 5])
+    assert shortcut.in_planes == 14
+    assert torch.equal(shortcut(x[:, kept_inputs]), reference)
+    shortcut.prune_outputs([3, 8, 20])
+    kept_outputs = [c for c in range(32) if c not in (3, 8, 20)]
+    assert shortcut.planes == 29
+    assert torch.equal(shortcut(x[:, kept_inputs]), reference[:, kept_outputs])
+    # The index map is not part of the state_dict (the akamaster layout has no shortcut tensors).
+    assert "layer2.0.shortcut.source" not in build_model("resnet20").state_dict()
+
+
 def test_mobilenet_v1_state_dict_layout() -> None:
     model = build_model("mobilenet_v1", num_classes=1000, width=0.75, stem="imagenet")
     state = model.state_dict()

@@ -163,6 +163,33 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits: DataSplits, 
     assert [row["epoch"] for row in rows] == [1, 2]  # no duplicated or stale rows
 
 
+def test_resume_with_gradual_pruning_hook(digits: DataSplits, tmp_path: Path) -> None:
+    # The real Pruner + AGP hook: its pruner state travels in the checkpoint (weights_only) and the
+    # resumed run prunes exactly as the uninterrupted one.
+    from prunelab.core.pruner import GradualPruningHook, Pruner
+    from prunelab.core.schedules import SCHEDULES
+
+    spe = steps_per_epoch(digits)
+
+    def run(out: Path, *, model_seed: int = 0, resume: bool = False, crash_at: int = -1) -> Pruner:
+        model = small_cnn(seed=model_seed)
+        pruner = Pruner(model, criterion="magnitude")
+        pruner.prepare()
+        agp = SCHEDULES.build("agp", sparsity=0.8, initial_sparsity=0.0, start=0.0, end=0.8, frequency=3)
+        hooks = [GradualPruningHook(pruner, agp), InterruptAt(crash_at)]
+        train(model, digits, cfg(), hooks=hooks, out_dir=out, seed=5, resume=resume)
+        return pruner
+
+    reference = run(tmp_path / "a")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "b", crash_at=spe + 2)
+    resumed = run(tmp_path / "b", model_seed=7, resume=True)
+    assert reference.sparsity() == pytest.approx(0.8, abs=0.01)
+    assert resumed.sparsity() == reference.sparsity()
+    assert_same_state(masking.masks_state_dict(resumed.model), masking.masks_state_dict(reference.model))
+    assert_same_state(masking.plain_state_dict(resumed.model), masking.plain_state_dict(reference.model))
+
+
 def test_resume_without_checkpoint_starts_afresh_and_needs_out_dir(
     digits: DataSplits, tmp_path: Path
 ) -> None:

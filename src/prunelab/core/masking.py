@@ -32,10 +32,39 @@ class Mask(nn.Module):
     def __init__(self, shape: torch.Size | tuple[int, ...], device: torch.device | None = None) -> None:
         super().__init__()
         self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=device))
+        # (source mask, its version, the mask in the weight's dtype): see _mask_like.
+        self._cache: tuple[Tensor, int, Tensor] | None = None
+
+    def _mask_like(self, original: Tensor) -> Tensor:
+        """The mask as a tensor of ``original``'s dtype and device, cast once and then reused.
+
+        Casting the boolean mask on every forward was about half of the mask's cost in a training step
+        (benchmarks/mask_overhead.py). The cast is reused while the buffer is the same tensor object at
+        the same version counter: every in-place change (``update_mask``'s ``&=``, ``load_state_dict``'s
+        ``copy_``, a DDP buffer broadcast) bumps the version, and ``.to()``/reassignment replaces the
+        object, so a stale cast is never used.
+        """
+        mask = self.mask
+        if torch.is_inference_mode_enabled() or mask.is_inference():
+            # Inference tensors have no version counter, and a cast made here could not be saved for
+            # backward by a later training forward: cast without caching.
+            return mask.to(dtype=original.dtype)
+        cached = self._cache
+        if (
+            cached is not None
+            and cached[0] is mask
+            and cached[1] == mask._version
+            and cached[2].dtype == original.dtype
+            and cached[2].device == original.device
+        ):
+            return cached[2]
+        value = mask.to(device=original.device, dtype=original.dtype)
+        self._cache = (mask, mask._version, value)
+        return value
 
     def forward(self, original: Tensor) -> Tensor:
         """Return the effective tensor ``original ⊙ mask``."""
-        return original * self.mask.to(original.dtype)
+        return original * self._mask_like(original)
 
 
 def _split(fqn: str) -> tuple[str, str]:

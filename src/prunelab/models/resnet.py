@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from prunelab.models.base import (
@@ -43,8 +43,15 @@ class PadShortcut(nn.Module):
     """Option-A shortcut: take every ``stride``-th pixel and zero-pad the channels from ``in_planes`` to ``planes``.
 
     The new channels are split evenly before and after the existing ones; for the standard widths
-    (16→32, 32→64) that is the ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))`` of
-    the reference code.
+    (16→32, 32→64) the result equals ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``
+    of the reference code.
+
+    The padding is stored as an index map, ``source[j]`` = the input channel that output channel ``j``
+    copies, or -1 for an all-zero channel, so the shortcut behaves like a fixed, parameter-free 1×1
+    selection conv whose input and output channels can be removed independently (:meth:`prune_inputs`,
+    :meth:`prune_outputs`). That is what channel surgery across the residual stream needs; a contiguous
+    ``F.pad`` cannot express "input channel 5 was removed". The map is a non-persistent buffer, so the
+    state_dict stays that of the reference implementation.
 
     Args:
         in_planes: channels of the block input.
@@ -52,19 +59,44 @@ class PadShortcut(nn.Module):
         stride: spatial subsampling factor.
     """
 
+    source: Tensor
+
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
         super().__init__()
         if planes < in_planes:
             raise ValueError(f"option-A shortcut cannot shrink {in_planes} channels to {planes}")
         self.in_planes, self.planes, self.stride = in_planes, planes, stride
-        self.pad_before = (planes - in_planes) // 2
-        self.pad_after = planes - in_planes - self.pad_before
+        before = (planes - in_planes) // 2
+        source = torch.full((planes,), -1, dtype=torch.long)
+        source[before : before + in_planes] = torch.arange(in_planes)
+        self.register_buffer("source", source, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Subsample and channel-pad ``x``."""
+        """Subsample ``x`` and place its channels as ``source`` says (zeros elsewhere)."""
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, self.pad_before, self.pad_after))
+        present = (self.source >= 0).to(x.dtype).view(1, -1, 1, 1)
+        return x.index_select(1, self.source.clamp(min=0)) * present
+
+    @torch.no_grad()
+    def prune_outputs(self, idxs: Sequence[int]) -> None:
+        """Remove output channels ``idxs`` (the next stage's residual channels were pruned)."""
+        keep = torch.ones(self.planes, dtype=torch.bool, device=self.source.device)
+        keep[list(idxs)] = False
+        self.source = self.source[keep]
+        self.planes = int(keep.sum())
+
+    @torch.no_grad()
+    def prune_inputs(self, idxs: Sequence[int]) -> None:
+        """Remove input channels ``idxs``; the output channels that copied them become all-zero."""
+        removed = torch.zeros(self.in_planes, dtype=torch.bool, device=self.source.device)
+        removed[list(idxs)] = True
+        present = self.source >= 0
+        src = self.source.clamp(min=0)
+        # Surviving inputs move down by the number of removed inputs before them.
+        shifted = src - torch.cumsum(removed.long(), 0)[src]
+        self.source = torch.where(present & ~removed[src], shifted, torch.full_like(src, -1))
+        self.in_planes -= int(removed.sum())
 
     def extra_repr(self) -> str:
         """Show the widths and stride in ``print(model)``."""

@@ -44,9 +44,9 @@ class TrainConfig:
             of training (warm-up included). Non-integer epochs are allowed (``0.5`` = halfway through the
             first epoch); each milestone is converted to the nearest optimizer step.
         gamma: multistep decay factor, in (0, 1].
-        warmup_epochs: linear warm-up from ``lr / steps`` to ``lr`` over this many epochs (may be
-            fractional); for ``onecycle`` it sets the length of the rising phase (default 30 % of
-            training).
+        warmup_epochs: linear warm-up over the ``W`` optimizer steps of this many epochs (may be
+            fractional): step ``t < W`` uses ``lr · (t + 1) / W``; for ``onecycle`` it sets the length of
+            the rising phase instead (default 30 % of training).
         label_smoothing: cross-entropy label smoothing in [0, 1).
         grad_clip: clip the global gradient 2-norm to this value; ``None`` disables clipping.
         select: ``"last"`` returns the final weights; ``"best_val"`` restores the weights of the epoch

@@ -1,8 +1,10 @@
-"""The one training loop: optimizer, step-level LR schedule, hooks, validation, checkpoints, DDP.
+"""The one training loop: hooks, validation, checkpoints, resume, DDP; and :func:`evaluate`.
 
 Every training stage of prunelab (dense training, fine-tuning between pruning rounds, gradual pruning,
 sparsity-regularised training) goes through :func:`train`, written as one explicit loop so the order of
 operations is visible in one place (see :mod:`prunelab.training.hooks` for where each hook runs).
+Optimizers and LR schedules live in :mod:`prunelab.training.optim`, seeding and the run files in
+:mod:`prunelab.training.state`; both are re-exported here.
 
 Reproducibility: :func:`train` seeds Python, NumPy and torch from ``seed``; the data loader draws its
 shuffle and augmentation from generators seeded by ``(seed, epoch)``; the only global-RNG consumers left
@@ -15,10 +17,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
-import math
 import os
-import random
 import re
 import sys
 import time
@@ -27,20 +26,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
 
-from prunelab._io import atomic_torch_save, atomic_write_text, safe_torch_load
+from prunelab._io import atomic_torch_save
 from prunelab.core.masking import load_masks, load_plain_state_dict, masks_state_dict, plain_state_dict
-from prunelab.errors import CheckpointError, ConfigError
+from prunelab.errors import ConfigError
 from prunelab.training import distributed as dist
 from prunelab.training.config import TrainConfig
 from prunelab.training.hooks import HOOK_METHODS
+from prunelab.training.optim import build_optimizer, build_scheduler
+from prunelab.training.state import (
+    CHECKPOINT_FORMAT,
+    append_row,
+    checkpoint_path,
+    load_resume_state,
+    restore_rng_state,
+    rewrite_metrics,
+    rng_state,
+    set_seed,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -53,15 +60,7 @@ __all__ = [
     "train",
 ]
 
-#: Value of the ``"format"`` key of a resumable training checkpoint.
-CHECKPOINT_FORMAT = "prunelab-train-state-v1"
-
-# One-cycle shape (Smith & Topin 2019, as in torch.optim.lr_scheduler.OneCycleLR): start at lr/25,
-# rise to lr, fall to lr/(25·10⁴).
-_ONECYCLE_DIV = 25.0
-_ONECYCLE_FINAL_DIV = 1e4
-_ONECYCLE_DEFAULT_RISE = 0.3
-
+# Tags name files (<tag>_last.pt), so keep them to portable file-name characters.
 _TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -87,154 +86,6 @@ class TrainResult:
     epochs_run: int = 0
     best_epoch: int | None = None
     checkpoint: Path | None = None
-
-
-# --------------------------------------------------------------------------------------------------
-# Seeding and RNG state
-
-
-def set_seed(seed: int, *, deterministic: bool = False) -> None:
-    """Seed Python's ``random``, NumPy's global RNG and torch (CPU and every CUDA device).
-
-    On the CPU this alone makes training bit-reproducible at a fixed thread count.
-
-    Args:
-        seed: the seed.
-        deterministic: also ask cuDNN and torch for deterministic kernels (slower on GPU; needs
-            ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for some CUDA ops). Leaves the flags alone when false.
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def _rng_state() -> dict[str, Any]:
-    # Everything stored as tensors and plain Python values so the checkpoint loads with weights_only=True.
-    version, internal, gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {
-            "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
-            "pos": int(np_pos),
-            "has_gauss": int(np_has_gauss),
-            "gauss": float(np_gauss),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
-    )
-    torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-# --------------------------------------------------------------------------------------------------
-# Optimizer and schedule
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
-    """Build the optimizer named by ``cfg.optimizer`` over the model's trainable parameters.
-
-    Masked tensors are optimised through their unconstrained originals (the parametrization's
-    parameter), so build the optimizer *after* attaching masks.
-
-    Raises:
-        ConfigError: if the model has no trainable parameter.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("train: the model has no trainable parameters; unfreeze some (requires_grad=True)")
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
-        )
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"TrainConfig.optimizer: unknown value {cfg.optimizer!r}")  # pragma: no cover
-
-
-def _cosine(start: float, end: float, progress: float) -> float:
-    # Half-cosine interpolation: start at progress 0, end at progress 1.
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-
-
-def _lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Return ``f(t)``: the LR multiplier of optimizer step ``t`` (0-based) for ``cfg``'s schedule."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-
-    if cfg.lr_schedule == "onecycle":
-        rise = warmup if warmup > 0 else round(_ONECYCLE_DEFAULT_RISE * total)
-        rise = min(max(rise, 1), total - 1) if total > 1 else 0
-        low, final = 1.0 / _ONECYCLE_DIV, 1.0 / (_ONECYCLE_DIV * _ONECYCLE_FINAL_DIV)
-
-        def onecycle(t: int) -> float:
-            if total == 1:
-                return 1.0
-            if t <= rise:
-                return _cosine(low, 1.0, t / rise)
-            return _cosine(1.0, final, (t - rise) / max(1, total - 1 - rise))
-
-        return onecycle
-
-    milestone_steps = [round(m * steps_per_epoch) for m in cfg.milestones]
-
-    def factor(t: int) -> float:
-        # Linear warm-up multiplies whatever the main schedule gives: lr/W, 2·lr/W, ..., lr.
-        scale = (t + 1) / warmup if t < warmup else 1.0
-        if cfg.lr_schedule == "cosine":
-            # Reaches exactly 0 after the last step; the last step itself uses a small positive LR.
-            scale *= _cosine(1.0, 0.0, (t - warmup) / max(1, total - warmup)) if t >= warmup else 1.0
-        elif cfg.lr_schedule == "multistep":
-            scale *= cfg.gamma ** sum(t >= s for s in milestone_steps)
-        return scale
-
-    return factor
-
-
-def build_scheduler(optimizer: Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> LambdaLR:
-    """Build the step-level learning-rate schedule of ``cfg`` (stepped once per optimizer step).
-
-    Schedules, with ``T = epochs × steps_per_epoch`` steps and ``W = round(warmup_epochs ×
-    steps_per_epoch)`` warm-up steps (the LR of step ``t``, counted from 0):
-
-    - ``constant``: ``lr``;
-    - ``multistep``: ``lr · gamma^k``, ``k`` = milestones reached (milestone ``m`` epochs = step
-      ``round(m × steps_per_epoch)``);
-    - ``cosine``: ``lr · ½(1 + cos(π (t − W) / (T − W)))``, reaching 0 after the last step;
-    - ``onecycle``: half-cosine from ``lr/25`` up to ``lr`` at step ``W`` (30 % of ``T`` when
-      ``W = 0``), then down to ``lr/2.5e5`` at the last step (LR only; momentum is not cycled).
-
-    The first three multiply a linear warm-up ``(t + 1) / W`` during the first ``W`` steps.
-
-    Args:
-        optimizer: the optimizer whose parameter groups' ``lr`` is scheduled (``cfg.lr`` is the base).
-        cfg: the training config.
-        steps_per_epoch: optimizer steps per epoch (batches per epoch per rank).
-    """
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr
-        group.pop("initial_lr", None)  # so LambdaLR takes cfg.lr as its base, not a stale value
-    return LambdaLR(optimizer, _lr_factor(cfg, max(1, steps_per_epoch)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,64 +158,6 @@ def evaluate(
     dist.all_reduce_(sums)
     count = max(float(sums[2]), 1.0)
     return {"accuracy": float(sums[1]) / count, "loss": float(sums[0]) / count}
-
-
-# --------------------------------------------------------------------------------------------------
-# Files: metrics.jsonl and the resumable checkpoint
-
-
-def checkpoint_path(out_dir: str | os.PathLike[str], tag: str = "train") -> Path:
-    """Where :func:`train` keeps the resumable checkpoint of stage ``tag``: ``<out_dir>/<tag>_last.pt``."""
-    return Path(out_dir) / f"{tag}_last.pt"
-
-
-def _rewrite_metrics(path: Path, tag: str, keep_through_epoch: int) -> None:
-    """Drop this stage's rows after ``keep_through_epoch`` (all of them for a fresh start).
-
-    Rows of other stages (tags) sharing the file are kept. A resumed run would otherwise repeat the rows
-    of epochs written after the last checkpoint, and a restarted one would mix two runs.
-    """
-    if not path.is_file():
-        return
-    kept: list[str] = []
-    changed = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            changed = True  # a line cut short by a crash
-            continue
-        if isinstance(row, dict) and row.get("tag") == tag and int(row.get("epoch", 0)) > keep_through_epoch:
-            changed = True
-            continue
-        kept.append(line)
-    if changed:
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _append_row(path: Path, row: Mapping[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _load_resume_state(path: Path, tag: str, cfg: TrainConfig) -> dict[str, Any]:
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not a prunelab training checkpoint; delete it or resume=False to start over"
-        )
-    if state.get("tag") != tag:
-        raise CheckpointError(
-            f"{path} belongs to stage {state.get('tag')!r}, not {tag!r}; pass the right tag"
-        )
-    if int(state["epoch"]) > cfg.epochs:
-        raise CheckpointError(
-            f"{path} has {state['epoch']} epochs done, more than the {cfg.epochs} requested; "
-            "raise epochs or start over with resume=False"
-        )
-    return state
 
 
 def _masks_equal(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
@@ -511,7 +304,7 @@ def train(
     say = log if (log is not None and main) else (lambda _msg: None)
 
     set_seed(seed)
-    state = _load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
+    state = load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
     if state is not None:
         # Masks first: attaching one replaces the parameter by its parametrization's original, and the
         # optimizer built below must hold the final parameter objects.
@@ -535,14 +328,14 @@ def train(
         start_epoch, step = int(state["epoch"]), int(state["step"])
         history = [dict(row) for row in state["history"]]
         best = dict(state["best"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
             if hook_state is not None and callable(getattr(hook, "load_state_dict", None)):
                 hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
     if writes:
         assert out is not None
         out.mkdir(parents=True, exist_ok=True)
-        _rewrite_metrics(out / "metrics.jsonl", tag, start_epoch)
+        rewrite_metrics(out / "metrics.jsonl", tag, start_epoch)
 
     penalties, after_backward, after_step, on_step_end, on_epoch_end = (
         _bound_methods(hooks, name) for name in HOOK_METHODS
@@ -615,7 +408,7 @@ def train(
         history.append(row)
         if writes:
             assert out is not None
-            _append_row(out / "metrics.jsonl", row)
+            append_row(out / "metrics.jsonl", row)
         for fn in on_epoch_end:
             fn(epoch + 1, row)
         if writes:
@@ -632,7 +425,7 @@ def train(
                     "masks": masks_state_dict(model),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                     "best": best,
                     "history": history,
                     "hooks": [
