@@ -2,8 +2,9 @@
 
 Trains a small masked CNN on the offline ``digits`` dataset with the real :func:`prunelab.training.train`,
 prunes half of each masked weight by magnitude halfway through training (from a hook, on the
-DDP-synchronised weights, so every rank takes the same decision), then saves what this rank ended with
-to ``<out_dir>/rank<r>.pt`` for the test to compare.
+DDP-synchronised weights, so every rank takes the same decision), fine-tunes for one more epoch in a
+second ``train`` call, then saves what this rank ended with to ``<out_dir>/rank<r>.pt`` for the test to
+compare.
 
 Usage: ``torchrun --standalone --nproc_per_node 2 tests/ddp_worker.py OUT_DIR``
 """
@@ -69,6 +70,9 @@ def main(out_dir: Path) -> None:
     hook = HalfwayMagnitudePrune(model)
     cfg = TrainConfig(epochs=2, lr=0.05, batch_size=64, lr_schedule="cosine", progress=False)
     result = train(model, data, cfg, hooks=[hook], out_dir=out_dir / "run", seed=0, tag="ddp")
+    # A second stage re-wraps the same module in a new DDP, as iterative pruning rounds do.
+    finetune = TrainConfig(epochs=1, lr=0.01, batch_size=64, lr_schedule="constant", progress=False)
+    train(model, data, finetune, out_dir=out_dir / "run", seed=1, tag="ft")
     test = evaluate(model, data.test)
     atomic_torch_save(
         {

@@ -238,6 +238,31 @@ def test_a_selector_callable_plugs_in_without_core_changes() -> None:
     assert masking.get_mask(fc).tolist() == [[False, True, False, True]]
 
 
+class FilterBasis(nn.Module):
+    """Interspace-style reparametrization: a k×k kernel = coefficients (o, i, b) @ basis (b, k·k)."""
+
+    def forward(self, coeffs: Tensor, basis: Tensor) -> Tensor:
+        k = int(basis.shape[1] ** 0.5)
+        return (coeffs @ basis).reshape(*coeffs.shape[:2], k, k)
+
+    def right_inverse(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        o, i, k, _ = weight.shape
+        return weight.reshape(o, i, k * k).clone(), torch.eye(k * k)
+
+
+def test_a_mask_stacked_under_another_parametrization_prunes_its_coefficients() -> None:
+    # The interspace plug-in path: mask the basis coefficients, not the weight, with no core change.
+    conv = nn.Conv2d(2, 3, 3)
+    parametrize.register_parametrization(conv, "weight", FilterBasis())
+    fqn = "parametrizations.weight.original0"
+    p = Pruner(conv, targets=[fqn], granularity="kernel").prepare()
+    report = p.step(0.5)
+    coeffs = conv.parametrizations.weight.original0  # the masked (effective) coefficients
+    assert (report.units_removed, report.units_total) == (3, 6)
+    torch.testing.assert_close(conv.weight, (coeffs @ torch.eye(9)).reshape(3, 2, 3, 3), rtol=0, atol=0)
+    assert int((conv.weight.abs().sum(dim=(2, 3)) == 0).sum()) == 3
+
+
 def test_pruned_model_gives_the_same_outputs_after_bake() -> None:
     model = UserNet().eval()
     p = prunelab.prune(model, 0.5, granularity="filter")

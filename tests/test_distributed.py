@@ -85,10 +85,11 @@ def test_sharded_evaluation_matches_single_process(ddp_run: Path) -> None:
 
 def test_only_rank_zero_writes_files(ddp_run: Path) -> None:
     run = ddp_run / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["ddp_last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["ddp_last.pt", "ft_last.pt", "metrics.jsonl"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows] == [1, 2]  # one row per epoch, not one per rank
-    checkpoint = torch.load(run / "ddp_last.pt", weights_only=True)
+    # One row per epoch and stage, not one per rank.
+    assert [(row["tag"], row["epoch"]) for row in rows] == [("ddp", 1), ("ddp", 2), ("ft", 1)]
+    checkpoint = torch.load(run / "ft_last.pt", weights_only=True)
     for key, value in load_rank(ddp_run, 0)["model"].items():
         assert torch.equal(checkpoint["model"][key], value)
 

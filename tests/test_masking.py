@@ -182,3 +182,51 @@ def test_plain_state_dict_loads_into_an_unmasked_model() -> None:
     plain.load_state_dict(masking.plain_state_dict(source))
     x, _ = _batch()
     torch.testing.assert_close(plain(x), source(x), rtol=0, atol=0)
+
+
+def _fill_originals(module: nn.Module, value: float) -> None:
+    # Stands in for an optimizer's old momentum moving the originals behind the mask.
+    with torch.no_grad():
+        masking.original(module, "weight").fill_(value)
+
+
+def test_effective_weight_follows_update_mask_after_a_forward() -> None:
+    # The mask's float cast is cached between forwards; an in-place update must invalidate it.
+    layer = nn.Linear(4, 3)
+    masking.add_mask(layer, "weight")
+    _ = layer.weight  # builds the cache
+    keep = _half_mask(layer.weight.shape)
+    masking.update_mask(layer, "weight", keep)
+    _fill_originals(layer, 1.0)
+    torch.testing.assert_close(layer.weight, keep.float(), rtol=0, atol=0)
+
+
+def test_effective_weight_follows_a_mask_loaded_through_load_state_dict() -> None:
+    source, target = ConvNet(), ConvNet()
+    keep = _mask_all(source)["fc.weight"]
+    masking.add_mask(target.conv, "weight")
+    masking.add_mask(target.fc, "weight")
+    _ = target.fc.weight  # builds the cache with an all-ones mask
+    target.load_state_dict(source.state_dict())
+    _fill_originals(target.fc, 1.0)
+    torch.testing.assert_close(target.fc.weight, keep.float(), rtol=0, atol=0)
+
+
+def test_effective_weight_follows_a_dtype_change() -> None:
+    layer = nn.Linear(4, 3)
+    masking.update_mask(layer, "weight", _half_mask(layer.weight.shape))
+    _ = layer.weight
+    layer.double()
+    assert layer.weight.dtype == torch.float64
+
+
+def test_training_after_an_inference_mode_forward_works() -> None:
+    # A cast made under inference_mode cannot be saved for backward; the mask must not cache it.
+    model = ConvNet()
+    keep = _mask_all(model)["conv.weight"]
+    x, y = _batch()
+    with torch.inference_mode():
+        model(x)
+    nn.functional.cross_entropy(model(x), y).backward()
+    grad = masking.original(model.conv, "weight").grad
+    torch.testing.assert_close(grad[~keep], torch.zeros_like(grad[~keep]), rtol=0, atol=0)

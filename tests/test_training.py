@@ -466,6 +466,12 @@ def test_checkpoint_loads_weights_only(digits: DataSplits, tmp_path: Path) -> No
     assert_same_state(plain.state_dict(), masking.plain_state_dict(model))
 
 
+def test_keep_checkpoint_false_removes_it_after_completion(digits: DataSplits, tmp_path: Path) -> None:
+    result = train(small_cnn(), digits, cfg(epochs=1), out_dir=tmp_path, keep_checkpoint=False)
+    assert result.checkpoint is None and not checkpoint_path(tmp_path).exists()
+    assert (tmp_path / "metrics.jsonl").is_file()
+
+
 def test_progress_bar_stays_off_when_stderr_is_not_a_terminal(
     digits: DataSplits, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,7 +49,7 @@ class Mask(nn.Module):
             # Inference tensors have no version counter, and a cast made here could not be saved for
             # backward by a later training forward: cast without caching.
             return mask.to(dtype=original.dtype)
-        cached = self._cache
+        cached = getattr(self, "_cache", None)  # masks pickled before the cache existed lack it
         if (
             cached is not None
             and cached[0] is mask
@@ -92,7 +92,7 @@ def add_mask(module: nn.Module, name: str = "weight") -> Mask:
         return existing
     tensor = getattr(module, name)
     if not isinstance(tensor, Tensor):
-        raise ValueError(f"{type(module).__name__}.{name} is not a tensor and cannot be masked")
+        raise TypeError(f"{type(module).__name__}.{name} is not a tensor and cannot be masked")
     mask = Mask(tensor.shape, device=tensor.device)
     # unsafe=True skips parametrize's consistency check, which would run a forward for nothing.
     parametrize.register_parametrization(module, name, mask, unsafe=True)
@@ -209,7 +209,7 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     for module_name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             prefix = f"{module_name}." if module_name else ""
-            for name in module.parametrizations.keys():  # type: ignore[union-attr]
+            for name in module.parametrizations:  # type: ignore[union-attr]
                 state[prefix + name] = getattr(module, name).detach().clone()
                 parametrized.add(prefix + "parametrizations." + name + ".")
     for key, value in model.state_dict().items():

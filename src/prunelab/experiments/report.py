@@ -90,11 +90,13 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, x: str = "params_n
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[str(row.get(group))].append(row)
+        if row.get("method") != "dense":  # dense runs are drawn once, as the reference star
+            groups[str(row.get(group))].append(row)
     for name, members in sorted(groups.items()):
         members = sorted(members, key=lambda r: r.get(x) or 0)
         ax.plot([r.get(x) for r in members], [100 * r["accuracy"] for r in members], marker="o", label=name)
@@ -104,6 +106,9 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, x: str = "params_n
         ax.plot([ref["params_dense_nonzero"]], [100 * ref["accuracy_dense"]], marker="*", markersize=12,
                 color="black", linestyle="none", label="dense")
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(True, which="both", alpha=0.3)

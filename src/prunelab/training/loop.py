@@ -229,6 +229,7 @@ def train(
     tag: str = "train",
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = None,
+    keep_checkpoint: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train``, validating on ``data.val``.
 
@@ -264,6 +265,8 @@ def train(
         tag: name of this training stage, used for the checkpoint file and the ``tag`` field of rows.
         device: where to train; default: this rank's GPU under DDP with CUDA, else the model's device.
         log: called with one summary line per epoch (rank 0 only), e.g. a run log's writer.
+        keep_checkpoint: keep ``<tag>_last.pt`` after training completes; ``False`` deletes it then
+            (it still protects the run against interruptions), which saves disk in multi-stage runs.
 
     Returns:
         A :class:`TrainResult`. With ``cfg.select == "best_val"`` the model holds the weights of the best
@@ -410,7 +413,7 @@ def train(
             assert out is not None
             append_row(out / "metrics.jsonl", row)
         for fn in on_epoch_end:
-            fn(epoch + 1, row)
+            fn(epoch + 1, dict(row))  # a copy: a hook must not rewrite the history
         if writes:
             assert ckpt is not None
             atomic_torch_save(
@@ -448,6 +451,8 @@ def train(
             say(f"{tag}: masks changed after the best epoch; keeping the last weights")
     elif cfg.epochs == 0 and has_val:
         final_val = evaluate(model, val_set, device=dev)["accuracy"]
+    if writes and not keep_checkpoint and ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     dist.barrier()
     model.train(was_training)
     return TrainResult(
