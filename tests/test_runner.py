@@ -115,3 +115,47 @@ def test_masks_survive_fine_tuning(tmp_path: Path) -> None:
         assert torch.all(weight[~mask] == 0), fqn
     model = build_from_checkpoint(tmp_path)
     assert len(list(masking.iter_masks(model))) == len(payload["masks"])
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    """kill -9 during fine-tuning, then ``prunelab run --resume``: same result as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "seed: 3\nmodel: {name: small_cnn}\ndata: {name: digits}\n"
+        "train: {epochs: 6, optimizer: adam, lr: 3.0e-3, weight_decay: 0.0, batch_size: 32}\n"
+        "prune: {method: lottery_ticket, sparsity: 0.8, rounds: 2}\n"
+        "finetune: {epochs: 30, optimizer: adam, lr: 1.0e-3, weight_decay: 0.0, batch_size: 32}\n"
+        "eval: {latency: false}\n"
+    )
+    command = [sys.executable, "-m", "prunelab", "run", str(recipe), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*command, "--out", str(tmp_path / "full")], check=True, timeout=300, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*command, "--out", str(killed)], env=env)
+    deadline = time.time() + 240
+    metrics = killed / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and '"tag": "finetune1", "epoch": 3,' in metrics.read_text():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    assert (killed / "finetune1_last.pt").exists()
+
+    subprocess.run([*command, "--out", str(killed), "--resume"], check=True, timeout=300, env=env)
+    full = json.loads((tmp_path / "full/summary.json").read_text())
+    resumed = json.loads((killed / "summary.json").read_text())
+    for key in ("accuracy", "accuracy_dense", "params_nonzero", "macs_effective"):
+        assert resumed[key] == full[key], key
+    rows = [json.loads(line) for line in open(killed / "metrics.jsonl")]
+    assert len(rows) == 6 + 2 * 30  # no epoch duplicated or lost
+    assert not list(killed.glob("*_last.pt"))

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from prunelab.errors import PrunelabError
+from prunelab.errors import ConfigError, PrunelabError
 
 LISTABLE = ("models", "datasets", "methods", "criteria", "schedules", "granularities", "pretrained")
 
@@ -51,11 +51,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.download:
         overrides.append("data.download=true")
     recipe = load_recipe(args.recipe, overrides)
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out DIR, the run directory to continue")
     dist.init_distributed()
     try:
         out = Path(args.out) if args.out else _default_out(recipe.name)
         summary = run_recipe(recipe, out, data_dir=args.data_dir, progress=not args.quiet,
-                             echo=None if args.quiet else print)
+                             echo=None if args.quiet else print, resume=args.resume)
     finally:
         dist.cleanup()
     if dist.is_main_process():
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<timestamp>)")
     p.add_argument("--data-dir", help="data root (default: $PRUNELAB_DATA or ~/.cache/prunelab)")
     p.add_argument("--download", action="store_true", help="download missing datasets/weights (needs network)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its stage checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_run)
 

@@ -188,6 +188,7 @@ def run_recipe(
     data_dir: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Execute ``recipe`` and write its run directory to ``out_dir``.
 
@@ -197,6 +198,10 @@ def run_recipe(
         data_dir: the data root (default ``$PRUNELAB_DATA`` or ``~/.cache/prunelab``).
         progress: show progress bars (only on a terminal).
         echo: where log lines go besides ``log.txt`` (``None`` for silence).
+        resume: continue an interrupted run in ``out_dir``: every training stage restarts from its
+            ``<stage>_last.pt`` checkpoint (finished stages are not trained again), and pruning steps,
+            which are deterministic functions of the restored weights, are recomputed. Stage
+            checkpoints are deleted once the run is complete.
 
     Returns:
         The summary written to ``summary.json``.
@@ -214,8 +219,9 @@ def run_recipe(
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        (out / "log.txt").unlink(missing_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+        if not resume:
+            for stale in ("log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]):
+                (out / stale).unlink(missing_ok=True)
     log = RunLog(out / "log.txt" if main else None, echo if main else None)
     log(f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}")
 
@@ -238,7 +244,6 @@ def run_recipe(
                         **recipe.model.kwargs)
     _init_model(recipe, model, data_dir, log)
     input_shape = tuple(data.input_shape)
-    out_arg = out if main else None
     # Rewinding resets surviving weights to their values before any training (lottery tickets).
     init_state = masking.plain_state_dict(model) if recipe.prune.rewind else None
 
@@ -247,7 +252,8 @@ def run_recipe(
 
     if recipe.train.epochs > 0:
         log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
-        train(model, data, recipe.train.to_train_config(progress), out_dir=out_arg, seed=recipe.seed, tag="dense")
+        train(model, data, recipe.train.to_train_config(progress), out_dir=out, seed=recipe.seed, tag="dense",
+              resume=resume)
     accuracy_dense = evaluate_test()
     dense = _measure(model, input_shape)
     log(f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs")
@@ -269,8 +275,8 @@ def run_recipe(
                 end=p.agp.end, frequency=p.agp.frequency,
             )
             log(f"gradual pruning to {p.sparsity:.3f} over {recipe.finetune.epochs} epochs (AGP)")
-            train(model, data, finetune_cfg, hooks=[GradualPruningHook(pruner, schedule)], out_dir=out_arg,
-                  seed=recipe.seed, tag="agp")
+            train(model, data, finetune_cfg, hooks=[GradualPruningHook(pruner, schedule)], out_dir=out,
+                  seed=recipe.seed, tag="agp", resume=resume)
             accuracy_pruned = float("nan")  # pruning and training are interleaved: no "before" point
         else:
             if p.schedule == "iterative":
@@ -286,8 +292,8 @@ def run_recipe(
                 log(f"round {index}/{len(targets)}: sparsity {report.sparsity:.4f}, "
                     f"accuracy before fine-tuning {accuracy_pruned:.4f}")
                 if recipe.finetune.epochs > 0:
-                    train(model, data, finetune_cfg, out_dir=out_arg, seed=recipe.seed + index,
-                          tag=f"finetune{index}")
+                    train(model, data, finetune_cfg, out_dir=out, seed=recipe.seed + index,
+                          tag=f"finetune{index}", resume=resume)
                 changed = recipe.finetune.epochs > 0 or init_state is not None
                 after = evaluate_test() if changed else accuracy_pruned
                 m = _measure(model, input_shape)
@@ -353,6 +359,9 @@ def run_recipe(
         }
         summary["wall_time_s"] = round(time.perf_counter() - started, 3)
         atomic_write_json(out / "summary.json", summary)
+        # The stage checkpoints only protect an unfinished run; checkpoint.pt is the result.
+        for stage_checkpoint in out.glob("*_last.pt"):
+            stage_checkpoint.unlink()
         log(f"wrote {out}")
     else:
         summary["wall_time_s"] = round(time.perf_counter() - started, 3)
