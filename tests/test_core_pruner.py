@@ -220,6 +220,30 @@ def test_statistics_reach_the_criterion_and_fit_runs_first() -> None:
     assert masking.get_mask(fc).tolist() == [[True, False, True]] * 2
 
 
+class Connectivity:
+    """A SNIP-style criterion, |w · ∂L/∂w|, whose fit runs its own forward and backward pass."""
+
+    requires: frozenset[str] = frozenset()
+
+    def __init__(self, model: nn.Module, batch: Tensor) -> None:
+        self.model, self.batch, self.scores = model, batch, {}
+
+    def fit(self, views: Sequence[TargetView], stats: Mapping[str, object]) -> None:
+        self.model.zero_grad()
+        self.model(self.batch).square().sum().backward()
+        for v in views:
+            self.scores[v.fqn] = (v.value * masking.original(v.module, v.target.param).grad).abs()
+
+    def score(self, view: TargetView, stats: Mapping[str, object]) -> Tensor:
+        return self.scores[view.fqn]
+
+
+def test_a_gradient_based_criterion_can_run_autograd_in_fit() -> None:
+    model = UserNet()
+    report = Pruner(model, criterion=Connectivity(model, _x())).prepare().step(0.5)
+    assert report.entries_removed == 148
+
+
 def test_a_selector_callable_plugs_in_without_core_changes() -> None:
     def keep_above(
         unit_scores: Mapping[str, Tensor],

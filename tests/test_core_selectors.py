@@ -76,6 +76,24 @@ def test_removed_count_is_exactly_round_of_sparsity_times_units(scope: str, spar
         }
 
 
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_selection_equals_a_stable_sort_of_the_scores_with_many_ties(scope: str, seed: int) -> None:
+    # Reference semantics: remove the first k units of a stable ascending sort (tensor order, index).
+    g = torch.Generator().manual_seed(seed)
+    scores = {
+        "x": torch.randint(0, 4, (37,), generator=g).float(),
+        "y": torch.randint(0, 4, (50,), generator=g).float(),
+    }
+    masks = select_topk(scores, 0.6, scope=scope, min_keep=0)
+    groups = [scores] if scope == "global" else [{k: v} for k, v in scores.items()]
+    for group in groups:
+        flat = torch.cat(list(group.values()))
+        expected = torch.ones_like(flat, dtype=torch.bool)
+        expected[torch.sort(flat, stable=True).indices[: round(0.6 * flat.numel())]] = False
+        torch.testing.assert_close(torch.cat([masks[k] for k in group]), expected, rtol=0, atol=0)
+
+
 def test_masks_keep_the_shape_of_the_unit_scores() -> None:
     scores = {"conv": torch.rand(4, 1, 1, 1), "fc": torch.rand(1, 6)}
     masks = select_topk(scores, 0.5)

@@ -215,9 +215,9 @@ def test_effective_weight_follows_a_mask_loaded_through_load_state_dict() -> Non
 def test_effective_weight_follows_a_dtype_change() -> None:
     layer = nn.Linear(4, 3)
     masking.update_mask(layer, "weight", _half_mask(layer.weight.shape))
-    _ = layer.weight
-    layer.double()
-    assert layer.weight.dtype == torch.float64
+    _ = layer.weight  # caches a float32 mask
+    layer.half()
+    assert layer.weight.dtype == torch.float16  # a stale float32 mask would promote it to float32
 
 
 def test_training_after_an_inference_mode_forward_works() -> None:

@@ -34,7 +34,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 BAD = [
-    ("model: {name: lenet300_100}\nprune: {sparsty: 0.9}\n", "prune.sparsty: unknown key; did you mean 'sparsity'?"),
+    (
+        "model: {name: lenet300_100}\nprune: {sparsty: 0.9}\n",
+        "prune.sparsty: unknown key; did you mean 'sparsity'?",
+    ),
     ("train: {epochs: ten}\n", "train.epochs: expected an integer"),
     ("prune: {sparsity: 1.5}\n", "prune.sparsity: 1.5 is impossible"),
     ("model: {name: resnet21}\n", "model.name: unknown model 'resnet21'"),
@@ -91,8 +94,13 @@ def test_cli_validate_exit_code_and_one_line(tmp_path: Path, capsys: pytest.Capt
 
 def test_cli_run_bad_recipe_has_no_traceback(tmp_path: Path) -> None:
     bad = _write(tmp_path, "model: {name: lenet300_100}\ntrain: {epochs: -3}\n")
-    proc = subprocess.run([sys.executable, "-m", "prunelab", "run", str(bad), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "prunelab", "run", str(bad), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"prunelab: error: {bad}: train.epochs: must be >= 0"

@@ -11,22 +11,42 @@ import torch
 
 from prunelab.cli import main
 from prunelab.core import masking
+from prunelab.errors import CheckpointError
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
 from prunelab.experiments.schema import recipe_from_dict
-from prunelab.errors import CheckpointError
 
-REQUIRED = ["model", "dataset", "method", "seed", "accuracy", "accuracy_dense", "params_total", "params_nonzero",
-            "sparsity", "compression", "macs_dense", "macs_effective", "wall_time_s"]
+REQUIRED = [
+    "model",
+    "dataset",
+    "method",
+    "seed",
+    "accuracy",
+    "accuracy_dense",
+    "params_total",
+    "params_nonzero",
+    "sparsity",
+    "compression",
+    "macs_dense",
+    "macs_effective",
+    "wall_time_s",
+]
 
 FAST = {"epochs": 2, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64}
 
 
 def _recipe(**prune):
-    return recipe_from_dict({
-        "name": "t", "seed": 0, "model": {"name": "small_cnn"}, "data": {"name": "digits"},
-        "train": FAST, "finetune": {**FAST, "epochs": 1}, "prune": prune,
-        "eval": {"latency_batch_sizes": [1, 8], "latency_repeats": 3},
-    })
+    return recipe_from_dict(
+        {
+            "name": "t",
+            "seed": 0,
+            "model": {"name": "small_cnn"},
+            "data": {"name": "digits"},
+            "train": FAST,
+            "finetune": {**FAST, "epochs": 1},
+            "prune": prune,
+            "eval": {"latency_batch_sizes": [1, 8], "latency_repeats": 3},
+        }
+    )
 
 
 def test_one_shot_run_directory(tmp_path: Path) -> None:
@@ -41,9 +61,9 @@ def test_one_shot_run_directory(tmp_path: Path) -> None:
     assert on_disk["compression"] == pytest.approx(on_disk["params_total"] / on_disk["params_nonzero"])
     assert on_disk["macs_effective"] < on_disk["macs_dense"]
     assert set(on_disk["latency_ms"]) == {"1", "8"}
-    rows = list(csv.DictReader(open(tmp_path / "layers.csv")))
+    rows = list(csv.DictReader((tmp_path / "layers.csv").read_text().splitlines()))
     assert {"name", "sparsity", "macs_dense", "macs_effective"} <= set(rows[0])
-    tags = {json.loads(line)["tag"] for line in open(tmp_path / "metrics.jsonl")}
+    tags = {json.loads(line)["tag"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()}
     assert {"dense", "finetune1"} <= tags
 
 
@@ -63,7 +83,7 @@ def test_checkpoint_round_trip_reproduces_accuracy(tmp_path: Path) -> None:
 
 def test_iterative_rounds_with_rewind(tmp_path: Path) -> None:
     summary = run_recipe(_recipe(method="lottery_ticket", sparsity=0.9, rounds=3), tmp_path, echo=None)
-    rows = list(csv.DictReader(open(tmp_path / "rounds.csv")))
+    rows = list(csv.DictReader((tmp_path / "rounds.csv").read_text().splitlines()))
     assert [int(r["round"]) for r in rows] == [1, 2, 3]
     sparsities = [float(r["sparsity"]) for r in rows]
     assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.9, abs=1e-3)
@@ -99,8 +119,9 @@ def test_corrupted_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
 def test_missing_dataset_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {name: lenet300_100}\ndata: {name: mnist}\nprune: {method: dense}\n")
-    code = main(["run", str(recipe), "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"),
-                 "--quiet"])
+    code = main(
+        ["run", str(recipe), "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), "--quiet"]
+    )
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert err.startswith("prunelab: error: ") and "\n" not in err
@@ -156,6 +177,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     resumed = json.loads((killed / "summary.json").read_text())
     for key in ("accuracy", "accuracy_dense", "params_nonzero", "macs_effective"):
         assert resumed[key] == full[key], key
-    rows = [json.loads(line) for line in open(killed / "metrics.jsonl")]
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6 + 2 * 30  # no epoch duplicated or lost
     assert not list(killed.glob("*_last.pt"))

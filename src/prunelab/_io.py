@@ -79,7 +79,7 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files; all mean "unusable checkpoint"
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files; all mean "unusable"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {path} cannot be loaded safely ({first[:160]}); "

@@ -18,7 +18,7 @@ from prunelab.errors import ConfigError, PrunelabError
 LISTABLE = ("models", "datasets", "methods", "criteria", "schedules", "granularities", "pretrained")
 
 
-def _registry(kind: str):  # noqa: ANN202 - returns one of several Registry types
+def _registry(kind: str):
     if kind == "models":
         from prunelab.models import MODELS as reg
     elif kind == "pretrained":
@@ -56,13 +56,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     dist.init_distributed()
     try:
         out = Path(args.out) if args.out else _default_out(recipe.name)
-        summary = run_recipe(recipe, out, data_dir=args.data_dir, progress=not args.quiet,
-                             echo=None if args.quiet else print, resume=args.resume)
+        summary = run_recipe(
+            recipe,
+            out,
+            data_dir=args.data_dir,
+            progress=not args.quiet,
+            echo=None if args.quiet else print,
+            resume=args.resume,
+        )
     finally:
         dist.cleanup()
     if dist.is_main_process():
-        print(f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
-              f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x -> {out}")
+        print(
+            f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
+            f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x -> {out}"
+        )
     return 0
 
 
@@ -120,42 +128,67 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("demo", help="offline demo: train a small CNN on digits, prune it at 3 sparsities",
-                       description="Train a small CNN on scikit-learn's digits, prune it at three sparsities "
-                                   "with fine-tuning, print a table and write report.md with a plot. Offline.")
+    p = sub.add_parser(
+        "demo",
+        help="offline demo: train a small CNN on digits, prune it at 3 sparsities",
+        description="Train a small CNN on scikit-learn's digits, prune it at three sparsities "
+        "with fine-tuning, print a table and write report.md with a plot. Offline.",
+    )
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run one recipe", description="Validate and run a YAML recipe; the run "
-                       "directory gets config.yaml, summary.json, layers.csv, metrics.jsonl, checkpoint.pt, log.txt.")
+    p = sub.add_parser(
+        "run",
+        help="run one recipe",
+        description="Validate and run a YAML recipe; the run "
+        "directory gets config.yaml, summary.json, layers.csv, metrics.jsonl, checkpoint.pt, log.txt.",
+    )
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set prune.sparsity=0.95 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set prune.sparsity=0.95 (repeatable)",
+    )
     p.add_argument("--out", help="run directory (default: runs/<recipe>-<timestamp>)")
     p.add_argument("--data-dir", help="data root (default: $PRUNELAB_DATA or ~/.cache/prunelab)")
-    p.add_argument("--download", action="store_true", help="download missing datasets/weights (needs network)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in --out from its stage checkpoints")
+    p.add_argument(
+        "--download", action="store_true", help="download missing datasets/weights (needs network)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its stage checkpoints",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check recipes without running them",
-                       description="Validate recipes: unknown keys, wrong types, out-of-range values and unknown "
-                                   "names are reported as 'file: field.path: reason'; exit code 2 on any error.")
+    p = sub.add_parser(
+        "validate",
+        help="check recipes without running them",
+        description="Validate recipes: unknown keys, wrong types, out-of-range values and unknown "
+        "names are reported as 'file: field.path: reason'; exit code 2 on any error.",
+    )
     p.add_argument("recipes", nargs="+", help="recipe YAML files")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied before validation")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("list", help="list registered components",
-                       description="List registered models, datasets, methods, criteria, schedules, "
-                                   "granularities or pretrained weights.")
+    p = sub.add_parser(
+        "list",
+        help="list registered components",
+        description="List registered models, datasets, methods, criteria, schedules, "
+        "granularities or pretrained weights.",
+    )
     p.add_argument("kind", choices=LISTABLE)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("report", help="write a markdown report over run directories",
-                       description="Collect summary.json of each run (directories are searched recursively) "
-                                   "into report.md with a table and an accuracy-vs-parameters plot.")
+    p = sub.add_parser(
+        "report",
+        help="write a markdown report over run directories",
+        description="Collect summary.json of each run (directories are searched recursively) "
+        "into report.md with a table and an accuracy-vs-parameters plot.",
+    )
     p.add_argument("run_dirs", nargs="+", help="run directories or folders containing runs")
     p.add_argument("--out", help="report file (default: <first RUN_DIR>/report.md)")
     p.set_defaults(func=cmd_report)
@@ -174,4 +207,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)
         return 130
-

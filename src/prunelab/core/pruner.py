@@ -222,7 +222,8 @@ class Pruner:
         # optimizer's old momentum, but they are gone from the network.
         return torch.where(view.mask.to(scores.device), scores, torch.zeros((), dtype=scores.dtype))
 
-    @torch.no_grad()
+    # Not under no_grad: a criterion's fit may run autograd itself (SynFlow, GraSP). The values it scores
+    # are detached, and update_mask runs without grad.
     def step(self, sparsity: float, stats: Stats | None = None) -> PruneReport:
         """Prune to a cumulative ``sparsity`` (fraction of the targeted units removed).
 

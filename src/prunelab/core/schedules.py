@@ -71,7 +71,7 @@ class OneShot:
         return [self.sparsity]
 
 
-@SCHEDULES.register("iterative")
+@SCHEDULES.register("iterative", help="Prune -> fine-tune rounds to the target, geometric or linear spacing.")
 @dataclass(frozen=True)
 class Iterative:
     """Reach the target in ``rounds`` prune → fine-tune rounds.
@@ -110,7 +110,7 @@ class Iterative:
         return values
 
 
-@SCHEDULES.register("agp")
+@SCHEDULES.register("agp", help="Gradual pruning during training on the cubic of Zhu & Gupta (2017).")
 @dataclass(frozen=True)
 class AGP:
     """Automated gradual pruning along the cubic of Zhu & Gupta (2017).

@@ -166,9 +166,21 @@ def _select_one(fqn: str, scores: Tensor, alive: Tensor, sparsity: float, min_ke
     keep = alive.clone()
     if remove > 0:
         candidates = torch.nonzero(alive).squeeze(1)
-        order = torch.sort(scores.reshape(-1)[candidates], stable=True).indices
-        keep[candidates[order[:remove]]] = False
+        keep[candidates[_lowest(scores.reshape(-1)[candidates], remove)]] = False
     return keep.reshape(scores.shape)
+
+
+def _lowest(values: Tensor, count: int) -> Tensor:
+    """Positions of the ``count`` smallest ``values``, ties taken in index order (as a stable sort would).
+
+    A k-th value threshold instead of a full sort: pruning a 15 M-weight network globally is one
+    linear-time selection rather than an O(n log n) sort (2 s → 0.2 s on 2 CPU cores).
+    """
+    threshold = torch.kthvalue(values, count).values
+    below = values < threshold
+    ties = torch.nonzero(values == threshold).squeeze(1)[: count - int(below.sum())]
+    below[ties] = True
+    return torch.nonzero(below).squeeze(1)
 
 
 def _select_global(
@@ -178,48 +190,58 @@ def _select_global(
     device = unit_scores[fqns[0]].device
     sizes = [unit_scores[f].numel() for f in fqns]
     total = sum(sizes)
+    # All units laid out tensor after tensor in insertion order, so a stable sort breaks ties by
+    # (tensor order, flat index).
+    flat_alive = torch.cat([alive[f].to(device) for f in fqns])
     n_alive = [int(alive[f].sum()) for f in fqns]
     already = total - sum(n_alive)
     k = round(sparsity * total)
     remove = k - already
-    keep = {f: alive[f].clone() for f in fqns}
     if remove > 0:
-        capacity = [max(0, a - min(min_keep, n)) for a, n in zip(n_alive, sizes)]
-        if remove > sum(capacity):
-            reachable = (already + sum(capacity)) / total
+        capacity = torch.tensor(
+            [max(0, a - min(min_keep, n)) for a, n in zip(n_alive, sizes, strict=True)], device=device
+        )
+        if remove > int(capacity.sum()):
+            reachable = (already + int(capacity.sum())) / total
             raise ConfigError(
                 f"sparsity {sparsity:g} needs {k} of {total} units removed, but min_keep={min_keep} per "
                 f"tensor allows at most sparsity {math.floor(reachable * 1e4) / 1e4:g}; "
                 "lower the sparsity or min_keep"
             )
-        # Candidates are the alive units, laid out tensor after tensor in insertion order, so a stable
-        # sort breaks ties by (tensor order, flat index).
-        cand_scores, cand_tensor, cand_index = [], [], []
-        for t, f in enumerate(fqns):
-            idx = torch.nonzero(alive[f].to(device)).squeeze(1)
-            cand_index.append(idx)
-            cand_scores.append(unit_scores[f].reshape(-1).to(device)[idx])
-            cand_tensor.append(torch.full_like(idx, t))
-        scores_cat = torch.cat(cand_scores)
-        tensor_cat = torch.cat(cand_tensor)
-        index_cat = torch.cat(cand_index)
-        order = torch.sort(scores_cat, stable=True).indices
-        owner = tensor_cat[order]
-        # Rank of each candidate among the candidates of its own tensor, in ascending-score order:
-        # a candidate may go only while its tensor still has guard capacity left. Taking the first
-        # `remove` eligible candidates is exactly the greedy "lowest score that the guard allows".
-        by_owner = torch.sort(owner, stable=True).indices
-        counts = torch.bincount(owner, minlength=len(fqns))
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(owner)
-        rank[by_owner] = torch.arange(owner.numel(), device=device) - starts[owner[by_owner]]
-        cap = torch.tensor(capacity, device=device, dtype=owner.dtype)
-        eligible = torch.nonzero(rank < cap[owner]).squeeze(1)[:remove]
-        chosen = order[eligible]
-        for t, f in enumerate(fqns):
-            hit = index_cat[chosen[tensor_cat[chosen] == t]]
-            keep[f][hit.to(keep[f].device)] = False
-    return {f: keep[f].reshape(unit_scores[f].shape) for f in fqns}
+        owner_of = torch.repeat_interleave(
+            torch.arange(len(fqns), device=device), torch.tensor(sizes, device=device)
+        )
+        candidates = torch.nonzero(flat_alive).squeeze(1)
+        flat_scores = torch.cat([unit_scores[f].reshape(-1).to(device) for f in fqns])
+        cand_scores = flat_scores[candidates]
+        chosen = candidates[_lowest(cand_scores, remove)]
+        per_tensor = torch.bincount(owner_of[chosen], minlength=len(fqns))
+        if bool((per_tensor > capacity).any()):
+            # The guard binds (rare): redo the choice in full ascending order.
+            ascending = candidates[torch.sort(cand_scores, stable=True).indices]
+            chosen = _guarded(ascending, owner_of[ascending], capacity, remove)
+        flat_alive[chosen] = False
+    parts = torch.split(flat_alive, sizes)
+    return {
+        f: part.reshape(unit_scores[f].shape).to(unit_scores[f].device)
+        for f, part in zip(fqns, parts, strict=True)
+    }
+
+
+def _guarded(ascending: Tensor, owner: Tensor, capacity: Tensor, remove: int) -> Tensor:
+    """The first ``remove`` units of ``ascending`` whose tensor still has guard capacity left.
+
+    A unit is eligible while fewer than ``capacity[t]`` units of its tensor ``t`` precede it in
+    ascending order; taking the first ``remove`` eligible units is exactly the greedy "lowest score
+    that the guard allows", which keeps the count exact.
+    """
+    # Rank of each unit among the units of its own tensor, in ascending-score order.
+    by_owner = torch.sort(owner, stable=True).indices
+    counts = torch.bincount(owner, minlength=capacity.numel())
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(owner)
+    rank[by_owner] = torch.arange(owner.numel(), device=owner.device) - starts[owner[by_owner]]
+    return ascending[torch.nonzero(rank < capacity[owner]).squeeze(1)[:remove]]
 
 
 SELECTORS.register("topk", help="Keep the top-scored units; exact global or per-layer counts.")(select_topk)

@@ -15,7 +15,7 @@ from prunelab.criteria.base import CRITERIA, Stats, TargetView
 from prunelab.errors import ConfigError
 
 
-@CRITERIA.register("magnitude")
+@CRITERIA.register("magnitude", help="Weight magnitude |w|^p (p = 1 or 2); data-free.")
 class Magnitude:
     """Weight magnitude ``|w|^p`` (p = 1 or 2); data-free.
 

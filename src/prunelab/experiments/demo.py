@@ -31,8 +31,14 @@ def demo_recipes(dense_dir: Path) -> list[dict[str, Any]]:
     dense = {
         **_BASE,
         "name": "dense",
-        "train": {"epochs": 30, "optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 64,
-                  "lr_schedule": "cosine"},
+        "train": {
+            "epochs": 30,
+            "optimizer": "adam",
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "batch_size": 64,
+            "lr_schedule": "cosine",
+        },
         "prune": {"method": "dense"},
     }
     pruned = [
@@ -41,8 +47,14 @@ def demo_recipes(dense_dir: Path) -> list[dict[str, Any]]:
             "name": f"magnitude-{s:.2f}",
             "model": {"name": "small_cnn", "init": str(dense_dir)},
             "prune": {"method": "magnitude", "sparsity": s},
-            "finetune": {"epochs": 15, "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64,
-                         "lr_schedule": "cosine"},
+            "finetune": {
+                "epochs": 15,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 1e-4,
+                "batch_size": 64,
+                "lr_schedule": "cosine",
+            },
         }
         for s in DEMO_SPARSITIES
     ]

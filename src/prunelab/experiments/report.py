@@ -43,7 +43,11 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.exists():
             raise ConfigError(f"{path}: no such run directory; pass a directory written by 'prunelab run'")
-        found = [path] if (path / "summary.json").is_file() else sorted(p.parent for p in path.rglob("summary.json"))
+        found = (
+            [path]
+            if (path / "summary.json").is_file()
+            else sorted(p.parent for p in path.rglob("summary.json"))
+        )
         if not found:
             raise ConfigError(f"{path}: holds no summary.json; is the run finished?")
         runs.extend(found)
@@ -83,8 +87,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     return "\n".join(lines)
 
 
-def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, x: str = "params_nonzero",
-                  group: str = "method", xlabel: str = "remaining (non-zero) parameters") -> Path:
+def plot_accuracy(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    x: str = "params_nonzero",
+    group: str = "method",
+    xlabel: str = "remaining (non-zero) parameters",
+) -> Path:
     """Plot test accuracy against ``x`` with one line per ``group`` value; dense points are stars."""
     import matplotlib
 
@@ -103,8 +112,15 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, x: str = "params_n
     dense = [r for r in rows if r.get("params_dense_nonzero")]
     if dense:
         ref = max(dense, key=lambda r: r.get("accuracy_dense") or 0)
-        ax.plot([ref["params_dense_nonzero"]], [100 * ref["accuracy_dense"]], marker="*", markersize=12,
-                color="black", linestyle="none", label="dense")
+        ax.plot(
+            [ref["params_dense_nonzero"]],
+            [100 * ref["accuracy_dense"]],
+            marker="*",
+            markersize=12,
+            color="black",
+            linestyle="none",
+            label="dense",
+        )
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -120,7 +136,9 @@ def plot_accuracy(rows: Sequence[dict[str, Any]], path: Path, x: str = "params_n
     return path
 
 
-def write_report(paths: Iterable[str | Path], out: str | Path | None = None, title: str = "prunelab report") -> Path:
+def write_report(
+    paths: Iterable[str | Path], out: str | Path | None = None, title: str = "prunelab report"
+) -> Path:
     """Write ``report.md`` (and ``accuracy_vs_params.png`` beside it) for the runs under ``paths``.
 
     Args:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -97,7 +98,10 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
     payload = load_checkpoint(path)
     arch = payload["arch"]
     model = build_model(
-        arch["model"], num_classes=arch["num_classes"], input_shape=tuple(arch["input_shape"]), **arch["kwargs"]
+        arch["model"],
+        num_classes=arch["num_classes"],
+        input_shape=tuple(arch["input_shape"]),
+        **arch["kwargs"],
     )
     masking.load_masks(model, payload["masks"])
     masking.load_plain_state_dict(model, payload["state_dict"])
@@ -122,8 +126,10 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
         load_weights(model, path, strict=True, reset_head=reset)
         expected = getattr(entry, "normalize", None)
         if expected and expected != recipe.data.normalize:
-            log(f"warning: {recipe.model.pretrained} expects data.normalize={expected!r}, "
-                f"the recipe uses {recipe.data.normalize!r}")
+            log(
+                f"warning: {recipe.model.pretrained} expects data.normalize={expected!r}, "
+                f"the recipe uses {recipe.data.normalize!r}"
+            )
         log(f"init: pretrained {recipe.model.pretrained} from {path}" + (" (new head)" if reset else ""))
         return
     path = Path(init)
@@ -220,28 +226,49 @@ def run_recipe(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         if not resume:
-            for stale in ("log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]):
+            for stale in (
+                "log.txt",
+                "metrics.jsonl",
+                "summary.json",
+                *[p.name for p in out.glob("*_last.pt")],
+            ):
                 (out / stale).unlink(missing_ok=True)
     log = RunLog(out / "log.txt" if main else None, echo if main else None)
-    log(f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}")
+    log(
+        f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}"
+    )
 
     set_seed(recipe.seed)
     d = recipe.data
     data = load_dataset(
-        d.name, data_dir=data_dir, val_fraction=d.val_fraction, train_subset=d.train_subset,
-        test_subset=d.test_subset, seed=recipe.seed, augment=d.augment, normalize=d.normalize,
-        image_size=d.image_size, download=d.download, **d.kwargs,
+        d.name,
+        data_dir=data_dir,
+        val_fraction=d.val_fraction,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+        seed=recipe.seed,
+        augment=d.augment,
+        normalize=d.normalize,
+        image_size=d.image_size,
+        download=d.download,
+        **d.kwargs,
     )
-    log(f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
-        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes")
+    log(
+        f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
+        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
+    )
     arch = {
         "model": recipe.model.name,
         "kwargs": dict(recipe.model.kwargs),
         "num_classes": int(data.num_classes),
         "input_shape": [int(s) for s in data.input_shape],
     }
-    model = build_model(recipe.model.name, num_classes=data.num_classes, input_shape=tuple(data.input_shape),
-                        **recipe.model.kwargs)
+    model = build_model(
+        recipe.model.name,
+        num_classes=data.num_classes,
+        input_shape=tuple(data.input_shape),
+        **recipe.model.kwargs,
+    )
     _init_model(recipe, model, data_dir, log)
     input_shape = tuple(data.input_shape)
     # Rewinding resets surviving weights to their values before any training (lottery tickets).
@@ -252,11 +279,20 @@ def run_recipe(
 
     if recipe.train.epochs > 0:
         log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
-        train(model, data, recipe.train.to_train_config(progress), out_dir=out, seed=recipe.seed, tag="dense",
-              resume=resume)
+        train(
+            model,
+            data,
+            recipe.train.to_train_config(progress),
+            out_dir=out,
+            seed=recipe.seed,
+            tag="dense",
+            resume=resume,
+        )
     accuracy_dense = evaluate_test()
     dense = _measure(model, input_shape)
-    log(f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs")
+    log(
+        f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs"
+    )
 
     p = recipe.prune
     rounds: list[dict[str, Any]] = []
@@ -264,24 +300,43 @@ def run_recipe(
     pruner = None
     if p.schedule != "none":
         pruner = Pruner(
-            model, criterion=p.criterion, granularity=p.granularity, scope=p.scope, include=p.include,
-            exclude=p.exclude, min_keep=p.min_keep, criterion_kwargs=dict(p.criterion_kwargs),
+            model,
+            criterion=p.criterion,
+            granularity=p.granularity,
+            scope=p.scope,
+            include=p.include,
+            exclude=p.exclude,
+            min_keep=p.min_keep,
+            criterion_kwargs=dict(p.criterion_kwargs),
         )
         pruner.prepare()
         finetune_cfg = recipe.finetune.to_train_config(progress)
         if p.schedule == "agp":
             schedule = SCHEDULES.build(
-                "agp", sparsity=p.sparsity, initial_sparsity=p.agp.initial_sparsity, start=p.agp.start,
-                end=p.agp.end, frequency=p.agp.frequency,
+                "agp",
+                sparsity=p.sparsity,
+                initial_sparsity=p.agp.initial_sparsity,
+                start=p.agp.start,
+                end=p.agp.end,
+                frequency=p.agp.frequency,
             )
             log(f"gradual pruning to {p.sparsity:.3f} over {recipe.finetune.epochs} epochs (AGP)")
-            train(model, data, finetune_cfg, hooks=[GradualPruningHook(pruner, schedule)], out_dir=out,
-                  seed=recipe.seed, tag="agp", resume=resume)
+            train(
+                model,
+                data,
+                finetune_cfg,
+                hooks=[GradualPruningHook(pruner, schedule)],
+                out_dir=out,
+                seed=recipe.seed,
+                tag="agp",
+                resume=resume,
+            )
             accuracy_pruned = float("nan")  # pruning and training are interleaved: no "before" point
         else:
             if p.schedule == "iterative":
-                targets = SCHEDULES.build("iterative", sparsity=p.sparsity, rounds=p.rounds,
-                                          spacing=p.spacing).targets()
+                targets = SCHEDULES.build(
+                    "iterative", sparsity=p.sparsity, rounds=p.rounds, spacing=p.spacing
+                ).targets()
             else:
                 targets = [p.sparsity]
             for index, target in enumerate(targets, start=1):
@@ -289,26 +344,39 @@ def run_recipe(
                 accuracy_pruned = evaluate_test()
                 if init_state is not None:
                     masking.load_plain_state_dict(model, init_state)
-                log(f"round {index}/{len(targets)}: sparsity {report.sparsity:.4f}, "
-                    f"accuracy before fine-tuning {accuracy_pruned:.4f}")
+                log(
+                    f"round {index}/{len(targets)}: sparsity {report.sparsity:.4f}, "
+                    f"accuracy before fine-tuning {accuracy_pruned:.4f}"
+                )
                 if recipe.finetune.epochs > 0:
-                    train(model, data, finetune_cfg, out_dir=out, seed=recipe.seed + index,
-                          tag=f"finetune{index}", resume=resume)
+                    train(
+                        model,
+                        data,
+                        finetune_cfg,
+                        out_dir=out,
+                        seed=recipe.seed + index,
+                        tag=f"finetune{index}",
+                        resume=resume,
+                    )
                 changed = recipe.finetune.epochs > 0 or init_state is not None
                 after = evaluate_test() if changed else accuracy_pruned
                 m = _measure(model, input_shape)
-                rounds.append({
-                    "round": index,
-                    "target_sparsity": round(target, 6),
-                    "sparsity": round(report.sparsity, 6),
-                    "accuracy_before_finetune": round(accuracy_pruned, 6),
-                    "accuracy_after_finetune": round(after, 6),
-                    "remaining_percent": round(100.0 * m["params_nonzero"] / m["params_total"], 4),
-                    "compression": round(m["params_total"] / max(m["params_nonzero"], 1), 4),
-                    "macs_effective": m["macs_effective"],
-                })
-                log(f"round {index}: accuracy after fine-tuning {after:.4f}, "
-                    f"compression {rounds[-1]['compression']:.2f}x")
+                rounds.append(
+                    {
+                        "round": index,
+                        "target_sparsity": round(target, 6),
+                        "sparsity": round(report.sparsity, 6),
+                        "accuracy_before_finetune": round(accuracy_pruned, 6),
+                        "accuracy_after_finetune": round(after, 6),
+                        "remaining_percent": round(100.0 * m["params_nonzero"] / m["params_total"], 4),
+                        "compression": round(m["params_total"] / max(m["params_nonzero"], 1), 4),
+                        "macs_effective": m["macs_effective"],
+                    }
+                )
+                log(
+                    f"round {index}: accuracy after fine-tuning {after:.4f}, "
+                    f"compression {rounds[-1]['compression']:.2f}x"
+                )
 
     accuracy = evaluate_test()
     final = _measure(model, input_shape)
@@ -322,7 +390,7 @@ def run_recipe(
         "seed": recipe.seed,
         "accuracy": accuracy,
         "accuracy_dense": accuracy_dense,
-        "accuracy_before_finetune": None if accuracy_pruned != accuracy_pruned else accuracy_pruned,
+        "accuracy_before_finetune": None if math.isnan(accuracy_pruned) else accuracy_pruned,
         "params_total": final["params_total"],
         "params_nonzero": final["params_nonzero"],
         "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
@@ -345,9 +413,9 @@ def run_recipe(
         if recipe.eval.latency:
             model.eval()
             summary["latency_ms"] = {
-                str(bs): measure_latency(model, input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats)[
-                    "median_ms"
-                ]
+                str(bs): measure_latency(
+                    model, input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats
+                )["median_ms"]
                 for bs in recipe.eval.latency_batch_sizes
             }
         summary["environment"] = {
