@@ -105,3 +105,10 @@ def test_cli_run_bad_recipe_has_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"prunelab: error: {bad}: train.epochs: must be >= 0"
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_driver_options_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="prune.options: schedule 'one_shot' takes no options"):
+        load_recipe(_write(tmp_path, "prune: {schedule: one_shot, options: {alpha: 0.9}}\n"))
+    with pytest.raises(ConfigError, match="prune.schedule: unknown prune schedule 'iterativ'"):
+        load_recipe(_write(tmp_path, "prune: {schedule: iterativ}\n"))

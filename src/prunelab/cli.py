@@ -30,7 +30,9 @@ def _registry(kind: str):
     elif kind == "criteria":
         from prunelab.criteria import CRITERIA as reg
     elif kind == "schedules":
-        from prunelab.core.schedules import SCHEDULES as reg
+        from prunelab.experiments.drivers import load_drivers
+
+        reg = load_drivers()
     else:
         from prunelab.core.granularity import GRANULARITIES as reg
     return reg

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -156,19 +155,6 @@ def _is_prunelab_checkpoint(path: Path) -> bool:
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
-def _measure(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    from prunelab.metrics import count_parameters, dense_macs, effective_macs
-
-    counts = count_parameters(model)
-    dense = dense_macs(model, input_shape)
-    return {
-        "params_total": int(counts.total),
-        "params_nonzero": int(counts.nonzero),
-        "macs_dense": int(dense),
-        "macs_effective": int(effective_macs(model, input_shape)),
-    }
-
-
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -212,12 +198,12 @@ def run_recipe(
     Returns:
         The summary written to ``summary.json``.
     """
-    from prunelab.core.pruner import GradualPruningHook, Pruner
-    from prunelab.core.schedules import SCHEDULES
     from prunelab.data import load_dataset
+    from prunelab.experiments.drivers import PruneContext, load_drivers, parse_options
+    from prunelab.metrics import file_size, layer_table, measure_latency
     from prunelab.models import build_model
     from prunelab.training import distributed as dist
-    from prunelab.training import evaluate, set_seed, train
+    from prunelab.training import set_seed
 
     started = time.perf_counter()
     main = dist.is_main_process()
@@ -226,17 +212,15 @@ def run_recipe(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         if not resume:
-            for stale in (
-                "log.txt",
-                "metrics.jsonl",
-                "summary.json",
-                *[p.name for p in out.glob("*_last.pt")],
-            ):
-                (out / stale).unlink(missing_ok=True)
+            stale = ["log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]]
+            for name in stale:
+                (out / name).unlink(missing_ok=True)
     log = RunLog(out / "log.txt" if main else None, echo if main else None)
     log(
         f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}"
     )
+    driver = load_drivers().get(recipe.prune.schedule)
+    options = parse_options(recipe.prune.schedule, recipe.prune.options)
 
     set_seed(recipe.seed)
     d = recipe.data
@@ -257,140 +241,55 @@ def run_recipe(
         f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
         f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
     )
-    arch = {
-        "model": recipe.model.name,
-        "kwargs": dict(recipe.model.kwargs),
-        "num_classes": int(data.num_classes),
-        "input_shape": [int(s) for s in data.input_shape],
-    }
+    input_shape = tuple(int(s) for s in data.input_shape)
     model = build_model(
-        recipe.model.name,
-        num_classes=data.num_classes,
-        input_shape=tuple(data.input_shape),
-        **recipe.model.kwargs,
+        recipe.model.name, num_classes=data.num_classes, input_shape=input_shape, **recipe.model.kwargs
     )
     _init_model(recipe, model, data_dir, log)
-    input_shape = tuple(data.input_shape)
-    # Rewinding resets surviving weights to their values before any training (lottery tickets).
-    init_state = masking.plain_state_dict(model) if recipe.prune.rewind else None
-
-    def evaluate_test() -> float:
-        return float(evaluate(model, data.test, batch_size=recipe.eval.batch_size)["accuracy"])
+    ctx = PruneContext(
+        recipe=recipe,
+        model=model,
+        data=data,
+        out=out,
+        log=log,
+        input_shape=input_shape,
+        arch={
+            "model": recipe.model.name,
+            "kwargs": dict(recipe.model.kwargs),
+            "num_classes": int(data.num_classes),
+            "input_shape": list(input_shape),
+        },
+        resume=resume,
+        progress=progress,
+        # Rewinding resets surviving weights to their values before any training (lottery tickets).
+        init_state=masking.plain_state_dict(model) if recipe.prune.rewind else None,
+    )
 
     if recipe.train.epochs > 0:
         log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
-        train(
-            model,
-            data,
-            recipe.train.to_train_config(progress),
-            out_dir=out,
-            seed=recipe.seed,
-            tag="dense",
-            resume=resume,
-        )
-    accuracy_dense = evaluate_test()
-    dense = _measure(model, input_shape)
+        ctx.train(recipe.train, "dense")
+    accuracy_dense = ctx.evaluate_test()
+    dense = ctx.measure()
     log(
         f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs"
     )
 
-    p = recipe.prune
-    rounds: list[dict[str, Any]] = []
-    accuracy_pruned = accuracy_dense
-    pruner = None
-    if p.schedule != "none":
-        pruner = Pruner(
-            model,
-            criterion=p.criterion,
-            granularity=p.granularity,
-            scope=p.scope,
-            include=p.include,
-            exclude=p.exclude,
-            min_keep=p.min_keep,
-            criterion_kwargs=dict(p.criterion_kwargs),
-        )
-        pruner.prepare()
-        finetune_cfg = recipe.finetune.to_train_config(progress)
-        if p.schedule == "agp":
-            schedule = SCHEDULES.build(
-                "agp",
-                sparsity=p.sparsity,
-                initial_sparsity=p.agp.initial_sparsity,
-                start=p.agp.start,
-                end=p.agp.end,
-                frequency=p.agp.frequency,
-            )
-            log(f"gradual pruning to {p.sparsity:.3f} over {recipe.finetune.epochs} epochs (AGP)")
-            train(
-                model,
-                data,
-                finetune_cfg,
-                hooks=[GradualPruningHook(pruner, schedule)],
-                out_dir=out,
-                seed=recipe.seed,
-                tag="agp",
-                resume=resume,
-            )
-            accuracy_pruned = float("nan")  # pruning and training are interleaved: no "before" point
-        else:
-            if p.schedule == "iterative":
-                targets = SCHEDULES.build(
-                    "iterative", sparsity=p.sparsity, rounds=p.rounds, spacing=p.spacing
-                ).targets()
-            else:
-                targets = [p.sparsity]
-            for index, target in enumerate(targets, start=1):
-                report = pruner.step(target)
-                accuracy_pruned = evaluate_test()
-                if init_state is not None:
-                    masking.load_plain_state_dict(model, init_state)
-                log(
-                    f"round {index}/{len(targets)}: sparsity {report.sparsity:.4f}, "
-                    f"accuracy before fine-tuning {accuracy_pruned:.4f}"
-                )
-                if recipe.finetune.epochs > 0:
-                    train(
-                        model,
-                        data,
-                        finetune_cfg,
-                        out_dir=out,
-                        seed=recipe.seed + index,
-                        tag=f"finetune{index}",
-                        resume=resume,
-                    )
-                changed = recipe.finetune.epochs > 0 or init_state is not None
-                after = evaluate_test() if changed else accuracy_pruned
-                m = _measure(model, input_shape)
-                rounds.append(
-                    {
-                        "round": index,
-                        "target_sparsity": round(target, 6),
-                        "sparsity": round(report.sparsity, 6),
-                        "accuracy_before_finetune": round(accuracy_pruned, 6),
-                        "accuracy_after_finetune": round(after, 6),
-                        "remaining_percent": round(100.0 * m["params_nonzero"] / m["params_total"], 4),
-                        "compression": round(m["params_total"] / max(m["params_nonzero"], 1), 4),
-                        "macs_effective": m["macs_effective"],
-                    }
-                )
-                log(
-                    f"round {index}: accuracy after fine-tuning {after:.4f}, "
-                    f"compression {rounds[-1]['compression']:.2f}x"
-                )
+    driver.run(ctx, options)
 
-    accuracy = evaluate_test()
-    final = _measure(model, input_shape)
+    model = ctx.model
+    accuracy = ctx.evaluate_test()
+    final = ctx.measure()
     log(f"final: test accuracy {accuracy:.4f}, {final['params_nonzero']}/{final['params_total']} non-zero")
-
+    p = recipe.prune
     summary: dict[str, Any] = {
         "name": recipe.name,
         "model": recipe.model.name,
         "dataset": recipe.data.name,
-        "method": recipe.prune.method,
+        "method": p.method,
         "seed": recipe.seed,
         "accuracy": accuracy,
         "accuracy_dense": accuracy_dense,
-        "accuracy_before_finetune": None if math.isnan(accuracy_pruned) else accuracy_pruned,
+        "accuracy_before_finetune": ctx.accuracy_before_finetune,
         "params_total": final["params_total"],
         "params_nonzero": final["params_nonzero"],
         "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
@@ -399,17 +298,16 @@ def run_recipe(
         "compression": final["params_total"] / max(final["params_nonzero"], 1),
         "macs_dense": dense["macs_dense"],
         "macs_effective": final["macs_effective"],
+        "params_dense_total": dense["params_total"],
         "params_dense_nonzero": dense["params_nonzero"],
         "parameter_convention": "all learnable parameters incl. BN; masked weights count as zeros",
+        **ctx.extra,
     }
     if main:
-        from prunelab.metrics import file_size, layer_table, measure_latency
-
-        save_checkpoint(out / "checkpoint.pt", model, arch)
+        save_checkpoint(out / "checkpoint.pt", model, ctx.arch)
         summary["checkpoint_bytes"] = file_size(out / "checkpoint.pt")
         _write_csv(out / "layers.csv", layer_table(model, input_shape))
-        if rounds:
-            _write_csv(out / "rounds.csv", rounds)
+        _write_csv(out / "rounds.csv", ctx.rounds)
         if recipe.eval.latency:
             model.eval()
             summary["latency_ms"] = {
@@ -433,5 +331,4 @@ def run_recipe(
         log(f"wrote {out}")
     else:
         summary["wall_time_s"] = round(time.perf_counter() - started, 3)
-    del pruner
     return summary

@@ -133,12 +133,14 @@ class PruneSection:
     Attributes:
         method: a preset from ``prunelab list methods`` that fills in the other fields.
         sparsity: final fraction of the targeted weights (or units) removed, in [0, 1).
-        schedule: ``none`` (no pruning), ``one_shot``, ``iterative`` or ``agp``.
+        schedule: the pruning driver (``prunelab list schedules``): ``none`` (no pruning), ``one_shot``,
+            ``iterative``, ``agp``, or a method's own driver (e.g. ``relief``).
         rounds: number of prune → fine-tune rounds of the iterative schedule.
         spacing: how the iterative targets are spaced (``geometric``: the same fraction of the
             remaining weights each round).
         rewind: iterative only — reset surviving weights to their initial values before each round's
             fine-tuning (lottery-ticket rewinding).
+        options: the driver's own options, validated against its options dataclass.
     """
 
     method: str = "magnitude"
@@ -147,7 +149,7 @@ class PruneSection:
     granularity: str = "element"
     scope: Literal["global", "layer"] = "global"
     sparsity: float = 0.9
-    schedule: Literal["none", "one_shot", "iterative", "agp"] = "one_shot"
+    schedule: str = "one_shot"
     rounds: int = 1
     spacing: Literal["geometric", "linear"] = "geometric"
     rewind: bool = False
@@ -155,6 +157,7 @@ class PruneSection:
     exclude: list[str] | None = None
     min_keep: int = 1
     agp: AGPSection = field(default_factory=AGPSection)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -217,7 +220,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
+        return build_section(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -271,7 +274,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} at {path}")  # a schema bug, not a user error
 
 
-def _build(cls: Any, data: Any, path: str) -> Any:
+def build_section(cls: Any, data: Any, path: str) -> Any:
+    """Build dataclass ``cls`` from ``data``, checking keys and types; errors name ``path.field``."""
     if data is None:
         data = {}
     where = path or "recipe"
@@ -346,7 +350,7 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ())
     merged.update(prune)
     merged["method"] = method
     data["prune"] = merged
-    recipe = _build(Recipe, data, "")
+    recipe = build_section(Recipe, data, "")
     check_names(recipe)
     return recipe
 
@@ -356,6 +360,7 @@ def check_names(recipe: Recipe) -> None:
     from prunelab.core.granularity import GRANULARITIES
     from prunelab.criteria import CRITERIA
     from prunelab.data import DATASETS
+    from prunelab.experiments.drivers import load_drivers, parse_options
     from prunelab.models import MODELS, PRETRAINED
 
     checks = [
@@ -372,8 +377,10 @@ def check_names(recipe: Recipe) -> None:
             raise ConfigError("model.pretrained: required with init: pretrained (e.g. resnet20_cifar10)")
         if recipe.model.pretrained not in PRETRAINED:
             raise ConfigError(f"model.pretrained: {PRETRAINED.unknown_message(recipe.model.pretrained)}")
-    if recipe.prune.schedule != "none" and recipe.prune.schedule != "agp" and recipe.finetune.epochs == 0:
-        pass  # pruning without fine-tuning is legitimate (e.g. to measure the raw damage)
+    drivers = load_drivers()
+    if recipe.prune.schedule not in drivers:
+        raise ConfigError(f"prune.schedule: {drivers.unknown_message(recipe.prune.schedule)}")
+    parse_options(recipe.prune.schedule, recipe.prune.options)
     if recipe.prune.schedule == "agp" and recipe.finetune.epochs == 0:
         raise ConfigError("finetune.epochs: agp prunes gradually during fine-tuning, so it needs epochs > 0")
     _check_model_kwargs(recipe)
