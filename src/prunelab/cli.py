@@ -26,7 +26,10 @@ def _registry(kind: str):
     elif kind == "datasets":
         from prunelab.data import DATASETS as reg
     elif kind == "methods":
+        from prunelab.experiments.drivers import load_drivers
         from prunelab.experiments.methods import METHODS as reg
+
+        load_drivers()
     elif kind == "criteria":
         from prunelab.criteria import CRITERIA as reg
     elif kind == "schedules":

@@ -242,7 +242,11 @@ def run_agp(ctx: PruneContext, options: None) -> None:
 
 #: Modules that register the drivers of the published methods; imported on first use so that
 #: ``prunelab list schedules`` and recipe validation see every driver.
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = (
+    "prunelab.methods.relief",
+    "prunelab.methods.slimming",
+    "prunelab.methods.pretraining",
+)
 
 
 def load_drivers() -> Registry[Driver]:

@@ -24,12 +24,16 @@ class MethodPreset:
 METHODS: Registry[MethodPreset] = Registry("method")
 
 
-def _preset(name: str, description: str, **defaults: Any) -> None:
-    METHODS.register(name, help=description)(MethodPreset(description, defaults))
+def registerregister_preset(name: str, description: str, **defaults: Any) -> MethodPreset:
+    """Register a method preset: ``defaults`` are ``prune`` section fields (``schedule``, ``options``, ...)."""
+    preset = MethodPreset(description, defaults)
+    METHODS.register(name, help=description)(preset)
+    return preset
 
 
-_preset("dense", "No pruning: train (or load) and measure the dense network.", schedule="none")
-_preset(
+
+register_preset("dense", "No pruning: train (or load) and measure the dense network.", schedule="none")
+register_preset(
     "magnitude",
     "One-shot global magnitude pruning of all conv/linear weights, then fine-tuning (Han et al. 2015).",
     criterion="magnitude",
@@ -37,7 +41,7 @@ _preset(
     scope="global",
     schedule="one_shot",
 )
-_preset(
+register_preset(
     "magnitude_layerwise",
     "One-shot magnitude pruning with the same sparsity in every layer, then fine-tuning.",
     criterion="magnitude",
@@ -45,7 +49,7 @@ _preset(
     scope="layer",
     schedule="one_shot",
 )
-_preset(
+register_preset(
     "magnitude_iterative",
     "Iterative global magnitude pruning: prune -> fine-tune rounds to the target (Han et al. 2015).",
     criterion="magnitude",
@@ -54,7 +58,7 @@ _preset(
     schedule="iterative",
     rounds=5,
 )
-_preset(
+register_preset(
     "lottery_ticket",
     "Iterative magnitude pruning with rewinding of surviving weights to init (Frankle & Carbin 2019).",
     criterion="magnitude",
@@ -64,7 +68,7 @@ _preset(
     rounds=5,
     rewind=True,
 )
-_preset(
+register_preset(
     "agp",
     "Gradual magnitude pruning during fine-tuning on the cubic AGP schedule (Zhu & Gupta 2017).",
     criterion="magnitude",
@@ -72,7 +76,7 @@ _preset(
     scope="global",
     schedule="agp",
 )
-_preset(
+register_preset(
     "random",
     "One-shot random pruning at the same sparsity: the baseline every criterion must beat.",
     criterion="random",
@@ -80,7 +84,7 @@ _preset(
     scope="global",
     schedule="one_shot",
 )
-_preset(
+register_preset(
     "l1_filter_masked",
     "One-shot per-layer L1-norm filter pruning as masks (Li et al. 2017); no physical removal.",
     criterion="magnitude",

@@ -333,8 +333,10 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ())
     Raises:
         ConfigError: ``field.path: reason`` for the first problem found.
     """
+    from prunelab.experiments.drivers import load_drivers
     from prunelab.experiments.methods import METHODS
 
+    load_drivers()  # method modules register their presets and drivers on import
     data = copy.deepcopy(raw) if raw is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
