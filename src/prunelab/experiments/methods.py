@@ -24,12 +24,11 @@ class MethodPreset:
 METHODS: Registry[MethodPreset] = Registry("method")
 
 
-def registerregister_preset(name: str, description: str, **defaults: Any) -> MethodPreset:
+def register_preset(name: str, description: str, **defaults: Any) -> MethodPreset:
     """Register a method preset: ``defaults`` are ``prune`` section fields (``schedule``, ``options``, ...)."""
     preset = MethodPreset(description, defaults)
     METHODS.register(name, help=description)(preset)
     return preset
-
 
 
 register_preset("dense", "No pruning: train (or load) and measure the dense network.", schedule="none")
