@@ -244,6 +244,7 @@ def run_agp(ctx: PruneContext, options: None) -> None:
 #: ``prunelab list schedules`` and recipe validation see every driver.
 METHOD_MODULES: tuple[str, ...] = (
     "prunelab.methods.relief",
+    "prunelab.methods.interspace",
     "prunelab.methods.slimming",
     "prunelab.methods.pretraining",
 )
