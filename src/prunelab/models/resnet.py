@@ -31,11 +31,6 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "PadShortcut",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
 ]
 
 
@@ -176,71 +171,23 @@ def _resnet(depth: int, num_classes: int, input_shape: Sequence[int], width: flo
     return init_weights(model)
 
 
-@MODELS.register("resnet20")
-def resnet20(
-    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
-) -> nn.Module:
-    """CIFAR ResNet-20 (3 blocks per stage, option-A shortcuts, 0.27M parameters).
+def _register_resnet(depth: int, params: str) -> None:
+    def builder(
+        num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+    ) -> nn.Module:
+        return _resnet(depth, num_classes, input_shape, width)
+
+    blocks = (depth - 2) // 6
+    builder.__name__ = builder.__qualname__ = f"resnet{depth}"
+    builder.__doc__ = f"""CIFAR ResNet-{depth} ({blocks} blocks per stage, option-A shortcuts, {params} parameters).
 
     Args:
         num_classes: size of the output.
         input_shape: ``(C, H, W)``.
         width: multiplier on the stage widths 16/32/64.
     """
-    return _resnet(20, num_classes, input_shape, width)
+    MODELS.register(f"resnet{depth}")(builder)
 
 
-@MODELS.register("resnet32")
-def resnet32(
-    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
-) -> nn.Module:
-    """CIFAR ResNet-32 (5 blocks per stage, option-A shortcuts, 0.46M parameters).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``.
-        width: multiplier on the stage widths 16/32/64.
-    """
-    return _resnet(32, num_classes, input_shape, width)
-
-
-@MODELS.register("resnet44")
-def resnet44(
-    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
-) -> nn.Module:
-    """CIFAR ResNet-44 (7 blocks per stage, option-A shortcuts, 0.66M parameters).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``.
-        width: multiplier on the stage widths 16/32/64.
-    """
-    return _resnet(44, num_classes, input_shape, width)
-
-
-@MODELS.register("resnet56")
-def resnet56(
-    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
-) -> nn.Module:
-    """CIFAR ResNet-56 (9 blocks per stage, option-A shortcuts, 0.85M parameters).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``.
-        width: multiplier on the stage widths 16/32/64.
-    """
-    return _resnet(56, num_classes, input_shape, width)
-
-
-@MODELS.register("resnet110")
-def resnet110(
-    num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
-) -> nn.Module:
-    """CIFAR ResNet-110 (18 blocks per stage, option-A shortcuts, 1.7M parameters).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``.
-        width: multiplier on the stage widths 16/32/64.
-    """
-    return _resnet(110, num_classes, input_shape, width)
+for _depth, _params in ((20, "0.27M"), (32, "0.46M"), (44, "0.66M"), (56, "0.85M"), (110, "1.7M")):
+    _register_resnet(_depth, _params)

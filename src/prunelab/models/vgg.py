@@ -30,7 +30,7 @@ from prunelab.models.base import (
     scale_channels,
 )
 
-__all__ = ["VGG", "VGG_CONFIGS", "vgg11", "vgg13", "vgg16", "vgg19", "vgg_like"]
+__all__ = ["VGG", "VGG_CONFIGS", "vgg_like"]
 
 # "M" = 2×2 max-pool. Network-slimming configurations: no fifth pool, global pooling follows.
 VGG_CONFIGS: dict[str, list[int | str]] = {
@@ -95,52 +95,30 @@ def _vgg(name: str, num_classes: int, input_shape: Sequence[int], width: float) 
     return init_weights(VGG(features, nn.Linear(_last_width(features), check_num_classes(num_classes))))
 
 
-@MODELS.register("vgg11")
-def vgg11(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
-    """VGG-11 with BatchNorm for CIFAR (8 conv layers, global pooling, linear head).
+def _register_vgg(name: str, summary: str) -> None:
+    def builder(
+        num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0
+    ) -> nn.Module:
+        return _vgg(name, num_classes, input_shape, width)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = f"""{summary}
 
     Args:
         num_classes: size of the output.
         input_shape: ``(C, H, W)``, at least 16×16.
         width: multiplier on every convolution's channel count.
     """
-    return _vgg("vgg11", num_classes, input_shape, width)
+    MODELS.register(name)(builder)
 
 
-@MODELS.register("vgg13")
-def vgg13(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
-    """VGG-13 with BatchNorm for CIFAR (10 conv layers, global pooling, linear head).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``, at least 16×16.
-        width: multiplier on every convolution's channel count.
-    """
-    return _vgg("vgg13", num_classes, input_shape, width)
-
-
-@MODELS.register("vgg16")
-def vgg16(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
-    """VGG-16 with BatchNorm for CIFAR (13 conv layers, global pooling, linear head).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``, at least 16×16.
-        width: multiplier on every convolution's channel count.
-    """
-    return _vgg("vgg16", num_classes, input_shape, width)
-
-
-@MODELS.register("vgg19")
-def vgg19(num_classes: int = 10, input_shape: Sequence[int] = (3, 32, 32), width: float = 1.0) -> nn.Module:
-    """VGG-19 with BatchNorm for CIFAR, as in network slimming (16 conv layers, 20.04M parameters).
-
-    Args:
-        num_classes: size of the output.
-        input_shape: ``(C, H, W)``, at least 16×16.
-        width: multiplier on every convolution's channel count.
-    """
-    return _vgg("vgg19", num_classes, input_shape, width)
+for _name, _summary in (
+    ("vgg11", "VGG-11 with BatchNorm for CIFAR (8 conv layers, global pooling, linear head)."),
+    ("vgg13", "VGG-13 with BatchNorm for CIFAR (10 conv layers, global pooling, linear head)."),
+    ("vgg16", "VGG-16 with BatchNorm for CIFAR (13 conv layers, global pooling, linear head)."),
+    ("vgg19", "VGG-19 with BatchNorm for CIFAR, as in network slimming (16 conv layers, 20.04M parameters)."),
+):
+    _register_vgg(_name, _summary)
 
 
 @MODELS.register("vgg_like")
