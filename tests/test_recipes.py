@@ -44,7 +44,7 @@ BAD = [
     ("data: {name: cifar11}\n", "data.name: unknown dataset 'cifar11'"),
     ("prune: {method: magnitud}\n", "prune.method: unknown method 'magnitud'; did you mean magnitude"),
     ("train: {optimizer: sdg}\n", "train.optimizer: 'sdg' is not one of"),
-    ("train: {lr: -1}\n", "train.lr: must be > 0"),
+    ("train: {lr: -1}\n", "train.lr: must be a finite number > 0 (got -1.0)"),
     ("model: {name: vgg16, kwargs: {depth: 3}}\n", "model.kwargs:"),
     ("prune: {schedule: agp}\n", "finetune.epochs: agp prunes gradually"),
     ("prune: [1, 2]\n", "prune: expected a mapping"),
@@ -71,7 +71,15 @@ def test_preset_fills_and_recipe_overrides() -> None:
 
 def test_set_overrides_dotted_paths(tmp_path: Path) -> None:
     path = _write(tmp_path, "model: {name: lenet300_100}\ndata: {name: mnist}\n")
-    recipe = load_recipe(path, ["prune.sparsity=0.95", "train.milestones=[10, 20]", "data.train_subset=500"])
+    recipe = load_recipe(
+        path,
+        [
+            "prune.sparsity=0.95",
+            "train.lr_schedule=multistep",
+            "train.milestones=[10, 20]",
+            "data.train_subset=500",
+        ],
+    )
     assert recipe.prune.sparsity == 0.95
     assert recipe.train.milestones == [10.0, 20.0]
     assert recipe.data.train_subset == 500
@@ -103,7 +111,7 @@ def test_cli_run_bad_recipe_has_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == f"prunelab: error: {bad}: train.epochs: must be >= 0"
+    assert proc.stderr.strip() == f"prunelab: error: {bad}: train.epochs: must be >= 0 (got -3)"
     assert not (tmp_path / "run").exists()  # nothing started
 
 

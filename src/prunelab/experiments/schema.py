@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from prunelab.errors import ConfigError, PrunelabError
+from prunelab.training.config import TrainConfig
 
 
 @dataclass
@@ -66,46 +68,19 @@ class DataSection:
                 raise ConfigError(f"{name}: must be a positive integer or null")
 
 
-@dataclass
-class TrainSection:
-    """Optimisation settings of one training stage (dense training or fine-tuning).
-
-    The fields mirror :class:`prunelab.training.TrainConfig`; ``epochs: 0`` skips the stage.
-    """
+@dataclass(kw_only=True)
+class TrainSection(TrainConfig):
+    """One training stage of a recipe (dense training or fine-tuning): a :class:`TrainConfig` whose
+    ``epochs`` default to 0 (the stage is skipped) so a recipe can leave the section out."""
 
     epochs: int = 0
-    batch_size: int = 128
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    lr_schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine"
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    select: Literal["last", "best_val"] = "last"
 
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError("epochs: must be >= 0")
-        if self.batch_size < 1:
-            raise ConfigError("batch_size: must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError("lr: must be > 0")
-        if self.weight_decay < 0:
-            raise ConfigError("weight_decay: must be >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError("label_smoothing: must be in [0, 1)")
-
-    def to_train_config(self, progress: bool = True) -> Any:
-        """The equivalent :class:`prunelab.training.TrainConfig`."""
-        from prunelab.training import TrainConfig
-
+    def to_train_config(self, progress: bool = True) -> TrainConfig:
+        """The equivalent :class:`prunelab.training.TrainConfig` (progress bars off unless both allow)."""
         values = dataclasses.asdict(self)
-        return TrainConfig(**values, progress=progress)
+        values["progress"] = self.progress and progress
+        return TrainConfig(**values)
 
 
 @dataclass
@@ -294,8 +269,10 @@ def build_section(cls: Any, data: Any, path: str) -> Any:
     try:
         return cls(**kwargs)
     except ConfigError as exc:
-        # __post_init__ messages start with the field name; make them full dotted paths.
-        raise ConfigError(f"{path}.{exc}" if path else str(exc)) from None
+        # __post_init__ messages start with the field name (some with a "ClassName." prefix);
+        # make them full dotted paths.
+        message = re.sub(r"^[A-Z]\w*\.", "", str(exc))
+        raise ConfigError(f"{path}.{message}" if path else message) from None
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
