@@ -180,3 +180,36 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 6 + 2 * 30  # no epoch duplicated or lost
     assert not list(killed.glob("*_last.pt"))
+
+
+def test_recipe_runs_under_torchrun(tmp_path: Path) -> None:
+    """``torchrun -m prunelab run``: 2 gloo processes, one run directory, the same pruned model."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {name: small_cnn}\ndata: {name: digits}\n"
+        "train: {epochs: 2, optimizer: adam, lr: 3.0e-3, weight_decay: 0.0, batch_size: 64}\n"
+        "prune: {method: magnitude, sparsity: 0.7}\n"
+        "finetune: {epochs: 1, optimizer: adam, lr: 1.0e-3, weight_decay: 0.0, batch_size: 64}\n"
+        "eval: {latency: false}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "prunelab", "run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("accuracy ") == 1  # only rank 0 reports
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2
+    assert summary["targeted_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    from prunelab.data import load_dataset
+    from prunelab.training import evaluate
+
+    model = build_from_checkpoint(tmp_path / "run")
+    assert evaluate(model, load_dataset("digits").test)["accuracy"] == pytest.approx(
+        summary["accuracy"], abs=1e-9
+    )

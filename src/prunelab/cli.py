@@ -1,6 +1,6 @@
 """The ``prunelab`` command line.
 
-Subcommands: ``demo``, ``run``, ``validate``, ``list`` and ``report``; ``prunelab SUBCOMMAND --help``
+Subcommands: ``demo``, ``run``, ``sweep``, ``validate``, ``list`` and ``report``; ``prunelab SUBCOMMAND --help``
 documents each. User errors (bad recipe, missing data, corrupted checkpoint, ...) print one line
 ``prunelab: error: ...`` and exit non-zero (2 for recipe errors) without a traceback.
 """
@@ -59,8 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
     dist.init_distributed()
+    main_process = dist.is_main_process()  # read before cleanup() forgets the process group
     try:
-        out = Path(args.out) if args.out else _default_out(recipe.name)
+        # Under torchrun every rank must agree on the directory; rank 0's timestamp decides.
+        out = Path(args.out) if args.out else Path(dist.broadcast_object(str(_default_out(recipe.name))))
         summary = run_recipe(
             recipe,
             out,
@@ -71,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     finally:
         dist.cleanup()
-    if dist.is_main_process():
+    if main_process:
         print(
             f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
             f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x -> {out}"
@@ -105,12 +107,39 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``prunelab report RUN_DIR ...``: write a markdown report with a table and a plot."""
+    """``prunelab report RUN_DIR ...``: write markdown and HTML reports with grouped tables and plots."""
     from prunelab.experiments.report import write_report
 
-    path = write_report(args.run_dirs, args.out)
+    group_by = [g.strip() for g in args.group_by.split(",") if g.strip()] if args.group_by else None
+    path = write_report(args.run_dirs, args.out, group_by=group_by, html=not args.no_html)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``prunelab sweep SWEEP.yaml``: run (or continue) a grid of recipes; exit 1 if any run failed."""
+    from prunelab.experiments.sweep import expand_sweep, load_sweep, run_sweep
+
+    spec = load_sweep(args.sweep)
+    out = Path(args.out) if args.out else Path("sweeps") / spec.name
+    if args.dry_run:
+        for run in expand_sweep(spec, out):
+            print(f"{run.stage}\t{run.id}\t{' '.join(f'{k}={v}' for k, v in run.overrides)}")
+        return 0
+    result = run_sweep(
+        spec, out, workers=args.workers, data_dir=args.data_dir, echo=None if args.quiet else print
+    )
+    print(
+        f"sweep {spec.name}: {result.done}/{result.total} done ({result.skipped} already finished, "
+        f"{result.executed} started), {len(result.failed)} failed -> {out}"
+    )
+    for run_id, error in result.failed.items():
+        print(f"failed: {run_id}: {error}", file=sys.stderr)
+    if args.report and result.done:
+        from prunelab.experiments.report import write_report
+
+        print(f"wrote {write_report([out], group_by=None)}")
+    return 1 if result.failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -170,6 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "sweep",
+        help="run a grid of recipes, resumably and in parallel",
+        description="Expand a sweep file (base recipe + grid of dotted fields) into runs, validate them "
+        "all, and run them as subprocesses, N at a time, into SWEEP_DIR/runs/<run-id>, indexed in "
+        "SWEEP_DIR/sweep.db. Restarting the same command skips finished runs and resumes the others.",
+    )
+    p.add_argument("sweep", help="sweep YAML file (*.sweep.yaml)")
+    p.add_argument("--out", help="sweep directory (default: sweeps/<sweep name>)")
+    p.add_argument("--workers", type=int, help="parallel runs (default: the sweep's workers)")
+    p.add_argument("--data-dir", help="data root for every run (default: the sweep's data_dir)")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
+    p.add_argument("--report", action="store_true", help="write report.md/report.html when done")
+    p.add_argument("--quiet", action="store_true", help="print only the final line")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
         "validate",
         help="check recipes without running them",
         description="Validate recipes: unknown keys, wrong types, out-of-range values and unknown "
@@ -190,12 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="write a markdown report over run directories",
+        help="write a markdown/HTML report over run directories or a sweep",
         description="Collect summary.json of each run (directories are searched recursively) "
-        "into report.md with a table and an accuracy-vs-parameters plot.",
+        "into report.md and report.html: per-run and grouped tables (mean ± std over seeds) and plots "
+        "of accuracy vs remaining parameters, effective MACs and measured latency.",
     )
-    p.add_argument("run_dirs", nargs="+", help="run directories or folders containing runs")
+    p.add_argument(
+        "run_dirs", nargs="+", help="run directories, folders containing runs, or a sweep directory"
+    )
     p.add_argument("--out", help="report file (default: <first RUN_DIR>/report.md)")
+    p.add_argument(
+        "--group-by",
+        help="comma-separated fields that define a line/group: summary keys, dotted recipe fields "
+        "(prune.scope) or sweep labels (init); default: method",
+    )
+    p.add_argument("--no-html", action="store_true", help="write only the markdown report")
     p.set_defaults(func=cmd_report)
     return parser
 
