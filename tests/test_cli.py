@@ -11,7 +11,7 @@ import pytest
 
 from prunelab.cli import LISTABLE, build_parser, main
 
-SUBCOMMANDS = ["demo", "run", "validate", "list", "report"]
+SUBCOMMANDS = ["demo", "run", "sweep", "validate", "list", "report"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -230,3 +230,20 @@ def test_training_after_an_inference_mode_forward_works() -> None:
     nn.functional.cross_entropy(model(x), y).backward()
     grad = masking.original(model.conv, "weight").grad
     torch.testing.assert_close(grad[~keep], torch.zeros_like(grad[~keep]), rtol=0, atol=0)
+
+
+def test_plain_state_dict_is_a_snapshot() -> None:
+    """Later training must not change a stored state (rewinding relies on it)."""
+    from torch import nn
+
+    from prunelab.core.masking import add_mask, plain_state_dict
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    add_mask(model[0])
+    state = plain_state_dict(model)
+    before = {k: v.clone() for k, v in state.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    for key, value in state.items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)

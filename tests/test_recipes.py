@@ -13,7 +13,9 @@ from prunelab.errors import ConfigError
 from prunelab.experiments.schema import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+# Sweep files (*.sweep.yaml) are grids over recipes, validated by the sweep validator below.
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if not p.name.endswith(".sweep.yaml"))
+SWEEPS = sorted((REPO / "recipes").rglob("*.sweep.yaml"))
 
 
 def test_recipes_exist() -> None:
@@ -25,6 +27,14 @@ def test_recipes_exist() -> None:
 def test_every_recipe_validates(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.model.name and recipe.data.name
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_every_sweep_expands_and_validates(path: Path, tmp_path: Path) -> None:
+    from prunelab.experiments.sweep import expand_sweep, load_sweep
+
+    runs = expand_sweep(load_sweep(path), tmp_path)  # every expanded recipe is validated
+    assert runs and len({r.id for r in runs}) == len(runs)
 
 
 def _write(tmp_path: Path, text: str) -> Path:

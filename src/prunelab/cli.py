@@ -127,7 +127,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{run.stage}\t{run.id}\t{' '.join(f'{k}={v}' for k, v in run.overrides)}")
         return 0
     result = run_sweep(
-        spec, out, workers=args.workers, data_dir=args.data_dir, echo=None if args.quiet else print
+        spec,
+        out,
+        workers=args.workers,
+        data_dir=args.data_dir,
+        echo=None if args.quiet else print,
+        stages=[s.strip() for s in args.stage.split(",") if s.strip()] if args.stage else None,
     )
     print(
         f"sweep {spec.name}: {result.done}/{result.total} done ({result.skipped} already finished, "
@@ -209,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep directory (default: sweeps/<sweep name>)")
     p.add_argument("--workers", type=int, help="parallel runs (default: the sweep's workers)")
     p.add_argument("--data-dir", help="data root for every run (default: the sweep's data_dir)")
+    p.add_argument("--stage", help="comma-separated stages to run (default: all, in order)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")
     p.add_argument("--report", action="store_true", help="write report.md/report.html when done")
     p.add_argument("--quiet", action="store_true", help="print only the final line")

@@ -200,7 +200,8 @@ def bake(model: nn.Module) -> nn.Module:
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's state_dict as it would be after :func:`bake`: effective tensors under plain names.
 
-    Parametrized tensors appear under their ordinary key (``"conv.weight"``) with their masked value,
+    The result is a snapshot (every tensor is a copy). Parametrized tensors appear under their ordinary
+    key (``"conv.weight"``) with their masked value,
     and the parametrization internals (``original``, mask buffers) are left out, so a plain, unpruned
     copy of the architecture loads the result with ``load_state_dict``.
     """
@@ -214,7 +215,10 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
                 parametrized.add(prefix + "parametrizations." + name + ".")
     for key, value in model.state_dict().items():
         if not any(key.startswith(p) for p in parametrized):
-            state[key] = value
+            # A snapshot, not a view: state_dict() tensors share storage with the live parameters, so
+            # without a copy a stored "initial" state would follow training (and rewinding would be a
+            # no-op).
+            state[key] = value.detach().clone()
     return state
 
 

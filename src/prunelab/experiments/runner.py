@@ -102,21 +102,31 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
         input_shape=tuple(arch["input_shape"]),
         **arch["kwargs"],
     )
+    _apply_surgery(model, arch)
     masking.load_masks(model, payload["masks"])
     masking.load_plain_state_dict(model, payload["state_dict"])
     return model
+
+
+def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
+    # A structurally pruned run stores its per-layer widths under arch["surgery"] (prunelab.surgery).
+    if arch.get("surgery") is not None:
+        from prunelab.surgery import apply_arch_spec
+
+        apply_arch_spec(model, arch["surgery"])
 
 
 # --------------------------------------------------------------------------------------------------
 # Stages
 
 
-def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: RunLog) -> None:
+def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: RunLog) -> dict[str, Any] | None:
+    """Initialise ``model`` in place; returns the architecture spec of a compacted init checkpoint, if any."""
     from prunelab.models import PRETRAINED, classifier_name, find_pretrained, load_weights
 
     init = recipe.model.init
     if init == "scratch":
-        return
+        return None
     if init == "pretrained":
         entry = PRETRAINED.get(recipe.model.pretrained)  # validated already
         path = find_pretrained(recipe.model.pretrained, data_dir=data_dir, download=recipe.data.download)
@@ -130,21 +140,50 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
                 f"the recipe uses {recipe.data.normalize!r}"
             )
         log(f"init: pretrained {recipe.model.pretrained} from {path}" + (" (new head)" if reset else ""))
-        return
+        return None
     path = Path(init)
     if path.is_dir() or (path.is_file() and _is_prunelab_checkpoint(path)):
         payload = load_checkpoint(path)
+        _apply_surgery(model, payload["arch"])
+        new_head = _keep_fresh_head(model, payload["state_dict"], payload["masks"])
         masking.load_masks(model, payload["masks"])
         masking.load_plain_state_dict(model, payload["state_dict"])
-        log(f"init: checkpoint {path} ({len(payload['masks'])} masked tensors)")
-        return
+        log(
+            f"init: checkpoint {path} ({len(payload['masks'])} masked tensors)"
+            + (" (new head)" if new_head else "")
+        )
+        return payload["arch"].get("surgery")
     if path.is_file():
-        load_weights(model, path, strict=True)
+        # reset_head only skips a classifier whose shape differs, so a same-size head is still loaded.
+        load_weights(model, path, strict=True, reset_head=True)
         log(f"init: weights file {path}")
-        return
+        return None
     raise ConfigError(
         f"model.init: {init!r} is neither scratch, pretrained, a weights file nor a run directory; check the path"
     )
+
+
+def _keep_fresh_head(model: nn.Module, state: dict[str, Any], masks: dict[str, Any]) -> bool:
+    """Where a checkpoint's classifier has another class count, keep the model's fresh one (in place).
+
+    The stored head's tensors are replaced by the model's freshly initialised ones and its mask is
+    dropped, so the strict load still checks every other tensor. Returns whether the head was replaced.
+    """
+    from prunelab.errors import UnsupportedModelError
+    from prunelab.models import classifier_name
+
+    try:
+        head = classifier_name(model)
+    except UnsupportedModelError:
+        return False
+    current = masking.plain_state_dict(model)
+    replaced = False
+    for key in (f"{head}.weight", f"{head}.bias"):
+        if key in state and key in current and tuple(state[key].shape) != tuple(current[key].shape):
+            state[key] = current[key]
+            masks.pop(key, None)
+            replaced = True
+    return replaced
 
 
 def _is_prunelab_checkpoint(path: Path) -> bool:
@@ -245,7 +284,7 @@ def run_recipe(
     model = build_model(
         recipe.model.name, num_classes=data.num_classes, input_shape=input_shape, **recipe.model.kwargs
     )
-    _init_model(recipe, model, data_dir, log)
+    surgery_spec = _init_model(recipe, model, data_dir, log)
     ctx = PruneContext(
         recipe=recipe,
         model=model,
@@ -258,11 +297,17 @@ def run_recipe(
             "kwargs": dict(recipe.model.kwargs),
             "num_classes": int(data.num_classes),
             "input_shape": list(input_shape),
+            **({"surgery": surgery_spec} if surgery_spec is not None else {}),
         },
         resume=resume,
         progress=progress,
         # Rewinding resets surviving weights to their values before any training (lottery tickets).
-        init_state=masking.plain_state_dict(model) if recipe.prune.rewind else None,
+        # Drivers with their own ``rewind`` option (relief) need the same initial weights.
+        init_state=(
+            masking.plain_state_dict(model)
+            if recipe.prune.rewind or getattr(options, "rewind", False) is True
+            else None
+        ),
     )
 
     if recipe.train.epochs > 0:

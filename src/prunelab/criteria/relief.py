@@ -1,0 +1,135 @@
+"""NN-relief importance scores (Dekhovich, Tax, Sluiter, Bessa, Machine Learning 113(5), 2024).
+
+Reference: A. Dekhovich, D. M. J. Tax, M. H. F. Sluiter, M. A. Bessa, *Neural network relief: a
+pruning algorithm based on neural activity*, Machine Learning 113(5):2597–2618, 2024, arXiv:2109.10795.
+
+For a neuron ``j`` of a fully connected layer with inputs ``x_n ∈ R^m`` over a calibration set of
+``N`` samples, the importance of connection ``i → j`` and of the bias are
+
+    s_ij = mean_n |w_ji x_{n,i}| / S_j,        s_bias,j = |b_j| / S_j,
+    S_j  = Σ_k mean_n |w_jk x_{n,k}| + |b_j|.
+
+For a filter ``j`` of a convolution with kernels ``K_ji`` (one per input channel ``i``), ``K̂ = |K|``
+element-wise and an ``h¹×h²`` output map:
+
+    paper (mean of norms):  s_ij = (1/N) Σ_n ‖ K̂_ji ∗ |x_{n,i}| ‖_F / S_j
+    code  (norm of mean):   s_ij = ‖ K̂_ji ∗ mean_n |x_{n,i}| ‖_F / S_j
+    bias:                   s_bias,j = |b_j| · sqrt(h¹ h²) / S_j
+
+with ``S_j`` the sum of the numerators. The paper's variant is the default; the official code
+(github.com/adekhovich/NNrelief) takes the batch mean inside the norm. For a Linear layer both variants
+coincide. Here the *numerators* are returned (shape ``(c_out, c_in)`` for a conv: one score per kernel;
+``(out, in)`` for a Linear) together with the bias numerator; the cumulative-mass selector normalises
+each row by its total, which is ``S_j``.
+
+The registered criterion ``relief`` exposes the same scores through the generic
+:class:`~prunelab.criteria.Criterion` interface (``stats["relief"][fqn]`` holds the kernel-level
+numerators; a conv kernel's score is spread evenly over its ``k_h·k_w`` entries so that ``kernel``
+granularity sums it back), for use with :class:`~prunelab.core.pruner.Pruner`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.criteria.base import CRITERIA, Stats, TargetView
+from prunelab.errors import ConfigError
+from prunelab.stats.activations import LayerStats, conv_norms_grouped
+
+Variant = Literal["paper", "code"]
+VARIANTS: tuple[str, ...] = ("paper", "code")
+
+
+def _effective(module: nn.Module, name: str) -> Tensor | None:
+    value = getattr(module, name, None)
+    return None if value is None else value.detach()
+
+
+def relief_importance(
+    module: nn.Module, stats: LayerStats, variant: Variant = "paper"
+) -> tuple[Tensor, Tensor | None]:
+    """The importance numerators of one layer's incoming connections and bias.
+
+    Args:
+        module: an ``nn.Linear`` or ``nn.Conv2d`` (its *effective*, masked weights are scored).
+        stats: the layer's accumulated statistics (:class:`~prunelab.stats.activations.LayerStats`).
+        variant: ``"paper"`` (mean of norms) or ``"code"`` (norm of mean); equal for Linear layers.
+
+    Returns:
+        ``(weights, bias)``: float64 tensors of shape ``(out, in)`` and ``(out,)`` (``bias`` is ``None``
+        for a bias-free layer). Row ``j`` divided by its total (bias included) is ``s_·j``.
+
+    Raises:
+        ConfigError: for an unknown variant, or paper-variant conv statistics collected without
+            per-sample norms.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"relief variant {variant!r} is unknown; use 'paper' or 'code'")
+    weight = _effective(module, "weight")
+    bias = _effective(module, "bias")
+    assert weight is not None
+    if isinstance(module, nn.Linear):
+        mean_abs = stats.mean_abs_input().to(weight.device)
+        weights = weight.abs().to(torch.float64) * mean_abs.unsqueeze(0)
+        return weights, None if bias is None else bias.abs().to(torch.float64)
+    if not isinstance(module, nn.Conv2d):
+        raise ConfigError(f"relief scores Linear and Conv2d layers, not {type(module).__name__}")
+    if variant == "paper":
+        if stats.norm_sum is None:
+            raise ConfigError(
+                "the paper variant needs per-sample conv norms; collect with per_sample_norms=True"
+            )
+        weights = stats.mean_norms().to(weight.device)
+    else:
+        mean_abs = stats.mean_abs_input().to(device=weight.device, dtype=torch.float64)
+        weights = conv_norms_grouped(mean_abs.unsqueeze(0), weight.abs().to(torch.float64), module)[0]
+    assert stats.out_size is not None
+    positions = stats.out_size[0] * stats.out_size[1]
+    bias_score = None if bias is None else bias.abs().to(torch.float64) * math.sqrt(positions)
+    return weights, bias_score
+
+
+class Relief:
+    """NN-relief as a :class:`~prunelab.criteria.Criterion`: the importance numerators of each entry.
+
+    ``stats["relief"]`` maps a target fqn to its kernel-level numerators (``(out, in)``, see
+    :func:`relief_importance`). The score of a Linear weight is its numerator; a conv kernel's numerator
+    is divided evenly over its ``k_h·k_w`` entries, so ``kernel`` granularity recovers it. Pair it with
+    the ``cumulative_mass`` selector for the paper's per-neuron rule (the relief driver does, and also
+    scores the biases, removes dead units and prunes backwards).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from prunelab.core.targets import find_targets
+        >>> layer = nn.Linear(2, 1)
+        >>> view = TargetView(find_targets(layer)[0], layer.weight.detach(), torch.ones(1, 2, dtype=torch.bool))
+        >>> Relief().score(view, {"relief": {"weight": torch.tensor([[3.0, 1.0]])}}).tolist()
+        [[3.0, 1.0]]
+    """
+
+    requires: frozenset[str] = frozenset({"relief"})
+
+    def score(self, view: TargetView, stats: Stats) -> Tensor:
+        """Return the numerators broadcast to ``view.value``'s shape (non-negative)."""
+        try:
+            numerators = stats["relief"][view.fqn]
+        except KeyError:
+            raise ConfigError(f"relief statistics lack {view.fqn}; collect them for every target") from None
+        value = view.value
+        if value.dim() == 2:
+            return numerators.to(device=value.device, dtype=torch.float64).reshape(value.shape)
+        per_entry = numerators.to(device=value.device, dtype=torch.float64) / math.prod(value.shape[2:])
+        return per_entry.reshape(*numerators.shape, *([1] * (value.dim() - 2))).expand(value.shape).clone()
+
+    def __repr__(self) -> str:
+        return "Relief()"
+
+
+CRITERIA.register("relief", help="NN-relief: share of a neuron's incoming activity (needs stats['relief']).")(
+    Relief
+)

@@ -1,0 +1,112 @@
+"""Measured speed-up of a compacted network over its dense original.
+
+Latency on a shared machine is noisy, so the two models are timed side by side in one process,
+*interleaved* (dense pass, compact pass, dense pass, ...), and medians are compared: a load spike
+hits both. Backends: eager PyTorch on the CPU, and ONNX Runtime when the optional extra
+``prunelab[onnx]`` is installed (otherwise the result says it was skipped and why).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["compare_latency", "onnxruntime_available"]
+
+
+def onnxruntime_available() -> bool:
+    """Whether ``onnxruntime`` (and ``onnx``, needed by the exporter) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interleaved(fns: Sequence[Any], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - start) * 1000.0)
+    return [statistics.median(t) for t in times]
+
+
+def _onnx_sessions(models: Sequence[nn.Module], x: torch.Tensor, tmp: str) -> list[Any]:
+    import onnxruntime as ort
+
+    sessions = []
+    for k, model in enumerate(models):
+        path = os.path.join(tmp, f"m{k}.onnx")
+        torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})  # fmt: skip
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
+    return sessions
+
+
+@torch.no_grad()
+def compare_latency(
+    dense: nn.Module,
+    compact: nn.Module,
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 64),
+    *,
+    warmup: int = 5,
+    repeats: int = 30,
+    onnx: bool = True,
+) -> dict[str, Any]:
+    """Median latency (ms) of ``dense`` and ``compact``, interleaved, per backend and batch size.
+
+    Returns:
+        ``{"eager_cpu": {bs: {"dense_ms", "compact_ms", "speedup"}}, "onnxruntime": {...} or
+        {"skipped": reason}, "threads", "load_avg"}`` (batch sizes as strings, JSON-friendly).
+    """
+    models = [dense, compact]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {"threads": torch.get_num_threads(), "repeats": repeats}
+    try:
+        out["load_avg_1min_before"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    eager: dict[str, Any] = {}
+    for bs in batch_sizes:
+        x = torch.randn((bs, *input_shape), generator=gen)
+        d, c = _interleaved([lambda x=x: dense(x), lambda x=x: compact(x)], warmup, repeats)
+        eager[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
+    out["eager_cpu"] = eager
+    if not onnx:
+        out["onnxruntime"] = {"skipped": "disabled"}
+    elif not onnxruntime_available():
+        out["onnxruntime"] = {"skipped": "onnxruntime not installed; pip install 'prunelab[onnx]'"}
+    else:
+        rt: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            x0 = torch.randn((1, *input_shape), generator=gen)
+            sessions = _onnx_sessions(models, x0, tmp)
+            for bs in batch_sizes:
+                feed = {"x": torch.randn((bs, *input_shape), generator=gen).numpy()}
+                d, c = _interleaved(
+                    [lambda s=s, feed=feed: s.run(None, feed) for s in sessions], warmup, repeats
+                )
+                rt[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
+        out["onnxruntime"] = rt
+    for m, mode in zip(models, modes, strict=True):
+        m.train(mode)
+    return out

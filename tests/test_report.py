@@ -1,0 +1,155 @@
+"""Reports: grouping and mean/std over seeds, markdown + HTML + plots, the study's "within 1 pp" table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from prunelab.cli import main
+from prunelab.errors import ConfigError
+from prunelab.experiments.report import aggregate, load_records, write_report
+from prunelab.experiments.sweep import RunSpec, SweepIndex
+from prunelab.methods.pretraining import largest_sparsity_within, reach_table
+
+
+def _record(
+    init: str, seed: int, target: float, accuracy: float, dense: float, **extra: Any
+) -> dict[str, Any]:
+    params = round(1000 * (1 - target))
+    return {
+        "init": init,
+        "seed": seed,
+        "method": "dense" if target == 0 else "agp",
+        "target_sparsity": target,
+        "sparsity": target,
+        "accuracy": accuracy,
+        "accuracy_dense": dense,
+        "params_nonzero": params,
+        "params_total": 1000,
+        "macs_dense": 5000,
+        "macs_effective": 5 * params,
+        "compression": 1000 / params,
+        **extra,
+    }
+
+
+RECORDS = [
+    _record("pre", 0, 0.0, 0.80, 0.80, latency=2.0),
+    _record("pre", 1, 0.0, 0.82, 0.82, latency=4.0),
+    _record("pre", 0, 0.9, 0.79, 0.80),
+    _record("pre", 1, 0.9, 0.81, 0.82),
+    _record("pre", 0, 0.95, 0.70, 0.80),
+    _record("pre", 1, 0.95, 0.76, 0.82),
+    _record("scratch", 0, 0.0, 0.60, 0.60),
+    _record("scratch", 1, 0.0, 0.64, 0.64),
+    _record("scratch", 0, 0.9, 0.55, 0.60),
+    _record("scratch", 1, 0.9, 0.57, 0.64),
+]
+
+
+def test_aggregate_mean_and_sample_std_over_seeds() -> None:
+    rows = aggregate(RECORDS, ["init"])
+    assert [(r["init"], r["target_sparsity"], r["n"]) for r in rows] == [
+        ("pre", 0.0, 2),
+        ("pre", 0.9, 2),
+        ("pre", 0.95, 2),
+        ("scratch", 0.0, 2),
+        ("scratch", 0.9, 2),
+    ]
+    pre95 = rows[2]
+    assert pre95["accuracy_mean"] == pytest.approx(0.73)
+    assert pre95["accuracy_std"] == pytest.approx(math.sqrt(2 * 0.03**2))  # sample std of 0.70, 0.76
+    assert rows[0]["latency_mean"] == pytest.approx(3.0) and rows[0]["latency_std"] == pytest.approx(
+        math.sqrt(2)
+    )
+    assert "latency_mean" not in rows[1]
+    assert not any(r["pooled"] for r in rows)
+    # Grouping by method only pools the two initialisations: flagged, and one std over four runs.
+    by_method = {r["target_sparsity"]: r for r in aggregate(RECORDS, ["method"])}
+    assert by_method[0.9]["pooled"] and by_method[0.9]["n"] == 4
+    assert by_method[0.9]["accuracy_mean"] == pytest.approx((0.79 + 0.81 + 0.55 + 0.57) / 4)
+    single = aggregate(RECORDS[:1], ["init"])[0]
+    assert single["accuracy_std"] == 0.0
+
+
+def test_unknown_group_field_is_a_clean_error() -> None:
+    with pytest.raises(ConfigError, match="--group-by inti: no run has this field"):
+        aggregate(RECORDS, ["inti"])
+
+
+def test_largest_sparsity_within_one_point_of_own_dense() -> None:
+    reach = largest_sparsity_within(RECORDS, group="init", tolerance=0.01)
+    # pre: dense 81 %; 90 % sparsity keeps 80 % (-1.0 pp, inside), 95 % keeps 73 % (outside).
+    assert reach["pre"].dense_accuracy == pytest.approx(0.81) and reach["pre"].seeds == 2
+    assert reach["pre"].largest_sparsity == 0.9
+    assert reach["pre"].accuracy_at_largest == pytest.approx(0.80)
+    # scratch: dense 62 %, 90 % keeps 56 %: no pruned point within 1 pp.
+    assert reach["scratch"].largest_sparsity is None
+    table = reach_table(reach)
+    assert "| pre | 81.0 ± 1.4 (n=2) | 90 % | 80.0 |" in table
+    assert "| scratch | 62.0 ± 2.8 (n=2) | none (lowest tried: 90 %) | – |" in table
+    dense_only = largest_sparsity_within([r for r in RECORDS if r["target_sparsity"] == 0], group="init")
+    assert "| pre | 81.0 ± 1.4 (n=2) | not pruned | – |" in reach_table(dense_only)
+
+
+def _fake_run(root: Path, run_id: str, record: dict[str, Any]) -> Path:
+    run = root / "runs" / run_id
+    run.mkdir(parents=True)
+    summary = {k: v for k, v in record.items() if k not in {"init", "latency"}}
+    summary["name"] = run_id
+    if "latency" in record:
+        summary["latency_ms"] = {"1": record["latency"], "8": 10 * record["latency"]}
+    (run / "summary.json").write_text(json.dumps(summary))
+    config = {
+        "seed": record["seed"],
+        "model": {"name": "small_cnn", "init": "scratch"},
+        "prune": {"scope": "layer"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    return run
+
+
+def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
+    index = SweepIndex(tmp_path / "sweep.db")
+    for i, record in enumerate(RECORDS):
+        run_id = f"r{i}"
+        run_dir = _fake_run(tmp_path, run_id, record)
+        index.register(RunSpec(run_id, "main", i, [], {"init": record["init"]}, {}), run_dir)
+        index.mark_done(run_id, record)
+    index.register(RunSpec("broken", "main", 99, [], {"init": "pre"}, {}), tmp_path / "runs" / "broken")
+    index.mark_failed("broken", "data.name: unknown dataset 'cifar11'")
+
+    records = load_records(sorted((tmp_path / "runs").iterdir()))
+    assert {r["init"] for r in records} == {"pre", "scratch"}  # the sweep label
+    assert records[0]["prune.scope"] == "layer" and records[0]["model.name"] == "small_cnn"  # recipe fields
+    assert records[0]["latency"] == 2.0 and records[0]["latency_batch"] == 1
+
+    assert main(["report", str(tmp_path), "--group-by", "init"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| pre | 0.95 | 2 | 73.00 ± 4.24 |" in md
+    assert "| scratch | 0.9 | 2 | 56.00 ± 1.41 |" in md
+    assert "## Failed runs" in md and "| broken | main | data.name: unknown dataset 'cifar11' |" in md
+    for name in ("accuracy_vs_params.png", "accuracy_vs_macs.png", "accuracy_vs_latency.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+        assert f"]({name})" in md
+    page = (tmp_path / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 3
+    assert "<td>73.00 ± 4.24</td>" in page and "<h2>Failed runs</h2>" in page
+
+    # Any recipe field groups too; grouping by a field that does not separate the inits pools them.
+    out = write_report([tmp_path], tmp_path / "by_scope.md", group_by=["prune.scope"], html=False)
+    assert "(pooled)" in out.read_text() and not (tmp_path / "by_scope.html").exists()
+
+
+def test_report_without_latency_skips_that_plot(tmp_path: Path) -> None:
+    _fake_run(tmp_path, "a", RECORDS[2])
+    _fake_run(tmp_path, "b", RECORDS[3])
+    write_report([tmp_path])
+    assert (tmp_path / "accuracy_vs_params.png").is_file()
+    assert not (tmp_path / "accuracy_vs_latency.png").exists()
+    assert "accuracy_vs_latency" not in (tmp_path / "report.md").read_text()

@@ -1,0 +1,208 @@
+"""Channel surgery: equivalence on every zoo model, shift folding, failure on mismatch, arch spec, report."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab.errors import CheckpointError, ConfigError, UnsupportedModelError
+from prunelab.models import MODELS, build_model, model_options
+from prunelab.surgery import (
+    ChannelGraph,
+    SurgeryMismatchError,
+    apply_arch_spec,
+    arch_spec,
+    check_equivalence,
+    compact,
+)
+
+#: Small inputs/widths so that every zoo model is checked in the fast suite.
+SHAPES = {
+    "densenet40": (3, 4, 4),
+    "small_cnn": (1, 8, 8),
+    "lenet300_100": (1, 28, 28),
+    "lenet5": (1, 28, 28),
+    "vgg_like": (3, 32, 32),
+    **{f"vgg{d}": (3, 16, 16) for d in (11, 13, 16, 19)},
+}
+#: Deep ResNets exercise the same code paths as resnet20/32 and take long on a loaded CPU.
+SLOW = {"resnet44", "resnet56", "resnet110"}
+#: A coupling each of these models must expose (and have pruned) — residual, concat, depthwise.
+COUPLING = {
+    "resnet20": "residual",
+    "densenet40": "concat",
+    "mobilenet_v1": "depthwise",
+    "mobilenet_v2": "residual",
+}
+
+
+def _build(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    shape = SHAPES.get(name, (3, 8, 8))
+    kwargs = {"width": 0.25} if "width" in model_options(name) else {}
+    torch.manual_seed(0)
+    model = build_model(name, input_shape=shape, **kwargs)
+    # Non-trivial BN statistics and shifts, so that a wrong channel mapping cannot go unnoticed.
+    for n, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                # Residual branches get small scales so that the stream of a 110-layer net stays O(1).
+                m.weight.uniform_(0.05, 0.2) if n.endswith("bn2") else m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.5)
+                m.running_mean.normal_(0.0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval(), shape
+
+
+def _random_keep(graph: ChannelGraph, share: float = 0.5) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    keep = {}
+    for g in graph.groups:
+        mask = torch.rand(g.size, generator=gen) >= share
+        mask[int(torch.randint(g.size, (1,), generator=gen))] = True
+        if g.size > 1 and bool(mask.all()):
+            mask[0] = False  # every group loses at least one channel
+        keep[g.name] = mask
+    return keep
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS.names()]
+)
+def test_compact_matches_masked_model_on_every_zoo_model(name: str) -> None:
+    model, shape = _build(name)
+    graph = ChannelGraph(model, shape)
+    assert graph.groups, f"{name}: no prunable channel group found"
+    keep = _random_keep(graph)
+    x = torch.randn(4, *shape)
+    small, report = compact(model, keep, shape, graph=graph, batch=x)
+    assert report.max_abs_diff <= 1e-4
+    if name in COUPLING:  # coupled groups are found and lose channels too
+        coupled = [g for g in graph.groups if COUPLING[name] in g.coupling]
+        assert coupled and all(report.groups[g.name][1] < g.size for g in coupled)
+    if name == "mobilenet_v2":
+        assert any("depthwise" in g.coupling for g in graph.groups)
+    assert report.channels_removed == sum(int((~k).sum()) for k in keep.values())
+    # The result is physically smaller and still maps inputs to logits of the same shape.
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert small(x).shape == model(x).shape
+    # The original is untouched.
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in _build(name)[0].parameters())
+
+
+class _Chain(nn.Module):
+    """conv-BN-ReLU-conv-BN-ReLU-GAP-linear with a chosen kernel/padding for the second conv."""
+
+    def __init__(self, kernel: int, padding: int) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 6, 1, bias=False), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 5, kernel, padding=padding, bias=False), nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _shifted_chain(kernel: int, padding: int) -> nn.Module:
+    torch.manual_seed(0)
+    model = _Chain(kernel, padding).eval()
+    with torch.no_grad():
+        model.b1.bias.uniform_(0.5, 1.0)  # positive: ReLU passes the constant shift on
+        model.b2.bias.uniform_(0.5, 1.0)
+    return model
+
+
+def test_bn_shift_fold_is_exact_without_padding() -> None:
+    model = _shifted_chain(kernel=1, padding=0)
+    graph = ChannelGraph(model, (3, 6, 6))
+    keep = {
+        "c1": torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool),
+        "c2": torch.tensor([1, 1, 0, 1, 0], dtype=torch.bool),
+    }
+    _, report = compact(model, keep, (3, 6, 6), graph=graph)
+    assert set(report.folds_exact) == {"c2", "fc"}
+    assert not report.folds_inexact
+    # The compacted model equals the γ-masked model (removed channels carrying their BN shift).
+    assert report.shift_max_abs_diff <= 1e-5
+
+
+def test_bn_shift_fold_with_padding_is_reported_inexact() -> None:
+    model = _shifted_chain(kernel=3, padding=1)
+    graph = ChannelGraph(model, (3, 6, 6))
+    keep = {"c1": torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool)}
+    _, report = compact(model, keep, (3, 6, 6), graph=graph)
+    assert "c2" in report.folds_inexact and "zero padding" in report.folds_inexact["c2"]
+    assert report.shift_max_abs_diff > 1e-4  # border pixels differ, and the report says so
+    assert report.max_abs_diff <= 1e-4  # while the surgery itself is exact
+
+
+def test_mismatch_above_tolerance_is_an_error() -> None:
+    model, shape = _build("small_cnn")
+    graph = ChannelGraph(model, shape)
+    small, _ = compact(model, _random_keep(graph), shape, graph=graph)
+    broken = build_model("small_cnn", input_shape=shape)
+    apply_arch_spec(broken, arch_spec(small))
+    broken.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        broken.classifier.bias[0] += 1e-3  # a silently wrong model must be caught
+    x = torch.randn(4, *shape)
+    assert check_equivalence(small, small, x) == 0.0
+    with pytest.raises(SurgeryMismatchError, match="tolerance"):
+        check_equivalence(small, broken, x)
+
+
+def test_arch_spec_round_trip_weights_only() -> None:
+    model, shape = _build("resnet20")
+    graph = ChannelGraph(model, shape)
+    small, _ = compact(model, _random_keep(graph), shape, graph=graph)
+    spec = json.loads(json.dumps(arch_spec(small)))  # the spec is plain JSON
+    assert spec["format"] == "prunelab.arch" and spec["version"] == 1
+    buf = io.BytesIO()
+    torch.save({"arch": spec, "state_dict": small.state_dict()}, buf)
+    buf.seek(0)
+    payload = torch.load(buf, weights_only=True)
+    rebuilt = apply_arch_spec(build_model("resnet20", input_shape=shape, width=0.25), payload["arch"])
+    rebuilt.load_state_dict(payload["state_dict"], strict=True)
+    x = torch.randn(4, *shape)
+    assert torch.equal(rebuilt.eval()(x), small.eval()(x))
+    with pytest.raises(CheckpointError, match="newer prunelab"):
+        apply_arch_spec(build_model("resnet20", input_shape=shape, width=0.25), {**spec, "version": 99})
+
+
+def test_prunability_report_lists_groups_exclusions_and_reasons() -> None:
+    model, shape = _build("resnet20")
+    report = ChannelGraph(model, shape).report()
+    assert report["excluded"]["linear"].startswith("classifier head")
+    residual = [g for g in report["groups"] if "residual" in g["coupling"]]
+    assert len(residual) == 3  # one residual stream per stage
+    assert any("layer2.0.shortcut" in g["shortcuts"] for g in residual)
+    assert report["channels_total"] == sum(g["channels"] for g in report["groups"])
+    lenet = ChannelGraph(build_model("lenet300_100", input_shape=(1, 28, 28)), (1, 28, 28)).report()
+    assert lenet["groups_without_batchnorm"] == ["fc1", "fc2"]
+    dense = ChannelGraph(*_build("densenet40")).report()
+    assert any(len(g["batchnorms"]) > 5 and "concat" in g["coupling"] for g in dense["groups"])
+
+
+def test_bad_masks_and_unsupported_layers_raise() -> None:
+    model, shape = _build("small_cnn")
+    graph = ChannelGraph(model, shape)
+    with pytest.raises(ConfigError, match="entries"):
+        compact(model, {"features.0": torch.ones(3, dtype=torch.bool)}, shape, graph=graph)
+    with pytest.raises(ConfigError, match="keep at least"):
+        compact(
+            model,
+            {"features.0": torch.zeros(graph.by_name["features.0"].size, dtype=torch.bool)},
+            shape,
+            graph=graph,
+        )
+    with pytest.raises(ConfigError, match="no such prunable group"):
+        compact(model, {"classifier": torch.ones(10, dtype=torch.bool)}, shape, graph=graph)
+    odd = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Flatten(), nn.LazyLinear(2))
+    odd(torch.zeros(1, 3, 6, 6))
+    with pytest.raises(UnsupportedModelError, match="GroupNorm"):
+        ChannelGraph(odd, (3, 6, 6))
