@@ -32,24 +32,28 @@ class Driver:
         run: ``run(ctx, options)``; prunes and fine-tunes ``ctx.model``.
         options: dataclass of the driver's ``prune.options`` (``None``: the driver takes none).
         description: one line for ``prunelab list schedules``.
+        uses_sparsity: whether ``prune.sparsity`` is the driver's target (relief and proximal slimming
+            decide the sparsity themselves, so their summaries record no target).
     """
 
     run: Callable[[PruneContext, Any], None]
     options: type | None = None
     description: str = ""
+    uses_sparsity: bool = True
 
 
 DRIVERS: Registry[Driver] = Registry("prune schedule")
 
 
 def register_driver(
-    name: str, options: type | None = None
+    name: str, options: type | None = None, uses_sparsity: bool = True
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorator registering ``fn(ctx, options)`` as the driver ``name`` (first docstring line = help)."""
 
     def decorator(fn: Callable[..., None]) -> Callable[..., None]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        DRIVERS.register(name, help=doc[0] if doc else "")(Driver(fn, options, doc[0] if doc else ""))
+        summary = doc[0] if doc else ""
+        DRIVERS.register(name, help=summary)(Driver(fn, options, summary, uses_sparsity))
         return fn
 
     return decorator

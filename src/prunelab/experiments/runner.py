@@ -338,7 +338,8 @@ def run_recipe(
         "params_total": final["params_total"],
         "params_nonzero": final["params_nonzero"],
         "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
-        "target_sparsity": p.sparsity if p.schedule != "none" else 0.0,
+        # Dense runs have target 0; drivers that choose the sparsity themselves have none.
+        "target_sparsity": 0.0 if p.schedule == "none" else (p.sparsity if driver.uses_sparsity else None),
         "targeted_sparsity": _targeted_sparsity(model),
         "compression": final["params_total"] / max(final["params_nonzero"], 1),
         "macs_dense": dense["macs_dense"],

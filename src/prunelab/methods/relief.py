@@ -537,7 +537,7 @@ def write_report(out: Path, rounds: Sequence[Mapping[str, Any]], layers: Sequenc
     return path
 
 
-@register_driver("relief", options=ReliefOptions)
+@register_driver("relief", options=ReliefOptions, uses_sparsity=False)
 def run_relief(ctx: PruneContext, options: ReliefOptions) -> None:
     """NN-relief: rounds of activity-based cumulative-mass pruning -> [rewind] -> retrain."""
     from prunelab._io import atomic_write_text

@@ -224,7 +224,7 @@ def run_slimming(ctx: PruneContext, options: SlimmingOptions) -> None:
             gamma_zero_share=float((flat == 0).float().mean()))  # fmt: skip
 
 
-@register_driver("proximal_slimming", options=ProximalSlimmingOptions)
+@register_driver("proximal_slimming", options=ProximalSlimmingOptions, uses_sparsity=False)
 def run_proximal_slimming(ctx: PruneContext, options: ProximalSlimmingOptions) -> None:
     """Proximal network slimming: ξ/γ proximal updates, prune where ξ = 0, fine-tuning optional (Bui et al. 2023)."""
     from prunelab.criteria.channels import channel_scores
