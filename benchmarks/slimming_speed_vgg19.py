@@ -80,8 +80,8 @@ def _breakdown(model: nn.Module, x: torch.Tensor, passes: int) -> dict[str, dict
     model.eval()
     with torch.no_grad():
         model(x)
-        for n in times:
-            times[n].clear()
+        for samples in times.values():
+            samples.clear()
         for _ in range(passes):
             model(x)
     for h in hs:
@@ -96,15 +96,21 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--round-to", type=int, default=1,
-                        help="round every group's kept channels up to a multiple of this (1: exact shares)")
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=1,
+        help="round every group's kept channels up to a multiple of this (1: exact shares)",
+    )
     parser.add_argument("--passes", type=int, default=5, help="forward passes for the per-layer breakdown")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "slimming_speed_vgg19.json"))
     args = parser.parse_args()
 
     arch = load_checkpoint(args.run)["arch"]
     shape = tuple(arch["input_shape"])
-    src_dense = build_model(arch["model"], num_classes=arch["num_classes"], input_shape=shape, **arch["kwargs"])
+    src_dense = build_model(
+        arch["model"], num_classes=arch["num_classes"], input_shape=shape, **arch["kwargs"]
+    )
     src_small = build_from_checkpoint(args.run)
     d_out, s_out = _conv_out(src_dense), _conv_out(src_small)
     share = {n: s_out[n] / d_out[n] for n in d_out}
@@ -138,8 +144,9 @@ def main() -> None:
         "macs_dense": macs_d,
         "macs_compact": macs_s,
         "macs_ratio": macs_d / macs_s,
-        "kept_per_conv": {n: [c, d_out_w] for (n, c), d_out_w in
-                          zip(_conv_out(small).items(), _conv_out(dense).values())},  # fmt: skip
+        "kept_per_conv": {
+            n: [c, d_out_w] for (n, c), d_out_w in zip(_conv_out(small).items(), _conv_out(dense).values())
+        },
         "surgery_max_diff": report.max_abs_diff,
         "load_avg_1min_start": os.getloadavg()[0],
         "by_threads": {},
