@@ -83,8 +83,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "checkpoint.pt"
     payload = safe_torch_load(path)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not _is_prunelab_checkpoint(payload):
         raise CheckpointError(f"{path} is not a prunelab checkpoint; pass a run directory or checkpoint.pt")
+    return _check_version(payload, path)
+
+
+def _check_version(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     if payload.get("version", 0) > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} was written by a newer prunelab; upgrade prunelab to read it")
     return payload
@@ -142,8 +146,10 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
         log(f"init: pretrained {recipe.model.pretrained} from {path}" + (" (new head)" if reset else ""))
         return None
     path = Path(init)
-    if path.is_dir() or (path.is_file() and _is_prunelab_checkpoint(path)):
-        payload = load_checkpoint(path)
+    # A file is read once: it is either a prunelab checkpoint or a plain weights file.
+    payload = load_checkpoint(path) if path.is_dir() else safe_torch_load(path) if path.is_file() else None
+    if payload is not None and _is_prunelab_checkpoint(payload):
+        _check_version(payload, path)
         _apply_surgery(model, payload["arch"])
         new_head = _keep_fresh_head(model, payload["state_dict"], payload["masks"])
         masking.load_masks(model, payload["masks"])
@@ -153,9 +159,9 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
             + (" (new head)" if new_head else "")
         )
         return payload["arch"].get("surgery")
-    if path.is_file():
+    if payload is not None:
         # reset_head only skips a classifier whose shape differs, so a same-size head is still loaded.
-        load_weights(model, path, strict=True, reset_head=True)
+        load_weights(model, payload, strict=True, reset_head=True)
         log(f"init: weights file {path}")
         return None
     raise ConfigError(
@@ -186,11 +192,7 @@ def _keep_fresh_head(model: nn.Module, state: dict[str, Any], masks: dict[str, A
     return replaced
 
 
-def _is_prunelab_checkpoint(path: Path) -> bool:
-    try:
-        payload = safe_torch_load(path)
-    except CheckpointError:
-        return False
+def _is_prunelab_checkpoint(payload: Any) -> bool:
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
