@@ -251,6 +251,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "prunelab.methods.interspace",
     "prunelab.methods.slimming",
     "prunelab.methods.pretraining",
+    "prunelab.methods.pls_vip",
 )
 
 

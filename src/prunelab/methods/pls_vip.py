@@ -1,0 +1,1 @@
+"""Placeholder: this method module is being written."""
