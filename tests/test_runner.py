@@ -11,8 +11,8 @@ import torch
 
 from prunelab.cli import main
 from prunelab.core import masking
-from prunelab.errors import CheckpointError
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
+from prunelab.errors import CheckpointError, ConfigError
+from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_device, run_recipe
 from prunelab.experiments.schema import recipe_from_dict
 
 REQUIRED = [
@@ -213,3 +213,25 @@ def test_recipe_runs_under_torchrun(tmp_path: Path) -> None:
     assert evaluate(model, load_dataset("digits").test)["accuracy"] == pytest.approx(
         summary["accuracy"], abs=1e-9
     )
+
+
+def test_device_typo_is_a_validation_error() -> None:
+    with pytest.raises(ConfigError, match="device: 'gpu' is not a device"):
+        recipe_from_dict({"device": "gpu", "model": {"name": "small_cnn"}, "data": {"name": "digits"}})
+
+
+def test_device_auto_is_cpu_without_cuda_and_explicit_cuda_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        run_device("cuda:0")
+
+
+def test_run_records_its_device(tmp_path: Path) -> None:
+    recipe = _recipe(method="magnitude", sparsity=0.5)
+    recipe.device = "cpu"
+    recipe.eval.latency = False
+    summary = run_recipe(recipe, tmp_path, echo=None)
+    assert summary["environment"]["device"] == "cpu"

@@ -118,6 +118,11 @@ def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
         from prunelab.surgery import apply_arch_spec
 
         apply_arch_spec(model, arch["surgery"])
+    # An interspace run's bases must exist before its coefficients, bases and masks are loaded.
+    if arch.get("reparam") is not None:
+        from prunelab.reparam import apply_reparam_spec
+
+        apply_reparam_spec(model, arch["reparam"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,6 +219,39 @@ def _targeted_sparsity(model: nn.Module) -> float:
     return 1.0 - kept / total if total else 0.0
 
 
+def run_device(name: str) -> torch.device:
+    """The device a run trains and prunes on.
+
+    ``auto`` is the GPU when CUDA is available (under ``torchrun`` each rank's own GPU) and the CPU
+    otherwise; an explicit ``cuda`` on a machine without CUDA is a configuration error rather than a
+    silent fall-back, so a paper-size run never crawls along on the CPU unnoticed.
+    """
+    from prunelab.training import distributed as dist
+
+    if dist.is_distributed() and name in ("auto", "cuda"):
+        device = dist.rank_device()
+        if name == "cuda" and device.type != "cuda":
+            raise ConfigError(
+                "device: cuda needs one GPU per process on each machine; use device: auto (CPU and gloo) "
+                "or start fewer processes"
+            )
+        return device
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    if name == "auto":
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device: {name} was asked for but CUDA is not available here; use device: auto or cpu"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"device: {name} was asked for but MPS is not available here; use device: auto or cpu"
+        )
+    return device
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -287,6 +325,9 @@ def run_recipe(
         recipe.model.name, num_classes=data.num_classes, input_shape=input_shape, **recipe.model.kwargs
     )
     surgery_spec = _init_model(recipe, model, data_dir, log)
+    device = run_device(recipe.device)
+    model.to(device)
+    log(f"device: {device}")
     ctx = PruneContext(
         recipe=recipe,
         model=model,
@@ -312,6 +353,15 @@ def run_recipe(
         ),
     )
 
+    # prune.reparam (SP/IP switch): attached before dense training so IP trains in filter-basis form
+    # throughout; after init_state was taken, so rewinding loads plain initial weights (see FilterBasis).
+    from prunelab.reparam import attach_from_config
+
+    spec = attach_from_config(model, recipe.prune.reparam, recipe.prune.include, recipe.prune.exclude)
+    if spec is not None:
+        ctx.arch["reparam"] = spec
+        log(f"reparam: interspace filter basis on {len(spec['layers'])} conv layers")
+
     if recipe.train.epochs > 0:
         log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
         ctx.train(recipe.train, "dense")
@@ -326,6 +376,10 @@ def run_recipe(
     model = ctx.model
     accuracy = ctx.evaluate_test()
     final = ctx.measure()
+    if ctx.arch.get("reparam") is not None:
+        from prunelab.reparam import interspace_costs
+
+        ctx.extra["interspace"] = interspace_costs(model, input_shape)
     log(f"final: test accuracy {accuracy:.4f}, {final['params_nonzero']}/{final['params_total']} non-zero")
     p = recipe.prune
     summary: dict[str, Any] = {
@@ -369,6 +423,7 @@ def run_recipe(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "threads": torch.get_num_threads(),
+            "device": str(device),
             "world_size": dist.world_size(),
         }
         summary["wall_time_s"] = round(time.perf_counter() - started, 3)

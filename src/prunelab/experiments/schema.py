@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from prunelab.errors import ConfigError, PrunelabError
+from prunelab.reparam import ReparamConfig
 from prunelab.training.config import TrainConfig
 
 
@@ -116,6 +117,8 @@ class PruneSection:
         rewind: iterative only — reset surviving weights to their initial values before each round's
             fine-tuning (lottery-ticket rewinding).
         options: the driver's own options, validated against its options dataclass.
+        reparam: what the masks act on, for every driver: ``name: none`` (weights, SP) or
+            ``name: interspace`` (filter-basis coefficients, IP) with its basis options.
     """
 
     method: str = "magnitude"
@@ -133,6 +136,7 @@ class PruneSection:
     min_keep: int = 1
     agp: AGPSection = field(default_factory=AGPSection)
     options: dict[str, Any] = field(default_factory=dict)
+    reparam: ReparamConfig = field(default_factory=ReparamConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
@@ -163,12 +167,19 @@ class Recipe:
 
     name: str = "experiment"
     seed: int = 0
+    device: str = "auto"
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     prune: PruneSection = field(default_factory=PruneSection)
     finetune: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(
+                f"device: {self.device!r} is not a device; use auto (CUDA when available), cpu, cuda or cuda:N"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (what ``config.yaml`` of a run holds)."""

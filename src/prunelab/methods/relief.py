@@ -355,6 +355,7 @@ class ReliefPruner:
         layer = self.structure.layers[name]
         keep_rows = ~units.to(torch.bool)
         alive_before = masking.get_mask(layer, "weight").flatten(1).any(dim=1)
+        units = units.to(device=alive_before.device, dtype=torch.bool)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         masking.update_mask(layer, "weight", keep_rows.view(shape).expand_as(layer.weight))
         if layer.bias is not None:

@@ -8,6 +8,7 @@ hits both. Backends: eager PyTorch on the CPU, and ONNX Runtime when the optiona
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import tempfile
@@ -73,11 +74,15 @@ def compare_latency(
 
     Returns:
         ``{"eager_cpu": {bs: {"dense_ms", "compact_ms", "speedup"}}, "onnxruntime": {...} or
-        {"skipped": reason}, "threads", "load_avg"}`` (batch sizes as strings, JSON-friendly).
+        {"skipped": reason}, "threads", "load_avg"}`` (batch sizes as strings, JSON-friendly), plus
+        ``"eager_cuda"`` with the same fields when the models live on a GPU.
     """
-    models = [dense, compact]
-    modes = [m.training for m in models]
-    for m in models:
+    modes = [m.training for m in (dense, compact)]
+    device = next(dense.parameters()).device
+    # The CPU figures are the point of the comparison, so a model trained on a GPU is timed through
+    # a CPU copy; the GPU's own figures are recorded beside them.
+    models = [m if device.type == "cpu" else copy.deepcopy(m).cpu() for m in (dense, compact)]
+    for m in (dense, compact, *models):
         m.eval()
     gen = torch.Generator().manual_seed(0)
     out: dict[str, Any] = {"threads": torch.get_num_threads(), "repeats": repeats}
@@ -85,12 +90,9 @@ def compare_latency(
         out["load_avg_1min_before"] = os.getloadavg()[0]
     except OSError:
         pass
-    eager: dict[str, Any] = {}
-    for bs in batch_sizes:
-        x = torch.randn((bs, *input_shape), generator=gen)
-        d, c = _interleaved([lambda x=x: dense(x), lambda x=x: compact(x)], warmup, repeats)
-        eager[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
-    out["eager_cpu"] = eager
+    out["eager_cpu"] = _eager(models, input_shape, batch_sizes, gen, warmup, repeats)
+    if device.type == "cuda":
+        out[f"eager_{device.type}"] = _eager([dense, compact], input_shape, batch_sizes, gen, warmup, repeats)
     if not onnx:
         out["onnxruntime"] = {"skipped": "disabled"}
     elif not onnxruntime_available():
@@ -107,6 +109,29 @@ def compare_latency(
                 )
                 rt[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
         out["onnxruntime"] = rt
-    for m, mode in zip(models, modes, strict=True):
+    for m, mode in zip((dense, compact), modes, strict=True):
         m.train(mode)
     return out
+
+
+def _eager(
+    models: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    batch_sizes: Sequence[int],
+    gen: torch.Generator,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    device = next(models[0].parameters()).device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(model: nn.Module, x: torch.Tensor) -> None:
+        model(x)
+        sync()  # CUDA launches are asynchronous: time the finished work
+
+    eager: dict[str, Any] = {}
+    for bs in batch_sizes:
+        x = torch.randn((bs, *input_shape), generator=gen).to(device)
+        d, c = _interleaved([lambda m=m, x=x: timed(m, x) for m in models], warmup, repeats)
+        eager[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
+    return eager

@@ -39,6 +39,8 @@ __all__ = [
     "is_main_process",
     "local_rank",
     "rank",
+    "rank_device",
+    "uses_gpu",
     "world_size",
 ]
 
@@ -71,12 +73,29 @@ def init_distributed(backend: str | None = None) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if uses_gpu() else "gloo"
     if backend == "nccl":
         # NCCL needs each process pinned to its own GPU before the first collective.
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
     return dist.get_world_size() > 1
+
+
+def uses_gpu() -> bool:
+    """Whether each local process can have a GPU of its own (CUDA present and enough devices).
+
+    More processes than GPUs on one machine (for example two ranks on a one-GPU machine) cannot share
+    a device under NCCL, so such a group runs on the CPU with gloo instead of failing at start-up.
+    """
+    if not torch.cuda.is_available():
+        return False
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return local_world <= torch.cuda.device_count()
+
+
+def rank_device() -> torch.device:
+    """The device of this process: its own GPU (``cuda:LOCAL_RANK``) when :func:`uses_gpu`, else CPU."""
+    return torch.device("cuda", local_rank()) if uses_gpu() else torch.device("cpu")
 
 
 def is_distributed() -> bool:

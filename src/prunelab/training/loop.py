@@ -195,8 +195,8 @@ def _buffer_sync_kwargs() -> dict[str, bool]:
 def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
-    if dist.is_distributed() and torch.cuda.is_available():
-        return torch.device("cuda", dist.local_rank())
+    if dist.is_distributed() and dist.uses_gpu():
+        return dist.rank_device()
     return _model_device(model)
 
 
