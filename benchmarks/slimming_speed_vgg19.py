@@ -103,6 +103,9 @@ def main() -> None:
         help="round every group's kept channels up to a multiple of this (1: exact shares)",
     )
     parser.add_argument("--passes", type=int, default=5, help="forward passes for the per-layer breakdown")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also time both models in ONNX Runtime (pip install 'prunelab[onnx]')"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "slimming_speed_vgg19.json"))
     args = parser.parse_args()
 
@@ -154,7 +157,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "kept_per_conv"}), flush=True)
     for t in args.threads:
         torch.set_num_threads(t)
-        speed = compare_latency(dense, small, shape, (1, 64), repeats=args.repeats, onnx=False)
+        speed = compare_latency(dense, small, shape, (1, 64), repeats=args.repeats, onnx=args.onnx)
         speed["load_avg_1min_after"] = os.getloadavg()[0]
         result["by_threads"][str(t)] = speed
         print(t, json.dumps(speed), flush=True)

@@ -96,6 +96,29 @@ def test_run_checkpoint_with_masks_and_another_class_count(tmp_path: Path) -> No
             assert torch.equal(state[key], value), key
 
 
+def test_compacted_checkpoint_with_another_class_count(tmp_path: Path) -> None:
+    """A physically pruned 5-class network initialises a 10-class run: narrow body, 10-way head."""
+    from prunelab.models import classifier_name
+    from prunelab.surgery import ChannelGraph, arch_spec, compact
+
+    source = _small_cnn(5, seed=4).eval()
+    graph = ChannelGraph(source, DIGITS_SHAPE)
+    keep = {g.name: torch.arange(g.size) % 2 == 0 for g in graph.groups}  # drop every other channel
+    small, _ = compact(source, keep, DIGITS_SHAPE)
+    arch = {"model": "small_cnn", "kwargs": {}, "num_classes": 5, "input_shape": list(DIGITS_SHAPE),
+            "surgery": arch_spec(small)}  # fmt: skip
+    (tmp_path / "src").mkdir()
+    save_checkpoint(tmp_path / "src" / "checkpoint.pt", small, arch)
+
+    state, log = _run(tmp_path / "dst", str(tmp_path / "src"))
+    assert "(new head)" in log
+    head = classifier_name(small)
+    assert state[f"{head}.weight"].shape == (10, small.get_submodule(head).in_features)
+    for key, value in small.state_dict().items():
+        if not key.startswith(f"{head}."):
+            assert torch.equal(state[key], value), key  # the narrowed body is loaded unchanged
+
+
 def test_registered_pretrained_gets_a_new_head(tmp_path: Path, shared_data_dir: Path) -> None:
     from prunelab.models import find_pretrained
 

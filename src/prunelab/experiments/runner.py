@@ -115,9 +115,16 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
 def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
     # A structurally pruned run stores its per-layer widths under arch["surgery"] (prunelab.surgery).
     if arch.get("surgery") is not None:
+        from prunelab.errors import UnsupportedModelError
+        from prunelab.models import classifier_name
         from prunelab.surgery import apply_arch_spec
 
-        apply_arch_spec(model, arch["surgery"])
+        # The model was built for the current data: its classifier keeps that class count.
+        try:
+            head: tuple[str, ...] = (classifier_name(model),)
+        except UnsupportedModelError:
+            head = ()
+        apply_arch_spec(model, arch["surgery"], keep_outputs=head)
     # An interspace run's bases must exist before its coefficients, bases and masks are loaded.
     if arch.get("reparam") is not None:
         from prunelab.reparam import apply_reparam_spec

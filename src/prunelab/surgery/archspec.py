@@ -7,6 +7,7 @@ with ``torch.load(weights_only=True)``. :func:`apply_arch_spec` rebuilds the nar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -47,8 +48,16 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def apply_arch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
+def apply_arch_spec(
+    model: nn.Module, spec: dict[str, Any], keep_outputs: Sequence[str] = ()
+) -> nn.Module:
     """Narrow the layers of a freshly built zoo ``model`` to the widths in ``spec`` (in place).
+
+    Args:
+        model: the zoo model, built with the same name and kwargs as the one the spec describes.
+        spec: the architecture spec (``arch["surgery"]`` of a checkpoint).
+        keep_outputs: layers whose output size stays the model's own: the classifier when a compacted
+            network is fine-tuned on a dataset with another class count (its inputs still narrow).
 
     Raises:
         CheckpointError: if the spec is of another format, a newer version, or names a missing layer.
@@ -69,7 +78,7 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
         if kind == "Conv2d" and isinstance(old, nn.Conv2d):
             new: nn.Module = nn.Conv2d(
                 layer["in_channels"],
-                layer["out_channels"],
+                old.out_channels if name in keep_outputs else layer["out_channels"],
                 old.kernel_size,
                 old.stride,
                 old.padding,  # type: ignore[arg-type]
@@ -79,7 +88,8 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
                 old.padding_mode,  # type: ignore[arg-type]
             )
         elif kind == "Linear" and isinstance(old, nn.Linear):
-            new = nn.Linear(layer["in_features"], layer["out_features"], layer["bias"])
+            out = old.out_features if name in keep_outputs else layer["out_features"]
+            new = nn.Linear(layer["in_features"], out, layer["bias"])
         elif kind in ("BatchNorm2d", "BatchNorm1d") and isinstance(old, (nn.BatchNorm1d, nn.BatchNorm2d)):
             new = type(old)(layer["num_features"], old.eps, old.momentum, old.affine, old.track_running_stats)
         elif kind == "PadShortcut" and isinstance(old, PadShortcut):
