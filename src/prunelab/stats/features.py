@@ -1,0 +1,235 @@
+r"""Per-filter features over a calibration set: the ``N × P`` matrix PLS+VIP pruning is fitted on.
+
+A. Jordao, R. Kloss, F. Yamada and W. R. Schwartz, *Pruning Deep Neural Networks using Partial Least
+Squares*, BMVC 2019 Workshops (arXiv:1810.07610), represent filter ``f`` of layer ``l`` on sample ``x``
+by its globally pooled output map
+
+.. math::
+    X_{n,(l,f)} = \max_{h,w} A_{l,f}(x_n)_{h,w} \quad\text{(default)} \qquad\text{or}\qquad
+    \frac{1}{HW}\sum_{h,w} A_{l,f}(x_n)_{h,w},
+
+one scalar per filter and sample, concatenated over the scored layers into ``X ∈ R^{N×P}`` (``P`` =
+total filters). ``A`` is the convolution's own output (before BatchNorm), as ``Conv2D.output`` is in the
+official Keras code. With ``scale=True`` PLS standardises every column, so a per-channel affine map with
+positive scale (an eval-mode BatchNorm with γ > 0) would not change the result anyway.
+
+:class:`FilterFeatures` is a context manager that hooks the layers, *accumulates* the pooled rows of every
+batch pushed through the model (never only the last batch) and always removes its hooks on exit.
+:meth:`FilterFeatures.finalize` all-gathers the rows of every DDP rank (each rank feeds its own shard),
+so every rank ends with the same full matrix; single-process it is the local matrix unchanged.
+:func:`collect_features` draws the calibration samples (the whole training split by default, as the
+official code, or a seeded subsample of ``num_samples``), shards them across ranks, and returns
+``(X, labels)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import ConfigError
+
+__all__ = ["POOLINGS", "FilterFeatures", "all_gather_rows", "collect_features", "feature_batches"]
+
+#: Supported filter representations (global max or average pooling of the output map).
+POOLINGS: tuple[str, ...] = ("max", "avg")
+
+
+def _pool(output: Tensor, pooling: str) -> Tensor:
+    out = output.detach()
+    if out.dim() == 2:  # a Linear layer: one value per unit already
+        return out
+    flat = out.flatten(2)
+    return flat.amax(dim=2) if pooling == "max" else flat.mean(dim=2)
+
+
+def all_gather_rows(local: Tensor) -> Tensor:
+    """Concatenate every rank's rows (rank order); the identity single-process.
+
+    Built on the sum all-reduce of :mod:`prunelab.training.distributed`: each rank writes its rows at its
+    offset of a zero matrix and the sum is the concatenation, exactly (adding zeros is exact), on gloo
+    and NCCL alike and with uneven shards.
+    """
+    from prunelab.training import distributed as dist
+
+    if not dist.is_distributed():
+        return local
+    world, me = dist.world_size(), dist.rank()
+    counts = torch.zeros(world, dtype=torch.int64, device=local.device)
+    counts[me] = local.shape[0]
+    dist.all_reduce_(counts)
+    offsets = [0, *torch.cumsum(counts, 0).tolist()]
+    full = torch.zeros(int(offsets[-1]), *local.shape[1:], dtype=local.dtype, device=local.device)
+    full[int(offsets[me]) : int(offsets[me + 1])] = local
+    return dist.all_reduce_(full)
+
+
+@dataclass
+class FilterFeatures:
+    """Context manager accumulating globally pooled filter outputs, batch by batch, into an ``N × P`` matrix.
+
+    Args:
+        layers: ``{name: module}`` whose outputs are the features (columns in this order, then filter
+            order within a layer).
+        pooling: ``"max"`` (official default) or ``"avg"``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> conv = nn.Conv2d(1, 2, 1, bias=False)
+        >>> _ = conv.weight.data.fill_(1.0)
+        >>> with FilterFeatures({"c": conv}) as rec:
+        ...     _ = conv(torch.tensor([[[[1.0, 3.0]]]]))
+        >>> rec.finalize().tolist()
+        [[3.0, 3.0]]
+    """
+
+    layers: dict[str, nn.Module]
+    pooling: str = "max"
+    columns: list[tuple[str, int]] = field(default_factory=list, init=False)
+    _chunks: dict[str, list[Tensor]] = field(default_factory=dict, init=False, repr=False)
+    _handles: list[Any] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+
+    def __enter__(self) -> FilterFeatures:  # noqa: PYI034 - py3.10 has no typing.Self
+        """Register the hooks (previous features are discarded)."""
+        self._chunks = {name: [] for name in self.layers}
+        self.columns = []
+        try:
+            for name, module in self.layers.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Remove every hook, whether or not the block raised (exceptions propagate)."""
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove the hooks now (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            # Pooled right away: only N·P numbers are kept, never the feature maps.
+            self._chunks[name].append(_pool(output, self.pooling).float())
+
+        return hook
+
+    def local(self) -> Tensor:
+        """This process's ``(n, P)`` rows (every layer must have seen the same batches)."""
+        blocks = []
+        rows = None
+        self.columns = []
+        for name in self.layers:
+            chunks = self._chunks.get(name) or []
+            if not chunks:
+                raise ConfigError(
+                    f"features: layer {name!r} produced no output; run batches inside the context"
+                )
+            block = torch.cat(chunks, dim=0)
+            if rows is not None and block.shape[0] != rows:
+                raise ConfigError(f"features: layer {name!r} saw {block.shape[0]} samples, others {rows}")
+            rows = block.shape[0]
+            blocks.append(block)
+            self.columns.extend((name, f) for f in range(block.shape[1]))
+        return torch.cat(blocks, dim=1)
+
+    def finalize(self) -> Tensor:
+        """The ``(N, P)`` matrix over every rank's samples (all-gathered under DDP)."""
+        return all_gather_rows(self.local())
+
+
+def feature_batches(
+    dataset: Any,
+    num_samples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield this rank's share of the calibration samples as ``(x, y)`` batches, lazily, without augmentation.
+
+    Args:
+        dataset: a prunelab tensor dataset (``get_batch``) or a map-style dataset of ``(x, y)``.
+        num_samples: a seeded random subsample of this size (``None``: every sample, in order).
+        batch_size: samples per batch.
+        seed: seeds the subsample.
+        rank: this process's rank; it takes every ``world_size``-th sample starting at ``rank``.
+        world_size: number of processes sharing the samples.
+
+    Raises:
+        ConfigError: for a non-positive size or an empty dataset.
+    """
+    if (num_samples is not None and num_samples < 1) or batch_size < 1:
+        raise ConfigError("calibration: num_samples and batch_size must be >= 1")
+    n = len(dataset)
+    if n == 0:
+        raise ConfigError("calibration: the dataset is empty; check the data split and subsets")
+    if num_samples is None or num_samples >= n:
+        indices = torch.arange(n)
+    else:
+        # Subsample for large datasets: a fixed seeded subset, the same on every rank before sharding.
+        indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:num_samples]
+    for chunk in indices[rank::world_size].split(batch_size):
+        if hasattr(dataset, "get_batch"):
+            yield dataset.get_batch(chunk)
+        else:
+            items = [dataset[int(i)] for i in chunk]
+            yield torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+
+@torch.no_grad()
+def collect_features(
+    model: nn.Module,
+    dataset: Any,
+    layers: Mapping[str, nn.Module],
+    *,
+    pooling: Literal["max", "avg"] = "max",
+    num_samples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, list[tuple[str, int]]]:
+    """Run the calibration samples through ``model`` (eval mode) and return ``(X, labels, columns)``.
+
+    ``X`` is ``(N, P)`` float32 on the model's device, ``labels`` ``(N,)`` int64, ``columns[j]`` the
+    ``(layer, filter)`` of column ``j``. Under DDP each rank runs its shard and all ranks return the
+    same all-gathered matrices. The model's train/eval mode is restored afterwards.
+    """
+    from prunelab.training import distributed as dist
+
+    was_training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.eval()
+    labels = []
+    try:
+        with FilterFeatures(dict(layers), pooling) as recorder:
+            for x, y in feature_batches(
+                dataset, num_samples, batch_size, seed, rank=dist.rank(), world_size=dist.world_size()
+            ):
+                model(x.to(device))
+                labels.append(torch.as_tensor(y).long().to(device))
+            x_all = recorder.finalize()
+            columns = list(recorder.columns)
+    finally:
+        model.train(was_training)
+    y_all = all_gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device))
+    return x_all, y_all, columns
