@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.errors import UnsupportedModelError
+from prunelab.stats.hooks import ForwardHooks
 
 #: Upper bound on the temporary tensors of one per-sample-norm computation (in elements); bigger
 #: batches are processed in sample chunks so memory stays bounded whatever the batch size.
@@ -258,7 +258,7 @@ def _out_size(conv: nn.Conv2d, in_size: Sequence[int]) -> tuple[int, int]:
 
 
 @dataclass
-class ReliefStatistics:
+class ReliefStatistics(ForwardHooks):
     """Context manager accumulating the activation statistics NN-relief scores from.
 
     Args:
@@ -310,21 +310,6 @@ class ReliefStatistics:
             self.remove()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Remove every hook, whether or not the block raised (exceptions propagate)."""
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove the hooks now (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def _layer_hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:

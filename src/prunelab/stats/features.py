@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from prunelab.errors import ConfigError
+from prunelab.stats.hooks import ForwardHooks
 
 __all__ = ["POOLINGS", "FilterFeatures", "all_gather_rows", "collect_features", "feature_batches"]
 
@@ -70,7 +70,7 @@ def all_gather_rows(local: Tensor) -> Tensor:
 
 
 @dataclass
-class FilterFeatures:
+class FilterFeatures(ForwardHooks):
     """Context manager accumulating globally pooled filter outputs, batch by batch, into an ``N × P`` matrix.
 
     Args:
@@ -110,21 +110,6 @@ class FilterFeatures:
             self.remove()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Remove every hook, whether or not the block raised (exceptions propagate)."""
-        self.remove()
-
-    def remove(self) -> None:
-        """Remove the hooks now (idempotent)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
 
     def _hook(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
