@@ -8,11 +8,15 @@ hits both. Backends: eager PyTorch on the CPU, and ONNX Runtime when the optiona
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,8 +55,17 @@ def _onnx_sessions(models: Sequence[nn.Module], x: torch.Tensor, tmp: str) -> li
     sessions = []
     for k, model in enumerate(models):
         path = os.path.join(tmp, f"m{k}.onnx")
-        torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})  # fmt: skip
+        # The exporter narrates every step on stdout and warns about torchvision ops: keep run logs clean.
+        onnx_log = logging.getLogger("torch.onnx")
+        level = onnx_log.level
+        onnx_log.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
+                                  dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})  # fmt: skip
+        finally:
+            onnx_log.setLevel(level)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         sessions.append(ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]))
