@@ -193,8 +193,34 @@ def bake(model: nn.Module) -> nn.Module:
         ``model``, now free of prunelab masks.
     """
     for _, module, name, _ in list(iter_masks(model)):
+        _own_class(module)
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of its generated ``Parametrized<Cls>`` class.
+
+    ``remove_parametrizations`` deletes the tensor's property from the module's class, and a
+    ``copy.deepcopy`` of a parametrized module shares that class with the original: baking the copy would
+    strip the original's weight. A private class (same bases, same attributes) keeps baking local.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
+def _reparam_prefixes(module_name: str, module: nn.Module) -> list[tuple[str, set[str]]]:
+    """``(internal key prefix, mask buffer keys)`` of every tensor of ``module`` that carries a
+    parametrization other than :class:`Mask` (a reparametrization such as an interspace filter basis)."""
+    out = []
+    prefix = f"{module_name}." if module_name else ""
+    for name in module.parametrizations:  # type: ignore[union-attr]
+        plist = module.parametrizations[name]  # type: ignore[index]
+        if all(isinstance(p, Mask) for p in plist):
+            continue
+        inner = f"{prefix}parametrizations.{name}."
+        out.append((inner, {f"{inner}{i}.mask" for i, p in enumerate(plist) if isinstance(p, Mask)}))
+    return out
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -204,17 +230,26 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     key (``"conv.weight"``) with their masked value,
     and the parametrization internals (``original``, mask buffers) are left out, so a plain, unpruned
     copy of the architecture loads the result with ``load_state_dict``.
+
+    Exception: a tensor carrying a *reparametrization* besides its mask (an interspace filter basis,
+    :mod:`prunelab.reparam`) cannot be restored from its effective value alone, so its internals (the
+    coefficients ``...parametrizations.weight.original`` and the basis) are included too, under the
+    model's own state_dict keys; :func:`load_plain_state_dict` restores them exactly and skips them when
+    the target model lacks that reparametrization. Masks are never included (see :func:`masks_state_dict`).
     """
     state: dict[str, Tensor] = {}
     parametrized: set[str] = set()
+    internals: list[tuple[str, set[str]]] = []
     for module_name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             prefix = f"{module_name}." if module_name else ""
             for name in module.parametrizations:  # type: ignore[union-attr]
                 state[prefix + name] = getattr(module, name).detach().clone()
                 parametrized.add(prefix + "parametrizations." + name + ".")
+            internals.extend(_reparam_prefixes(module_name, module))
     for key, value in model.state_dict().items():
-        if not any(key.startswith(p) for p in parametrized):
+        keep_internal = any(key.startswith(p) and key not in masks for p, masks in internals)
+        if keep_internal or not any(key.startswith(p) for p in parametrized):
             # A snapshot, not a view: state_dict() tensors share storage with the live parameters, so
             # without a copy a stored "initial" state would follow training (and rewinding would be a
             # no-op).
@@ -241,13 +276,23 @@ def load_plain_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict:
                     f"{tuple(getattr(module, name).shape)}"
                 )
             orig = original(module, name)
+            # A reparametrization (filter basis) turns the plain value into what its original stores;
+            # the internals, when the state has them, are loaded afterwards and win.
+            for p in reversed(list(module.parametrizations[name])):  # type: ignore[index]
+                from_plain = getattr(p, "from_plain", None)
+                if callable(from_plain):
+                    value = from_plain(value)
             orig.copy_(value)
             mask = _mask_of(module, name)
             if mask is not None:
                 orig.mul_(mask.mask.to(orig.dtype))
         else:
             rest[key] = value
-    expected = {k for k in model.state_dict() if ".parametrizations." not in k}
+    own = model.state_dict()
+    expected = {k for k in own if ".parametrizations." not in k}
+    # Reparametrization internals of a model that has them, loaded into one that does not (an
+    # interspace checkpoint into a plain model): the effective value under the plain key suffices.
+    rest = {k: v for k, v in rest.items() if ".parametrizations." not in f".{k}" or k in own}
     missing, unexpected = model.load_state_dict(rest, strict=False)
     missing = [k for k in missing if k in expected and k not in state]
     if strict and (missing or unexpected):

@@ -115,6 +115,10 @@ class Pruner:
         selector: a name in :data:`prunelab.core.selectors.SELECTORS` or a selector callable.
         selector_kwargs: extra options for the selector.
         layer_types: layer kinds searched when ``targets`` is not given.
+        reparam: what the masks act on: ``None``/``"none"`` (the weights: standard pruning) or a name in
+            :data:`prunelab.reparam.REPARAMS` (``"interspace"``: the coefficients of a trainable filter
+            basis, attached to the targets it applies to by :meth:`prepare`; the others keep SP).
+        reparam_kwargs: options of the reparametrization (``{"init": "dct"}``).
 
     Raises:
         ConfigError: for an unknown component or option, or targets the granularity cannot split.
@@ -144,6 +148,8 @@ class Pruner:
         selector: str | Selector = "topk",
         selector_kwargs: Mapping[str, Any] | None = None,
         layer_types: Sequence[str] = ("conv", "linear"),
+        reparam: str | None = None,
+        reparam_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if scope not in SCOPES:
             raise ConfigError(f"unknown scope {scope!r}; use 'global' (one ranking) or 'layer' (per tensor)")
@@ -164,6 +170,14 @@ class Pruner:
             # Fail at construction, not mid-training, if a target cannot be split into units.
             self.granularity.unit_shape(getattr(t.module, t.param).shape)
         self.history: list[float] = []
+        self.reparam = None if reparam in (None, "none") else reparam
+        self.reparam_kwargs = dict(reparam_kwargs or {})
+        if self.reparam is not None:
+            from prunelab.reparam import REPARAMS
+
+            REPARAMS.get(self.reparam)  # fail at construction on an unknown name
+        #: fqns of the targets that carry the reparametrization (filled by :meth:`prepare`).
+        self.reparametrized: list[str] = []
 
     def _build_criterion(self, criterion: str | Criterion) -> Criterion:
         if not isinstance(criterion, str):
@@ -190,6 +204,11 @@ class Pruner:
         """
         for t in self.targets:
             masking.add_mask(t.module, t.param)
+        if self.reparam is not None:
+            from prunelab.reparam import attach_reparam
+
+            # The mask is attached first, so it sits below the basis and masks the coefficients.
+            self.reparametrized = attach_reparam(self.targets, self.reparam, **self.reparam_kwargs)
         return self
 
     def _check_prepared(self) -> None:
@@ -312,6 +331,7 @@ class Pruner:
         """
         for t in self.targets:
             if masking.has_mask(t.module, t.param):
+                masking._own_class(t.module)  # a deep copy's bake must not touch the original's class
                 parametrize.remove_parametrizations(t.module, t.param, leave_parametrized=True)
         return self.model
 
@@ -330,6 +350,8 @@ class Pruner:
                 "selector": self.selector_name,
                 "selector_kwargs": dict(self.selector_kwargs),
                 "targets": [t.fqn for t in self.targets],
+                "reparam": self.reparam,
+                "reparam_kwargs": dict(self.reparam_kwargs),
             },
             "masks": self.masks(),
             "criterion_state": state_fn() if callable(state_fn) else {},
@@ -391,6 +413,8 @@ class Pruner:
                 selector=config["selector"],
                 selector_kwargs=config.get("selector_kwargs"),
                 targets=list(config["targets"]),
+                reparam=config.get("reparam"),
+                reparam_kwargs=config.get("reparam_kwargs"),
             )
         except ConfigError as exc:
             raise CheckpointError(f"pruner state does not fit this model: {exc}") from None
@@ -472,6 +496,8 @@ def prune(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     min_keep: int = 1,
+    reparam: str | None = None,
+    reparam_kwargs: Mapping[str, Any] | None = None,
     **criterion_kwargs: Any,
 ) -> Pruner:
     """Prune ``model`` once, in place, to ``sparsity``; returns the prepared :class:`Pruner`.
@@ -489,6 +515,9 @@ def prune(
         include: glob(s) over module names to prune.
         exclude: glob(s) over module names to leave dense.
         min_keep: units kept per tensor at least.
+        reparam: ``"interspace"`` to prune filter-basis coefficients instead of weights (see
+            :class:`Pruner`); ``None`` for standard pruning.
+        reparam_kwargs: options of the reparametrization.
         **criterion_kwargs: options of the criterion (``p=2``, ``seed=1``).
 
     Example:
@@ -521,6 +550,8 @@ def prune(
         exclude=exclude,
         min_keep=min_keep,
         criterion_kwargs=criterion_kwargs,
+        reparam=reparam,
+        reparam_kwargs=reparam_kwargs,
     )
     pruner.prepare()
     pruner.step(sparsity)

@@ -158,6 +158,8 @@ class PruneContext:
             "exclude": p.exclude,
             "min_keep": p.min_keep,
             "criterion_kwargs": dict(p.criterion_kwargs),
+            "reparam": p.reparam.name,
+            "reparam_kwargs": p.reparam.kwargs(),
         }
         kwargs.update(overrides)
         return Pruner(self.model, **kwargs).prepare()
@@ -191,12 +193,24 @@ def run_none(ctx: PruneContext, options: None) -> None:
     """No pruning: the dense network is the result."""
 
 
+def _saliency_stats(ctx: PruneContext, pruner: Any) -> dict[str, Any] | None:
+    """``{"model", "batches"}`` for gradient criteria (SNIP, GraSP, SynFlow) used after training."""
+    if not pruner.requires or not pruner.requires <= {"model", "batches"}:
+        return None
+    from prunelab.stats import calibration_batches
+
+    return {
+        "model": ctx.model,
+        "batches": calibration_batches(ctx.data.train, 256, 128, seed=ctx.recipe.seed),
+    }
+
+
 def _rounds(ctx: PruneContext, targets: Sequence[float]) -> None:
     from prunelab.core import masking
 
     pruner = ctx.make_pruner()
     for index, target in enumerate(targets, start=1):
-        report = pruner.step(target)
+        report = pruner.step(target, _saliency_stats(ctx, pruner))
         before = ctx.evaluate_test()
         ctx.accuracy_before_finetune = before
         if ctx.init_state is not None:

@@ -70,13 +70,31 @@ def _is_parameter_backed(module: nn.Module, name: str) -> bool:
     return any(isinstance(t, nn.Parameter) for _, t in plist.named_parameters(recurse=False))
 
 
+def _stored_form(module: nn.Module, name: str) -> tuple[Any, Tensor] | None:
+    """``(reparametrization, its masked input)`` when ``module.<name>`` is stored in another form.
+
+    A parametrization with ``stored_tensors``/``cost`` (the interspace filter basis) is what a deployed
+    model keeps instead of the weight, so it is what parameters and MACs are counted on. The masked input
+    is the output of the parametrizations before it (the pruned coefficients ``Λ ⊙ M``).
+    """
+    plist = module.parametrizations[name]  # type: ignore[index]
+    x = plist.original if hasattr(plist, "original") else None
+    for p in plist:
+        if callable(getattr(p, "stored_tensors", None)) and callable(getattr(p, "cost", None)):
+            return (p, x.detach()) if x is not None else None
+        if x is not None:
+            x = p(x)
+    return None
+
+
 @torch.no_grad()
 def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """Yield ``(qualified name, effective tensor)`` for every parameter of ``model``, each once.
 
     Parametrized tensors are yielded under their plain name (``"features.0.weight"``) with their
     effective, masked value; the parametrization's own parameters are skipped. Shared parameters appear
-    once.
+    once. A reparametrized tensor (interspace filter basis) is yielded as what its compact form stores:
+    the masked coefficients (``"<fqn>.coefficients"``) and the basis (``"<fqn>.basis"``).
     """
     seen: set[int] = set()
     for module_name, module in model.named_modules():
@@ -85,6 +103,11 @@ def effective_parameters(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
         prefix = f"{module_name}." if module_name else ""
         for name in module.parametrizations:  # type: ignore[union-attr]
             if _is_parameter_backed(module, name):
+                stored = _stored_form(module, name)
+                if stored is not None:
+                    for key, tensor in stored[0].stored_tensors(stored[1]).items():
+                        yield f"{prefix}{name}.{key}", tensor
+                    continue
                 yield prefix + name, getattr(module, name)
     for name, param in model.named_parameters():
         if ".parametrizations." in f".{name}" or id(param) in seen:
@@ -123,8 +146,15 @@ def _count_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int) 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+        # Compute parametrized weights once *before* counting: a reparametrization's weight reconstruction
+        # (the interspace Λ Bᵀ product) is a training-time cost, not part of the network's forward.
+        with torch.no_grad(), parametrize.cached():
+            for module in model.modules():
+                if parametrize.is_parametrized(module):
+                    for name in module.parametrizations:  # type: ignore[union-attr]
+                        getattr(module, name)
+            with FlopCounterMode(display=False) as counter:
+                model(x)
     finally:
         model.train(was_training)
     # FlopCounterMode names modules "<RootClass>.<qualified name>"; strip the root to get plain names.
@@ -173,18 +203,28 @@ def _rows(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> tupl
         nonzero = int(torch.count_nonzero(weight))
         density = nonzero / params if params else 0.0
         macs = per_module.get(name, 0) // 2
-        rows.append(
-            {
-                "name": name,
-                "type": _layer_type(module),
-                "shape": [int(s) for s in weight.shape],
-                "params": params,
-                "nonzero": nonzero,
-                "sparsity": 1.0 - density,
-                "macs_dense": macs,
-                "macs_effective": round(macs * density),
-            }
-        )
+        row = {
+            "name": name,
+            "type": _layer_type(module),
+            "shape": [int(s) for s in weight.shape],
+            "params": params,
+            "nonzero": nonzero,
+            "sparsity": 1.0 - density,
+            "macs_dense": macs,
+            "macs_effective": round(macs * density),
+        }
+        stored = _stored_form(module, "weight") if parametrize.is_parametrized(module, "weight") else None
+        if stored is not None:
+            # Interspace: count the compact form (basis conv + sparse 1×1), not the dense weight.
+            cost = stored[0].cost(stored[1], macs // max(params, 1))
+            row.update(
+                type=row["type"] + "(interspace)",
+                params=cost["params"],
+                nonzero=cost["nonzero"],
+                sparsity=1.0 - cost["nonzero"] / cost["params"],
+                macs_effective=cost["macs"],
+            )
+        rows.append(row)
     return total_flops // 2, rows
 
 

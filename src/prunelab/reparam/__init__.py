@@ -1,0 +1,156 @@
+"""Reparametrizations: *what* tensor a pruner scores and masks.
+
+``none`` (direct): the weight itself, standard pruning (SP). ``interspace``: each K×K conv filter as
+coefficients over a trainable filter basis (Wimmer et al., CVPR 2022); masks act on the coefficients
+(:mod:`prunelab.reparam.interspace`). A reparametrization is attached to a pruner's targets by
+:class:`prunelab.core.pruner.Pruner` (``reparam=``) or, in a recipe, by ``prune.reparam`` — every
+driver then prunes the reparametrized tensors without knowing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from prunelab.errors import ConfigError
+from prunelab.registry import Registry
+from prunelab.reparam.interspace import (
+    CompactInterspaceConv2d,
+    FilterBasis,
+    attach_interspace,
+    attach_to_targets,
+    compact_interspace,
+    dct_basis,
+    interspace_costs,
+    interspace_layers,
+    interspace_state_dict,
+    load_interspace_state_dict,
+)
+
+__all__ = [
+    "REPARAMS",
+    "CompactInterspaceConv2d",
+    "FilterBasis",
+    "ReparamConfig",
+    "apply_reparam_spec",
+    "attach_from_config",
+    "attach_interspace",
+    "attach_reparam",
+    "compact_interspace",
+    "dct_basis",
+    "interspace_costs",
+    "interspace_layers",
+    "interspace_state_dict",
+    "load_interspace_state_dict",
+    "reparam_spec",
+]
+
+#: ``name -> attach(targets, **options) -> list of reparametrized fqns``.
+REPARAMS: Registry[Callable[..., list[str]]] = Registry("reparametrization")
+REPARAMS.register("none", help="Standard pruning: masks act on the weights themselves.")(
+    lambda targets, **_: []
+)
+REPARAMS.register(
+    "interspace",
+    help="Interspace pruning: K×K conv filters as coefficients over a trainable filter basis (CVPR 2022).",
+)(attach_to_targets)
+
+
+@dataclass
+class ReparamConfig:
+    """The ``prune.reparam`` recipe section: the SP/IP switch and the basis options.
+
+    Attributes:
+        name: ``none`` (standard pruning, SP) or ``interspace`` (IP).
+        init: IP basis initialisation, ``identity`` (IP starts exactly as SP) or ``dct`` (orthonormal
+            2-D DCT-II) [unconfirmed which the paper used].
+        basis: one basis per layer (``shared``, default) or per input channel (``per_channel``)
+            [unconfirmed].
+        rewind_basis: lottery-ticket rewinding also resets the basis to its initial value
+            [unconfirmed; default yes].
+    """
+
+    name: Literal["none", "interspace"] = "none"
+    init: Literal["identity", "dct"] = "identity"
+    basis: Literal["shared", "per_channel"] = "shared"
+    rewind_basis: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        """The options handed to the reparametrization's attach function."""
+        if self.name == "none":
+            return {}
+        return {
+            "init": self.init,
+            "per_channel": self.basis == "per_channel",
+            "rewind_basis": self.rewind_basis,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data (stored in checkpoints' ``arch``)."""
+        return asdict(self)
+
+
+def attach_reparam(targets: Iterable[Any], name: str | None, **options: Any) -> list[str]:
+    """Attach reparametrization ``name`` to ``targets`` (``None``/``"none"``: nothing); returns the fqns.
+
+    Raises:
+        ConfigError: an unknown name or bad options.
+    """
+    if name is None or name == "none":
+        return []
+    attach = REPARAMS.get(name)
+    try:
+        return attach(list(targets), **options)
+    except TypeError as exc:
+        raise ConfigError(f"reparam {name!r}: bad options {options} ({exc})") from None
+
+
+def reparam_spec(model: Any) -> dict[str, Any] | None:
+    """The reparametrizations attached to ``model`` as plain data (for a checkpoint's ``arch``).
+
+    ``{"name": "interspace", "layers": {weight fqn: {"init", "per_channel", "rewind_basis"}}}``, or ``None``
+    when the model has none.
+    """
+    layers = {
+        (f"{name}.weight" if name else "weight"): {
+            "init": basis.init,
+            "per_channel": basis.per_channel,
+            "rewind_basis": basis.rewind_basis,
+        }
+        for name, _, basis in interspace_layers(model)
+    }
+    return {"name": "interspace", "layers": layers} if layers else None
+
+
+def apply_reparam_spec(model: Any, spec: dict[str, Any] | None) -> None:
+    """Attach what :func:`reparam_spec` recorded (before loading a checkpoint's state into ``model``).
+
+    Raises:
+        ConfigError: a layer the model lacks or that the reparametrization does not apply to.
+    """
+    if not spec:
+        return
+    if spec.get("name") != "interspace":
+        raise ConfigError(f"checkpoint reparametrization {spec.get('name')!r} is unknown; upgrade prunelab")
+    modules = dict(model.named_modules())
+    for fqn, options in spec["layers"].items():
+        module_name, _, param = fqn.rpartition(".")
+        module = modules.get(module_name)
+        if module is None or not attach_interspace(module, param, **options):
+            raise ConfigError(f"checkpoint has an interspace basis on {fqn!r}, which this model cannot carry")
+
+
+def attach_from_config(
+    model: Any, config: ReparamConfig, include: Any = None, exclude: Any = None
+) -> dict[str, Any] | None:
+    """Attach ``config``'s reparametrization to the conv/linear layers a pruner with these patterns targets.
+
+    Used by the runner *before* dense training, so the IP network is trained in its filter-basis form
+    from the start (a pruner built later finds the bases already there). Returns :func:`reparam_spec`.
+    """
+    if config.name != "none":
+        from prunelab.core.targets import find_targets
+
+        attach_reparam(find_targets(model, include=include, exclude=exclude), config.name, **config.kwargs())
+    return reparam_spec(model)
