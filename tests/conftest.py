@@ -7,6 +7,7 @@ Tests that need the real offline data look for it under ``$PRUNELAB_DATA`` or, a
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def _deterministic_torch() -> None:
     # Small, fixed thread count: the CI machine has 2 cores and tests must not fight over them.
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run a test with one torch thread (tiny models: a second thread only adds synchronisation, and
+    on a loaded 2-core machine it makes every step several times slower). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

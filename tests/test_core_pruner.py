@@ -7,7 +7,7 @@ import doctest
 import io
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 import torch
@@ -21,14 +21,7 @@ from prunelab.core.schedules import AGP, Iterative
 from prunelab.criteria import TargetView, magnitude, random_scores
 from prunelab.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models: a second thread only adds synchronisation and makes timings erratic on 2 shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class UserNet(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,14 +24,7 @@ class ConvNet(nn.Module):
         return self.fc(self.conv(x).relu().flatten(1))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models are tiny: a second thread only adds synchronisation, and on a shared 2-core
-    # machine it makes the step time erratic (10x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _half_mask(shape: torch.Size, seed: int = 1) -> torch.Tensor:
