@@ -16,7 +16,6 @@ Prints a table and writes ``benchmarks/results/interspace_step.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from prunelab._io import atomic_write_json
 from prunelab.core.pruner import Pruner
 from prunelab.models import build_model
 
@@ -113,8 +113,7 @@ def main() -> None:
         "machine": platform.machine(),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(args.out, record)
     print(f"wrote {args.out}")
 
 

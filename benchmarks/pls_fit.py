@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunelab._io import atomic_write_json
 from prunelab.criteria.pls_vip import pls_vip
 
 
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(json.dumps(record, indent=2))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.out, record)
     return record
 
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from prunelab._io import atomic_write_json
+
 
 def _runs(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
@@ -129,8 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text, record = tables(groups, args.levels)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({**record, "runs": groups}, indent=2) + "\n")
+        atomic_write_json(args.out, {**record, "runs": groups})
     return record
 
 

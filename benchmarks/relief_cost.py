@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab._io import atomic_write_json
 from prunelab.criteria.relief import relief_importance
 from prunelab.models import build_model
 from prunelab.stats.activations import collect
@@ -105,8 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     print(json.dumps(record, indent=2))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_json(args.out, record)
     return record
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab._io import atomic_write_json
 from prunelab.models import build_model
 from prunelab.regularizers import L1SubgradientHook, ProximalSlimmingHook
 
@@ -98,8 +99,7 @@ def main() -> None:
         },
         "cpu_ratio_to_plain": {k: statistics.median(cpu[k]) / statistics.median(cpu["plain"]) for k in names},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

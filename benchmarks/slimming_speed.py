@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prunelab._io import atomic_write_json
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint
 from prunelab.metrics import dense_macs
 from prunelab.models import build_model
@@ -46,7 +47,7 @@ def main() -> None:
         speed["load_avg_1min_after"] = os.getloadavg()[0]
         results[str(run)] = speed
         print(run, json.dumps(speed))
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(args.out, results)
 
 
 if __name__ == "__main__":

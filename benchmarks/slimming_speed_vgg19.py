@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunelab._io import atomic_write_json
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint
 from prunelab.metrics import dense_macs
 from prunelab.models import build_model
@@ -104,7 +105,9 @@ def main() -> None:
     )
     parser.add_argument("--passes", type=int, default=5, help="forward passes for the per-layer breakdown")
     parser.add_argument(
-        "--onnx", action="store_true", help="also time both models in ONNX Runtime (pip install 'prunelab[onnx]')"
+        "--onnx",
+        action="store_true",
+        help="also time both models in ONNX Runtime (pip install 'prunelab[onnx]')",
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "slimming_speed_vgg19.json"))
     args = parser.parse_args()
@@ -186,7 +189,7 @@ def main() -> None:
     result["breakdown_b64"] = {"threads": args.threads[0], "by_kind_ms": kinds, "convs": convs}
     result["load_avg_1min_end"] = os.getloadavg()[0]
     print(json.dumps(result["breakdown_b64"], indent=1))
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
 
 
 if __name__ == "__main__":

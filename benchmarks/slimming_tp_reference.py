@@ -25,6 +25,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunelab._io import atomic_write_json
 from prunelab.data import load_dataset
 from prunelab.experiments.schema import TrainSection, build_section, load_recipe
 from prunelab.metrics import count_parameters, dense_macs
@@ -102,8 +103,7 @@ def main() -> None:
         "wall_time_s": time.perf_counter() - started,
     }
     out = Path(args.out or Path(__file__).parent / "results" / f"slimming_tp_{recipe.model.name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(json.dumps(result, indent=2))
 
 
