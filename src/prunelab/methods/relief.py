@@ -353,9 +353,10 @@ class ReliefPruner:
         if not bool(units.any()):
             return 0
         layer = self.structure.layers[name]
-        keep_rows = ~units.to(torch.bool)
         alive_before = masking.get_mask(layer, "weight").flatten(1).any(dim=1)
+        # Statistics may live on another device than the model's masks (CPU accumulators, GPU model).
         units = units.to(device=alive_before.device, dtype=torch.bool)
+        keep_rows = ~units
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         masking.update_mask(layer, "weight", keep_rows.view(shape).expand_as(layer.weight))
         if layer.bias is not None:
@@ -413,7 +414,7 @@ class ReliefPruner:
             for link in self.structure.links:
                 if link.producer in targets:
                     dead = _unit_activity(stats[link.consumer], link) == 0
-                    counts["dead_units"] += self._remove_units(link.producer, dead.cpu())
+                    counts["dead_units"] += self._remove_units(link.producer, dead)
         if o.block_rule:
             threshold = (1.0 - o.alpha_conv) / o.alpha_conv
             for block in self.structure.blocks:
@@ -423,12 +424,12 @@ class ReliefPruner:
                 residual = stats[block.shortcut].mean_abs_output().flatten(1).norm(dim=1)
                 # main / residual < t, written without dividing by a residual that may be 0.
                 weak = main < threshold * residual
-                counts["block_channels"] += self._remove_units(block.conv, weak.cpu())
+                counts["block_channels"] += self._remove_units(block.conv, weak)
         if o.backward:
             for link in reversed(self.structure.links):
                 if link.producer in targets:
                     orphan = ~_outgoing_alive(self.structure.layers[link.consumer], link)
-                    counts["backward_units"] += self._remove_units(link.producer, orphan.cpu())
+                    counts["backward_units"] += self._remove_units(link.producer, orphan)
             for link in self.structure.links:
                 if link.producer in targets and link.consumer in targets:
                     silent = self._unit_silent(link.producer)
