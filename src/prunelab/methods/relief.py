@@ -468,6 +468,7 @@ def write_report(out: Path, rounds: Sequence[Mapping[str, Any]], layers: Sequenc
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out.mkdir(parents=True, exist_ok=True)
     idx = [int(r["round"]) for r in rounds]
@@ -484,8 +485,13 @@ def write_report(out: Path, rounds: Sequence[Mapping[str, Any]], layers: Sequenc
     axes[1].plot(idx, [float(r["compression"]) for r in rounds], "s--", label="all parameters")
     axes[1].set(xlabel="round", ylabel="compression (x)", title="compression", yscale="log")
     axes[1].legend()
+    for ax in axes[:2]:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     names = list(dict.fromkeys(str(row["layer"]) for row in layers))
-    for r in sorted({int(row["round"]) for row in layers}):
+    drawn = sorted({int(row["round"]) for row in layers})
+    if len(drawn) > 6:  # a legend of 20 rounds hides the curves: draw six, first and last included
+        drawn = sorted({drawn[round(i * (len(drawn) - 1) / 5)] for i in range(6)})
+    for r in drawn:
         fractions = {
             str(row["layer"]): 100 * int(row["nonzero"]) / max(int(row["total"]), 1)
             for row in layers
