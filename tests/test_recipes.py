@@ -110,6 +110,23 @@ def test_cli_validate_exit_code_and_one_line(tmp_path: Path, capsys: pytest.Capt
     assert len(err_lines) == 1 and err_lines[0].startswith("prunelab: error: ")
 
 
+def test_cli_validate_expands_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = REPO / "recipes/relief/lenet_gpu_grid.sweep.yaml"
+    assert main(["validate", str(sweep)]) == 0
+    assert f"ok: {sweep} (6 runs)" in capsys.readouterr().out
+    # A grid value that breaks one expanded run is reported with that run's id.
+    bad = tmp_path / "bad.sweep.yaml"
+    bad.write_text(
+        f"name: bad\nstages:\n  - name: s\n    base: {REPO / 'recipes/magnitude/lenet300_mnist.yaml'}\n"
+        "    grid: {prune.sparsity: [0.5, 1.5]}\n"
+    )
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune.sparsity" in err[0] and "1.5" in err[0]
+    assert main(["validate", str(sweep), "--set", "seed=1"]) == 2
+    assert "--set applies to recipes" in capsys.readouterr().err
+
+
 def test_cli_run_bad_recipe_has_no_traceback(tmp_path: Path) -> None:
     bad = _write(tmp_path, "model: {name: lenet300_100}\ntrain: {epochs: -3}\n")
     proc = subprocess.run(

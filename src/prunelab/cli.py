@@ -82,18 +82,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """``prunelab validate RECIPE ...``: check recipes without running them."""
+    """``prunelab validate FILE ...``: check recipes, and sweeps (``*.sweep.yaml``: every expanded run),
+    without running them."""
     from prunelab.experiments.schema import load_recipe
+    from prunelab.experiments.sweep import expand_sweep, load_sweep
 
     failed = 0
     for path in args.recipes:
         try:
-            load_recipe(path, list(args.set or []))
+            if str(path).endswith(".sweep.yaml"):
+                if args.set:
+                    raise ConfigError(f"{path}: --set applies to recipes; a sweep's overrides go in its stages")
+                spec = load_sweep(path)
+                detail = f" ({len(expand_sweep(spec, Path('sweeps') / spec.name))} runs)"
+            else:
+                load_recipe(path, list(args.set or []))
+                detail = ""
         except PrunelabError as exc:
             failed += 1
             print(f"prunelab: error: {exc}", file=sys.stderr)
         else:
-            print(f"ok: {path}")
+            print(f"ok: {path}{detail}")
     return 2 if failed else 0
 
 
@@ -233,10 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "validate",
         help="check recipes without running them",
-        description="Validate recipes: unknown keys, wrong types, out-of-range values and unknown "
-        "names are reported as 'file: field.path: reason'; exit code 2 on any error.",
+        description="Validate recipes, and sweep files (*.sweep.yaml) run by run: unknown keys, wrong "
+        "types, out-of-range values and unknown names are reported as 'file: field.path: reason'; "
+        "exit code 2 on any error.",
     )
-    p.add_argument("recipes", nargs="+", help="recipe YAML files")
+    p.add_argument("recipes", nargs="+", help="recipe YAML files, or sweep files (*.sweep.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied before validation")
     p.set_defaults(func=cmd_validate)
 
