@@ -92,7 +92,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             if str(path).endswith(".sweep.yaml"):
                 if args.set:
-                    raise ConfigError(f"{path}: --set applies to recipes; a sweep's overrides go in its stages")
+                    raise ConfigError(
+                        f"{path}: --set applies to recipes; a sweep's overrides go in its stages"
+                    )
                 spec = load_sweep(path)
                 detail = f" ({len(expand_sweep(spec, Path('sweeps') / spec.name))} runs)"
             else:

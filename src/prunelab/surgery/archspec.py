@@ -48,9 +48,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def apply_arch_spec(
-    model: nn.Module, spec: dict[str, Any], keep_outputs: Sequence[str] = ()
-) -> nn.Module:
+def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequence[str] = ()) -> nn.Module:
     """Narrow the layers of a freshly built zoo ``model`` to the widths in ``spec`` (in place).
 
     Args:
