@@ -12,8 +12,12 @@ import datetime as _dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunelab.errors import ConfigError, PrunelabError
+
+if TYPE_CHECKING:  # the sweep module is imported lazily, by the subcommands that use it
+    from prunelab.experiments.sweep import SweepSpec
 
 LISTABLE = ("models", "datasets", "methods", "criteria", "schedules", "granularities", "pretrained")
 
@@ -96,7 +100,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         f"{path}: --set applies to recipes; a sweep's overrides go in its stages"
                     )
                 spec = load_sweep(path)
-                detail = f" ({len(expand_sweep(spec, Path('sweeps') / spec.name))} runs)"
+                detail = f" ({len(expand_sweep(spec, _sweep_dir(spec, None)))} runs)"
             else:
                 load_recipe(path, list(args.set or []))
                 detail = ""
@@ -137,12 +141,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_dir(spec: SweepSpec, out: str | None) -> Path:
+    """The directory a sweep writes to: ``out``, or ``sweeps/<name>``."""
+    return Path(out) if out else Path("sweeps") / spec.name
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``prunelab sweep SWEEP.yaml``: run (or continue) a grid of recipes; exit 1 if any run failed."""
     from prunelab.experiments.sweep import expand_sweep, load_sweep, run_sweep
 
     spec = load_sweep(args.sweep)
-    out = Path(args.out) if args.out else Path("sweeps") / spec.name
+    out = _sweep_dir(spec, args.out)
     if args.dry_run:
         for run in expand_sweep(spec, out):
             print(f"{run.stage}\t{run.id}\t{' '.join(f'{k}={v}' for k, v in run.overrides)}")

@@ -13,12 +13,15 @@ objects, so it can be saved, loaded and compared across processes.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.errors import CheckpointError
+
+_P = TypeVar("_P", bound=nn.Module)
 
 
 class Mask(nn.Module):
@@ -72,13 +75,18 @@ def _split(fqn: str) -> tuple[str, str]:
     return module_name, param_name
 
 
-def _mask_of(module: nn.Module, name: str) -> Mask | None:
+def find_parametrization(module: nn.Module, name: str, kind: type[_P]) -> _P | None:
+    """The first parametrization of type ``kind`` on ``module.<name>``, or ``None``."""
     if not parametrize.is_parametrized(module, name):
         return None
     for p in module.parametrizations[name]:  # type: ignore[index]
-        if isinstance(p, Mask):
+        if isinstance(p, kind):
             return p
     return None
+
+
+def _mask_of(module: nn.Module, name: str) -> Mask | None:
+    return find_parametrization(module, name, Mask)
 
 
 def add_mask(module: nn.Module, name: str = "weight") -> Mask:

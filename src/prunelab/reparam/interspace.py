@@ -236,12 +236,7 @@ def supports_interspace(module: nn.Module, name: str = "weight") -> bool:
 
 def filter_basis_of(module: nn.Module, name: str = "weight") -> FilterBasis | None:
     """The :class:`FilterBasis` on ``module.<name>``, or ``None``."""
-    if not parametrize.is_parametrized(module, name):
-        return None
-    for p in module.parametrizations[name]:  # type: ignore[index]
-        if isinstance(p, FilterBasis):
-            return p
-    return None
+    return masking.find_parametrization(module, name, FilterBasis)
 
 
 @torch.no_grad()
