@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from prunelab._io import atomic_write_json
-from prunelab.core.pruner import Pruner
 from prunelab.models import build_model
+from prunelab.pruning.pruner import Pruner
 
 CASES = [
     ("vgg11", {"width": 0.25}, (3, 32, 32), 128),

@@ -1,6 +1,6 @@
 """PLS + VIP fit time: prunelab's torch implementation vs scikit-learn's ``PLSRegression``, side by side.
 
-The fit PLS+VIP pruning runs every round (:func:`prunelab.criteria.pls_vip.pls_vip`): ``N`` samples ×
+The fit PLS+VIP pruning runs every round (:func:`prunelab.stats.pls.pls_vip`): ``N`` samples ×
 ``P`` filter features, one-hot labels of ``C`` classes, ``c = 2`` components, ``scale=True``. The data are
 synthetic (class means on a random projection, a shared low-rank part and noise, float32 like the
 collected features). Both implementations are timed in one process, interleaved repeat by repeat, with
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from prunelab._io import atomic_write_json
-from prunelab.criteria.pls_vip import pls_vip
+from prunelab.stats.pls import pls_vip
 
 
 def _data(n: int, p: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

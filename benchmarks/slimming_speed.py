@@ -4,7 +4,7 @@ The drivers already time both models at the end of a run (``summary.json`` → `
 shared machine that figure can be distorted, so this script repeats the measurement later from the
 run directory: the compacted network is rebuilt from ``checkpoint.pt`` (weights_only) and the dense
 one is the zoo model of the recipe (latency does not depend on the weights). Both are timed
-interleaved in one process (:func:`prunelab.surgery.speed.compare_latency`) and medians compared with
+interleaved in one process (:func:`prunelab.metrics.speed.compare_latency`) and medians compared with
 the MACs ratio. Output: ``benchmarks/results/slimming_speed.json``.
 
 Usage::
@@ -23,8 +23,8 @@ from typing import Any
 from prunelab._io import atomic_write_json
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint
 from prunelab.metrics import dense_macs
+from prunelab.metrics.speed import compare_latency
 from prunelab.models import build_model
-from prunelab.surgery.speed import compare_latency
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ kept in every channel group (read from its compacted ``checkpoint.pt``) is appli
 the width asked for (``round(share × channels)`` per group, at least 1). Latency does not depend on the
 weights, so the weights are the untrained zoo ones; the compaction goes through
 :func:`prunelab.surgery.compact` (equivalence-checked) like in a run. Dense and compacted networks are
-timed interleaved in one process (:func:`prunelab.surgery.speed.compare_latency`, medians), for every
+timed interleaved in one process (:func:`prunelab.metrics.speed.compare_latency`, medians), for every
 thread count given; then one forward pass per model at the largest batch is broken down by layer type
 and per conv with forward hooks (median of a few passes), to show which layers keep the speed-up below
 the MACs ratio.
@@ -33,9 +33,9 @@ from torch import nn
 from prunelab._io import atomic_write_json
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint
 from prunelab.metrics import dense_macs
+from prunelab.metrics.speed import compare_latency
 from prunelab.models import build_model
 from prunelab.surgery import ChannelGraph, compact
-from prunelab.surgery.speed import compare_latency
 
 
 def _conv_out(model: nn.Module) -> dict[str, int]:

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab import distributed
 from prunelab._io import atomic_torch_save
 from prunelab.core import masking
 from prunelab.data import load_dataset
-from prunelab.training import TrainConfig, TrainHook, distributed, evaluate, set_seed, train
+from prunelab.training import TrainConfig, TrainHook, evaluate, set_seed, train
 
 
 class HalfwayMagnitudePrune(TrainHook):

@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 import prunelab
-from prunelab.core import granularity, masking, pruner, schedules, selectors, targets
-from prunelab.core.pruner import GradualPruningHook, Pruner
+from prunelab.core import granularity, masking, schedules, selectors, targets
+from prunelab.pruning import pruner
 from prunelab.core.schedules import AGP, Iterative
 from prunelab.criteria import TargetView, magnitude, random_scores
 from prunelab.errors import ConfigError
+from prunelab.pruning.pruner import GradualPruningHook, Pruner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,9 +16,10 @@ import pytest
 import torch
 import torch.distributed
 
+from prunelab import distributed
 from prunelab.core import masking
 from prunelab.data import load_dataset
-from prunelab.training import distributed, evaluate
+from prunelab.training import evaluate
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -11,9 +11,9 @@ from torch import nn
 
 from prunelab._io import atomic_torch_save, safe_torch_load
 from prunelab.core import masking
-from prunelab.core.pruner import Pruner
 from prunelab.errors import ConfigError
 from prunelab.metrics import count_parameters, layer_table
+from prunelab.pruning.pruner import Pruner
 from prunelab.reparam import (
     CompactInterspaceConv2d,
     FilterBasis,

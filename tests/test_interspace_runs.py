@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from prunelab.core import masking
-from prunelab.core.pruner import Pruner
 from prunelab.data import load_dataset
 from prunelab.experiments.runner import build_from_checkpoint, run_recipe
 from prunelab.experiments.schema import load_recipe, recipe_from_dict
 from prunelab.models import build_model
+from prunelab.pruning.pruner import Pruner
 from prunelab.reparam.interspace import filter_basis_of
 from prunelab.training import TrainConfig, evaluate, train
 

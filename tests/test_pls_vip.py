@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from prunelab.criteria.channels import channel_scores, random_channel_scores
-from prunelab.criteria.pls_vip import find_closer_th, fit_pls, one_hot, pls_vip, vip_scores
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
@@ -24,6 +23,7 @@ from prunelab.experiments.schema import recipe_from_dict
 from prunelab.methods.pls_vip import prunable_groups, select_filters
 from prunelab.models import build_model
 from prunelab.stats.features import FilterFeatures, collect_features, feature_batches
+from prunelab.stats.pls import find_closer_th, fit_pls, one_hot, pls_vip, vip_scores
 from prunelab.surgery import ChannelGraph, compact
 from prunelab.training import evaluate
 
@@ -315,7 +315,7 @@ def test_options_fail_at_validation_time() -> None:
 _WORKER = """
 import sys, torch
 from torch import nn
-from prunelab.training import distributed
+from prunelab import distributed
 from prunelab.stats.features import collect_features
 distributed.init_distributed("gloo")
 rank = distributed.rank()

@@ -316,7 +316,7 @@ def test_options_validation_messages() -> None:
 _WORKER = """
 import sys, torch
 from torch import nn
-from prunelab.training import distributed
+from prunelab import distributed
 from prunelab.stats.activations import collect
 distributed.init_distributed("gloo")
 rank, world = distributed.rank(), distributed.world_size()
@@ -426,7 +426,7 @@ def test_relief_driver_end_to_end(tmp_path: Path, model: str, options: dict) -> 
 
 
 def test_relief_criterion_with_generic_pruner() -> None:
-    from prunelab.core.pruner import Pruner
+    from prunelab.pruning.pruner import Pruner
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5))

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from prunelab.core import masking
-from prunelab.core.pruner import Pruner
 from prunelab.criteria import CRITERIA
 from prunelab.criteria.saliency import SNIP, GraSP, SynFlow
 from prunelab.errors import ConfigError
+from prunelab.pruning.pruner import Pruner
 
 
 def _net() -> nn.Module:

@@ -166,8 +166,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(digits: DataSplits, 
 def test_resume_with_gradual_pruning_hook(digits: DataSplits, tmp_path: Path) -> None:
     # The real Pruner + AGP hook: its pruner state travels in the checkpoint (weights_only) and the
     # resumed run prunes exactly as the uninterrupted one.
-    from prunelab.core.pruner import GradualPruningHook, Pruner
     from prunelab.core.schedules import SCHEDULES
+    from prunelab.pruning.pruner import GradualPruningHook, Pruner
 
     spe = steps_per_epoch(digits)
 

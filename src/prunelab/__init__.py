@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 __all__ = ["Pruner", "__version__", "prune"]
 
 if TYPE_CHECKING:
-    from prunelab.core.pruner import Pruner, prune
+    from prunelab.pruning.pruner import Pruner, prune
 
 # Importing prunelab stays cheap (no torch import) until one of these is used.
-_LAZY = {"prune": "prunelab.core.pruner", "Pruner": "prunelab.core.pruner"}
+_LAZY = {"prune": "prunelab.pruning", "Pruner": "prunelab.pruning"}
 
 
 def __getattr__(name: str) -> Any:

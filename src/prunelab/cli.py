@@ -52,9 +52,9 @@ def _default_out(name: str) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``prunelab run RECIPE``: validate, then execute one recipe."""
+    from prunelab import distributed as dist
     from prunelab.experiments.runner import run_recipe
     from prunelab.experiments.schema import load_recipe
-    from prunelab.training import distributed as dist
 
     overrides = list(args.set or [])
     if args.download:

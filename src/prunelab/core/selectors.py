@@ -113,7 +113,7 @@ def select_topk(
     removed at all, the call fails. Under ``scope="layer"`` a tensor removes at most ``n_t - min_keep``
     units: for a tiny tensor at a very high sparsity (10 output neurons at 0.97 → 9, not 10) the
     realised sparsity is therefore slightly *lower* than requested. The realised value is what the
-    :class:`~prunelab.core.pruner.PruneReport` shows.
+    :class:`~prunelab.pruning.pruner.PruneReport` shows.
 
     Ties. Equal scores are broken deterministically: by the order of ``unit_scores`` (insertion order),
     then by flat index; the earlier unit is removed first.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunelab.criteria.base import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import CRITERIA, Stats, TargetView
 from prunelab.errors import ConfigError
 
 

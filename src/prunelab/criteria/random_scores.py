@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from prunelab.criteria.base import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import CRITERIA, Stats, TargetView
 from prunelab.errors import CheckpointError, ConfigError
 
 

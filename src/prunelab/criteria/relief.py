@@ -25,7 +25,7 @@ each row by its total, which is ``S_j``.
 The registered criterion ``relief`` exposes the same scores through the generic
 :class:`~prunelab.criteria.Criterion` interface (``stats["relief"][fqn]`` holds the kernel-level
 numerators; a conv kernel's score is spread evenly over its ``k_h·k_w`` entries so that ``kernel``
-granularity sums it back), for use with :class:`~prunelab.core.pruner.Pruner`.
+granularity sums it back), for use with :class:`~prunelab.pruning.pruner.Pruner`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from prunelab.criteria.base import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import CRITERIA, Stats, TargetView
 from prunelab.errors import ConfigError
 from prunelab.stats.activations import LayerStats, conv_norms_grouped
 

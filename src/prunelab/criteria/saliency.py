@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.core import masking
-from prunelab.criteria.base import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import CRITERIA, Stats, TargetView
 from prunelab.errors import ConfigError
 
 __all__ = ["SNIP", "GraSP", "SynFlow"]

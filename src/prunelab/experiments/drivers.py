@@ -65,7 +65,7 @@ def parse_options(schedule: str, raw: dict[str, Any]) -> Any:
     Raises:
         ConfigError: ``prune.options.<field>: reason`` (unknown keys, wrong types, bad values).
     """
-    from prunelab.experiments.schema import build_section
+    from prunelab.experiments.dataclass_yaml import build_section
 
     driver = DRIVERS.get(schedule)
     if driver.options is None:
@@ -146,8 +146,8 @@ class PruneContext:
         )
 
     def make_pruner(self, **overrides: Any) -> Any:
-        """A prepared :class:`~prunelab.core.pruner.Pruner` configured from the recipe's ``prune`` section."""
-        from prunelab.core.pruner import Pruner
+        """A prepared :class:`~prunelab.pruning.pruner.Pruner` configured from the recipe's ``prune`` section."""
+        from prunelab.pruning.pruner import Pruner
 
         p = self.recipe.prune
         kwargs: dict[str, Any] = {
@@ -241,8 +241,8 @@ def run_iterative(ctx: PruneContext, options: None) -> None:
 @register_driver("agp")
 def run_agp(ctx: PruneContext, options: None) -> None:
     """Gradual magnitude pruning during fine-tuning on the cubic schedule (Zhu & Gupta 2017)."""
-    from prunelab.core.pruner import GradualPruningHook
     from prunelab.core.schedules import SCHEDULES
+    from prunelab.pruning.pruner import GradualPruningHook
 
     p = ctx.recipe.prune
     schedule = SCHEDULES.build(

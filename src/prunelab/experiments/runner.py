@@ -17,8 +17,6 @@ rank 0 writes.
 
 from __future__ import annotations
 
-import csv
-import io
 import platform
 import time
 from collections.abc import Callable
@@ -30,7 +28,13 @@ import yaml
 from torch import nn
 
 import prunelab
-from prunelab._io import atomic_torch_save, atomic_write_json, atomic_write_text, safe_torch_load
+from prunelab._io import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    safe_torch_load,
+)
 from prunelab.core import masking
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiments.schema import Recipe
@@ -208,16 +212,6 @@ def _is_prunelab_checkpoint(payload: Any) -> bool:
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _targeted_sparsity(model: nn.Module) -> float:
     total = kept = 0
     for _, _, _, mask in masking.iter_masks(model):
@@ -233,7 +227,7 @@ def run_device(name: str) -> torch.device:
     otherwise; an explicit ``cuda`` on a machine without CUDA is a configuration error rather than a
     silent fall-back, so a paper-size run never crawls along on the CPU unnoticed.
     """
-    from prunelab.training import distributed as dist
+    from prunelab import distributed as dist
 
     if dist.is_distributed() and name in ("auto", "cuda"):
         device = dist.rank_device()
@@ -284,11 +278,11 @@ def run_recipe(
     Returns:
         The summary written to ``summary.json``.
     """
+    from prunelab import distributed as dist
     from prunelab.data import load_dataset
     from prunelab.experiments.drivers import PruneContext, load_drivers, parse_options
     from prunelab.metrics import file_size, layer_table, measure_latency
     from prunelab.models import build_model
-    from prunelab.training import distributed as dist
     from prunelab.training import set_seed
 
     started = time.perf_counter()
@@ -415,8 +409,8 @@ def run_recipe(
     if main:
         save_checkpoint(out / "checkpoint.pt", model, ctx.arch)
         summary["checkpoint_bytes"] = file_size(out / "checkpoint.pt")
-        _write_csv(out / "layers.csv", layer_table(model, input_shape))
-        _write_csv(out / "rounds.csv", ctx.rounds)
+        atomic_write_csv(out / "layers.csv", layer_table(model, input_shape))
+        atomic_write_csv(out / "rounds.csv", ctx.rounds)
         if recipe.eval.latency:
             model.eval()
             summary["latency_ms"] = {

@@ -340,7 +340,8 @@ def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
         ConfigError: a bad template, a duplicate run id, or ``run <id>: field.path: reason`` for the first
             run whose recipe does not validate. Nothing has been started when this raises.
     """
-    from prunelab.experiments.schema import recipe_from_dict, set_dotted
+    from prunelab.experiments.dataclass_yaml import set_dotted
+    from prunelab.experiments.schema import recipe_from_dict
 
     sweep_dir = Path(sweep_dir).resolve()
     runs_dir = sweep_dir / "runs"

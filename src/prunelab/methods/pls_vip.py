@@ -8,7 +8,7 @@ One round (driver ``pls_vip``, repeated ``rounds`` times):
 1. **features** (:mod:`prunelab.stats.features`): every filter of the prunable layers is represented by
    its globally max- (or average-) pooled output on each calibration sample, ``X ∈ R^{N×P}``; the
    calibration set is the whole training split by default, as in the official code;
-2. **PLS + VIP** (:mod:`prunelab.criteria.pls_vip`): PLS regression of the one-hot labels on ``X``
+2. **PLS + VIP** (:mod:`prunelab.stats.pls`): PLS regression of the one-hot labels on ``X``
    (``c = 2`` components, standardised), then
 
    .. math:: \mathrm{VIP}_j = \sqrt{P\,\textstyle\sum_k SS_k (w_{jk}/\lVert w_k\rVert)^2 / \sum_k SS_k},
@@ -189,8 +189,8 @@ def _vip_group_scores(
     ctx: PruneContext, groups: list[Any], options: PlsVipOptions
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per-channel mean VIP of every group's producer filters, and timings."""
-    from prunelab.criteria.pls_vip import one_hot, pls_vip
     from prunelab.stats.features import collect_features
+    from prunelab.stats.pls import one_hot, pls_vip
 
     def members(group: Any) -> list[Any]:
         # BN outputs expose dead channels (γ = 0: a constant, VIP 0); groups without BN use the conv.
@@ -261,7 +261,7 @@ def select_filters(
     Returns:
         ``(keep masks, global threshold or None for scope layer)``.
     """
-    from prunelab.criteria.pls_vip import find_closer_th
+    from prunelab.stats.pls import find_closer_th
 
     threshold: float | None = None
     if scope == "global":
@@ -281,8 +281,8 @@ def select_filters(
 @register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False)
 def run_pls_vip(ctx: PruneContext, options: PlsVipOptions) -> None:
     """PLS+VIP iterative filter pruning: fraction p per round, global threshold, surgery, fine-tune (Jordao et al. 2019)."""
+    from prunelab import distributed as dist
     from prunelab.surgery import ChannelGraph, arch_spec, compact
-    from prunelab.training import distributed as dist
 
     p = ctx.recipe.prune
     min_keep = max(1, p.min_keep)

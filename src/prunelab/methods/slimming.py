@@ -33,9 +33,10 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import ConfigError
+from prunelab.experiments.dataclass_yaml import build_section
 from prunelab.experiments.drivers import PruneContext, register_driver
 from prunelab.experiments.methods import register_preset
-from prunelab.experiments.schema import TrainSection, build_section
+from prunelab.experiments.schema import TrainSection
 
 __all__ = ["ProximalSlimmingOptions", "SlimmingOptions", "StructuredOptions"]
 
@@ -135,8 +136,8 @@ def _init_gamma(ctx: PruneContext, names: list[str], value: float | None) -> Non
 
 def _finish(ctx: PruneContext, graph: Any, keep: dict[str, Tensor], options: _Common, **extra: Any) -> None:
     """Compact, evaluate, fine-tune, measure and record (shared by every structured driver)."""
+    from prunelab.metrics.speed import compare_latency
     from prunelab.surgery import arch_spec, compact
-    from prunelab.surgery.speed import compare_latency
 
     before = ctx.measure()
     acc_trained = ctx.evaluate_test()

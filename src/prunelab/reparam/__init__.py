@@ -3,7 +3,7 @@
 ``none`` (direct): the weight itself, standard pruning (SP). ``interspace``: each K×K conv filter as
 coefficients over a trainable filter basis (Wimmer et al., CVPR 2022); masks act on the coefficients
 (:mod:`prunelab.reparam.interspace`). A reparametrization is attached to a pruner's targets by
-:class:`prunelab.core.pruner.Pruner` (``reparam=``) or, in a recipe, by ``prune.reparam`` — every
+:class:`prunelab.pruning.pruner.Pruner` (``reparam=``) or, in a recipe, by ``prune.reparam`` — every
 driver then prunes the reparametrized tensors without knowing it.
 """
 

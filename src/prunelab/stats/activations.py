@@ -347,7 +347,7 @@ class ReliefStatistics(ForwardHooks):
 
     def finalize(self) -> dict[str, LayerStats]:
         """All-reduce the sums and counts across DDP ranks (no-op single-process) and return them."""
-        from prunelab.training.distributed import all_reduce_
+        from prunelab.distributed import all_reduce_
 
         for entry in self.stats.values():
             count = torch.tensor([float(entry.count)], dtype=torch.float64)

@@ -51,11 +51,11 @@ def _pool(output: Tensor, pooling: str) -> Tensor:
 def all_gather_rows(local: Tensor) -> Tensor:
     """Concatenate every rank's rows (rank order); the identity single-process.
 
-    Built on the sum all-reduce of :mod:`prunelab.training.distributed`: each rank writes its rows at its
+    Built on the sum all-reduce of :mod:`prunelab.distributed`: each rank writes its rows at its
     offset of a zero matrix and the sum is the concatenation, exactly (adding zeros is exact), on gloo
     and NCCL alike and with uneven shards.
     """
-    from prunelab.training import distributed as dist
+    from prunelab import distributed as dist
 
     if not dist.is_distributed():
         return local
@@ -199,7 +199,7 @@ def collect_features(
     ``(layer, filter)`` of column ``j``. Under DDP each rank runs its shard and all ranks return the
     same all-gathered matrices. The model's train/eval mode is restored afterwards.
     """
-    from prunelab.training import distributed as dist
+    from prunelab import distributed as dist
 
     was_training = model.training
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

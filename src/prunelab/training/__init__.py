@@ -1,11 +1,10 @@
-"""The one training loop, its configuration and hooks, and the DDP helpers.
+"""The one training loop, its configuration and hooks (the DDP helpers are :mod:`prunelab.distributed`).
 
 Example:
     >>> from prunelab.training import TrainConfig, train
     >>> result = train(model, data, TrainConfig(epochs=2, lr=0.05), out_dir="runs/x")  # doctest: +SKIP
 """
 
-from prunelab.training import distributed
 from prunelab.training.config import LR_SCHEDULES, OPTIMIZERS, SELECTIONS, TrainConfig
 from prunelab.training.hooks import HOOK_METHODS, TrainHook
 from prunelab.training.loop import (
@@ -31,7 +30,6 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "checkpoint_path",
-    "distributed",
     "evaluate",
     "set_seed",
     "train",

@@ -13,7 +13,7 @@ Per optimizer step, :func:`prunelab.training.train` calls, in this order::
 and after each epoch's validation ``hook.on_epoch_end(epoch, metrics)``. Hooks always receive the
 unwrapped module (never the ``DistributedDataParallel`` wrapper). Under DDP every rank runs every hook on
 identical weights and gradients, so hooks must be deterministic to keep the replicas identical (see
-:mod:`prunelab.training.distributed`).
+:mod:`prunelab.distributed`).
 
 Any object with some of these methods works as a hook; missing methods are skipped. A hook that also
 has ``state_dict()`` / ``load_state_dict(state)`` gets its state saved in the resumable checkpoint and

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from prunelab import distributed as dist
 from prunelab._io import atomic_torch_save
 from prunelab.core.masking import load_masks, load_plain_state_dict, masks_state_dict, plain_state_dict
 from prunelab.errors import ConfigError
-from prunelab.training import distributed as dist
 from prunelab.training.config import TrainConfig
 from prunelab.training.hooks import HOOK_METHODS
 from prunelab.training.optim import build_optimizer, build_scheduler
@@ -243,7 +243,7 @@ def train(
     here over the parameters that exist now. Masks may shrink during training (``update_mask`` edits the
     mask buffer in place), which hooks such as gradual pruning do.
 
-    Under ``torchrun`` (after :func:`prunelab.training.distributed.init_distributed`), the model is wrapped
+    Under ``torchrun`` (after :func:`prunelab.distributed.init_distributed`), the model is wrapped
     in ``DistributedDataParallel`` (``broadcast_buffers=True`` keeps mask buffers and BN statistics
     identical), each rank trains on its shard with ``cfg.batch_size // world_size`` samples per step,
     hooks receive the unwrapped module, and only rank 0 writes files. Pass the same ``out_dir`` on every
