@@ -27,11 +27,12 @@ from torch import nn
 
 from prunelab._io import atomic_write_json
 from prunelab.data import load_dataset
-from prunelab.experiments.dataclass_yaml import build_section
-from prunelab.experiments.schema import TrainSection, load_recipe
+from prunelab.dataclass_yaml import build_section
+from prunelab.experiments.schema import load_recipe
 from prunelab.metrics import count_parameters, dense_macs
 from prunelab.models import build_model, classifier_name
 from prunelab.training import evaluate, set_seed, train
+from prunelab.training.config import TrainSection
 
 
 class _TPRegularizer:

@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING
 from prunelab.errors import ConfigError, PrunelabError
 
 if TYPE_CHECKING:  # the sweep module is imported lazily, by the subcommands that use it
-    from prunelab.experiments.sweep import SweepSpec
+    from prunelab.experiments.sweep_spec import SweepSpec
 
-LISTABLE = ("models", "datasets", "methods", "criteria", "schedules", "granularities", "pretrained")
+LISTABLE = (
+    "models",
+    "datasets",
+    "methods",
+    "drivers",
+    "criteria",
+    "schedules",
+    "granularities",
+    "reparams",
+    "pretrained",
+)
 
 
 def _registry(kind: str):
@@ -30,16 +40,15 @@ def _registry(kind: str):
     elif kind == "datasets":
         from prunelab.data import DATASETS as reg
     elif kind == "methods":
-        from prunelab.experiments.drivers import load_drivers
-        from prunelab.experiments.methods import METHODS as reg
-
-        load_drivers()
+        from prunelab.methods import METHODS as reg
+    elif kind == "drivers":
+        from prunelab.methods import DRIVERS as reg
     elif kind == "criteria":
         from prunelab.criteria import CRITERIA as reg
     elif kind == "schedules":
-        from prunelab.experiments.drivers import load_drivers
-
-        reg = load_drivers()
+        from prunelab.core.schedules import SCHEDULES as reg
+    elif kind == "reparams":
+        from prunelab.reparam import REPARAMS as reg
     else:
         from prunelab.core.granularity import GRANULARITIES as reg
     return reg
@@ -89,7 +98,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """``prunelab validate FILE ...``: check recipes, and sweeps (``*.sweep.yaml``: every expanded run),
     without running them."""
     from prunelab.experiments.schema import load_recipe
-    from prunelab.experiments.sweep import expand_sweep, load_sweep
+    from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
 
     failed = 0
     for path in args.recipes:
@@ -120,9 +129,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         # for the structured methods.
         from prunelab.criteria import bn_scale, l1_filter  # noqa: F401  (register channel criteria)
         from prunelab.criteria.channels import CHANNEL_CRITERIA
-        from prunelab.experiments.drivers import load_drivers
-
-        load_drivers()
         entries = _registry(args.kind).describe()
         entries += [(name, f"[channels] {text}") for name, text in CHANNEL_CRITERIA.describe()]
     width = max((len(name) for name, _ in entries), default=0)
@@ -148,7 +154,8 @@ def _sweep_dir(spec: SweepSpec, out: str | None) -> Path:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``prunelab sweep SWEEP.yaml``: run (or continue) a grid of recipes; exit 1 if any run failed."""
-    from prunelab.experiments.sweep import expand_sweep, load_sweep, run_sweep
+    from prunelab.experiments.sweep import run_sweep
+    from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
 
     spec = load_sweep(args.sweep)
     out = _sweep_dir(spec, args.out)

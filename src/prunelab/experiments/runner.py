@@ -5,9 +5,9 @@ Stages (each a plain function call, in this order):
 1. load the data and build the model; initialise it (scratch, registered pretrained weights, a
    weights file, or another run's checkpoint);
 2. dense training (``train``, skipped when ``train.epochs`` is 0) and the dense measurements;
-3. pruning by the recipe's schedule — one-shot (prune, fine-tune), iterative (rounds of prune →
-   [rewind] → fine-tune) or AGP (gradual pruning during fine-tuning);
-4. final measurements and the run record.
+3. the method (``prune.method``): its driver gets a :class:`~prunelab.methods.base.MethodContext` of
+   services and returns a :class:`~prunelab.methods.base.MethodResult`;
+4. final measurements and the run record, written from that result.
 
 The run directory holds ``config.yaml`` (the resolved recipe), ``summary.json``, ``layers.csv``,
 ``metrics.jsonl``, ``checkpoint.pt`` (plain state_dict + masks, loadable with ``weights_only=True``),
@@ -20,6 +20,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from prunelab._io import (
 from prunelab.core import masking
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiments.schema import Recipe
+from prunelab.methods.base import Driver, MethodContext, MethodResult
 
 CHECKPOINT_FORMAT = "prunelab.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -253,6 +255,223 @@ def run_device(name: str) -> torch.device:
     return device
 
 
+@dataclass
+class _Run:
+    """What one run's stages hand on to each other (the runner's own state, not a method's)."""
+
+    recipe: Recipe
+    out: Path
+    log: RunLog
+    main: bool
+    started: float
+    data: Any = None
+    model: nn.Module | None = None
+    input_shape: tuple[int, ...] = ()
+    arch: dict[str, Any] = field(default_factory=dict)
+    device: torch.device | None = None
+
+
+def _open_run_dir(recipe: Recipe, out: Path, resume: bool, echo: Callable[[str], None] | None) -> _Run:
+    """Create the run directory, write ``config.yaml`` and the log (rank 0 only)."""
+    from prunelab import distributed as dist
+
+    started = time.perf_counter()
+    main = dist.is_main_process()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        if not resume:
+            stale = ["log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]]
+            for name in stale:
+                (out / name).unlink(missing_ok=True)
+    log = RunLog(out / "log.txt" if main else None, echo if main else None)
+    log(
+        f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}"
+    )
+    return _Run(recipe, out, log, main, started)
+
+
+def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
+    """Load the data splits, build and initialise the model, move it to the run's device."""
+    from prunelab.data import load_dataset
+    from prunelab.models import build_model
+    from prunelab.training import set_seed
+
+    recipe, log = run.recipe, run.log
+    set_seed(recipe.seed)
+    d = recipe.data
+    run.data = load_dataset(
+        d.name,
+        data_dir=data_dir,
+        val_fraction=d.val_fraction,
+        train_subset=d.train_subset,
+        test_subset=d.test_subset,
+        seed=recipe.seed,
+        augment=d.augment,
+        normalize=d.normalize,
+        image_size=d.image_size,
+        download=d.download,
+        **d.kwargs,
+    )
+    data = run.data
+    log(
+        f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
+        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
+    )
+    run.input_shape = tuple(int(s) for s in data.input_shape)
+    run.model = build_model(
+        recipe.model.name, num_classes=data.num_classes, input_shape=run.input_shape, **recipe.model.kwargs
+    )
+    surgery_spec = _init_model(recipe, run.model, data_dir, log)
+    run.device = run_device(recipe.device)
+    run.model.to(run.device)
+    log(f"device: {run.device}")
+    run.arch = {
+        "model": recipe.model.name,
+        "kwargs": dict(recipe.model.kwargs),
+        "num_classes": int(data.num_classes),
+        "input_shape": list(run.input_shape),
+        **({"surgery": surgery_spec} if surgery_spec is not None else {}),
+    }
+
+
+def _method_context(run: _Run, driver: Driver, resume: bool, progress: bool) -> MethodContext:
+    """The services and inputs handed to the method; keeps the initial weights only when it asks."""
+    recipe, p = run.recipe, run.recipe.prune
+    assert run.model is not None
+    initial = masking.plain_state_dict(run.model) if driver.needs_initial_weights(p.options) else None
+    return MethodContext(
+        model=run.model,
+        data=run.data,
+        input_shape=run.input_shape,
+        out=run.out,
+        log=run.log,
+        seed=recipe.seed,
+        finetune=recipe.finetune,
+        sparsity=p.sparsity,
+        include=p.include,
+        exclude=p.exclude,
+        min_keep=p.min_keep,
+        reparam=p.reparam,
+        dense_epochs=recipe.train.epochs,
+        eval_batch_size=recipe.eval.batch_size,
+        initial_weights=initial,
+        resume=resume,
+        progress=progress,
+    )
+
+
+def _attach_reparam(run: _Run) -> None:
+    """Attach ``prune.reparam`` before dense training, so IP trains in filter-basis form throughout.
+
+    It runs after the initial weights were kept, so rewinding loads plain initial weights (see
+    :class:`~prunelab.reparam.FilterBasis`).
+    """
+    from prunelab.reparam import attach_from_config
+
+    p = run.recipe.prune
+    spec = attach_from_config(run.model, p.reparam, p.include, p.exclude)
+    if spec is not None:
+        run.arch["reparam"] = spec
+        run.log(f"reparam: {spec['name']} on {len(spec['layers'])} layers")
+
+
+def _train_dense(run: _Run, ctx: MethodContext) -> tuple[float, dict[str, int]]:
+    """Dense training (skipped at 0 epochs) and the dense measurements."""
+    recipe = run.recipe
+    if recipe.train.epochs > 0:
+        run.log(
+            f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}"
+        )
+        ctx.train(ctx.model, recipe.train, "dense")
+    accuracy = ctx.evaluate(ctx.model)
+    dense = ctx.measure(ctx.model)
+    run.log(
+        f"dense: test accuracy {accuracy:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs"
+    )
+    return accuracy, dense
+
+
+def _summarize(
+    run: _Run,
+    ctx: MethodContext,
+    driver: Driver,
+    result: MethodResult,
+    accuracy_dense: float,
+    dense: dict[str, int],
+) -> dict[str, Any]:
+    """The ``summary.json`` fields measured on the method's final model."""
+    from prunelab.reparam import REPARAMS
+
+    recipe, p, model = run.recipe, run.recipe.prune, result.model
+    accuracy = ctx.evaluate(model)
+    final = ctx.measure(model)
+    run.log(
+        f"final: test accuracy {accuracy:.4f}, {final['params_nonzero']}/{final['params_total']} non-zero"
+    )
+    extra = dict(result.summary)
+    costs = REPARAMS.get(p.reparam.name).costs
+    if run.arch.get("reparam") is not None and costs is not None:
+        extra[p.reparam.name] = costs(model, run.input_shape)
+    return {
+        "name": recipe.name,
+        "model": recipe.model.name,
+        "dataset": recipe.data.name,
+        "method": p.method,
+        "seed": recipe.seed,
+        "accuracy": accuracy,
+        "accuracy_dense": accuracy_dense,
+        "accuracy_before_finetune": result.accuracy_before_finetune,
+        "params_total": final["params_total"],
+        "params_nonzero": final["params_nonzero"],
+        "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
+        # Methods that choose the sparsity themselves have no target.
+        "target_sparsity": p.sparsity if driver.uses_sparsity else None,
+        "targeted_sparsity": _targeted_sparsity(model),
+        "compression": final["params_total"] / max(final["params_nonzero"], 1),
+        "macs_dense": dense["macs_dense"],
+        "macs_effective": final["macs_effective"],
+        "params_dense_total": dense["params_total"],
+        "params_dense_nonzero": dense["params_nonzero"],
+        "parameter_convention": "all learnable parameters incl. BN; masked weights count as zeros",
+        **extra,
+    }
+
+
+def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> None:
+    """Checkpoint, per-layer and per-round tables, latency, environment and ``summary.json`` (rank 0)."""
+    from prunelab import distributed as dist
+    from prunelab.metrics import file_size, layer_table, measure_latency
+
+    recipe, out, model = run.recipe, run.out, result.model
+    save_checkpoint(out / "checkpoint.pt", model, run.arch)
+    summary["checkpoint_bytes"] = file_size(out / "checkpoint.pt")
+    atomic_write_csv(out / "layers.csv", layer_table(model, run.input_shape))
+    atomic_write_csv(out / "rounds.csv", result.rounds)
+    if recipe.eval.latency:
+        model.eval()
+        summary["latency_ms"] = {
+            str(bs): measure_latency(
+                model, run.input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats
+            )["median_ms"]
+            for bs in recipe.eval.latency_batch_sizes
+        }
+    summary["environment"] = {
+        "prunelab": prunelab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "device": str(run.device),
+        "world_size": dist.world_size(),
+    }
+    summary["wall_time_s"] = round(time.perf_counter() - run.started, 3)
+    atomic_write_json(out / "summary.json", summary)
+    # The stage checkpoints only protect an unfinished run; checkpoint.pt is the result.
+    for stage_checkpoint in out.glob("*_last.pt"):
+        stage_checkpoint.unlink()
+    run.log(f"wrote {out}")
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -278,161 +497,20 @@ def run_recipe(
     Returns:
         The summary written to ``summary.json``.
     """
-    from prunelab import distributed as dist
-    from prunelab.data import load_dataset
-    from prunelab.experiments.drivers import PruneContext, load_drivers, parse_options
-    from prunelab.metrics import file_size, layer_table, measure_latency
-    from prunelab.models import build_model
-    from prunelab.training import set_seed
+    from prunelab.methods import DRIVERS
 
-    started = time.perf_counter()
-    main = dist.is_main_process()
-    out = Path(out_dir)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        if not resume:
-            stale = ["log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]]
-            for name in stale:
-                (out / name).unlink(missing_ok=True)
-    log = RunLog(out / "log.txt" if main else None, echo if main else None)
-    log(
-        f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}"
-    )
-    driver = load_drivers().get(recipe.prune.schedule)
-    options = parse_options(recipe.prune.schedule, recipe.prune.options)
-
-    set_seed(recipe.seed)
-    d = recipe.data
-    data = load_dataset(
-        d.name,
-        data_dir=data_dir,
-        val_fraction=d.val_fraction,
-        train_subset=d.train_subset,
-        test_subset=d.test_subset,
-        seed=recipe.seed,
-        augment=d.augment,
-        normalize=d.normalize,
-        image_size=d.image_size,
-        download=d.download,
-        **d.kwargs,
-    )
-    log(
-        f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
-        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
-    )
-    input_shape = tuple(int(s) for s in data.input_shape)
-    model = build_model(
-        recipe.model.name, num_classes=data.num_classes, input_shape=input_shape, **recipe.model.kwargs
-    )
-    surgery_spec = _init_model(recipe, model, data_dir, log)
-    device = run_device(recipe.device)
-    model.to(device)
-    log(f"device: {device}")
-    ctx = PruneContext(
-        recipe=recipe,
-        model=model,
-        data=data,
-        out=out,
-        log=log,
-        input_shape=input_shape,
-        arch={
-            "model": recipe.model.name,
-            "kwargs": dict(recipe.model.kwargs),
-            "num_classes": int(data.num_classes),
-            "input_shape": list(input_shape),
-            **({"surgery": surgery_spec} if surgery_spec is not None else {}),
-        },
-        resume=resume,
-        progress=progress,
-        # Rewinding resets surviving weights to their values before any training (lottery tickets).
-        # Drivers with their own ``rewind`` option (relief) need the same initial weights.
-        init_state=(
-            masking.plain_state_dict(model)
-            if recipe.prune.rewind or getattr(options, "rewind", False) is True
-            else None
-        ),
-    )
-
-    # prune.reparam (SP/IP switch): attached before dense training so IP trains in filter-basis form
-    # throughout; after init_state was taken, so rewinding loads plain initial weights (see FilterBasis).
-    from prunelab.reparam import attach_from_config
-
-    spec = attach_from_config(model, recipe.prune.reparam, recipe.prune.include, recipe.prune.exclude)
-    if spec is not None:
-        ctx.arch["reparam"] = spec
-        log(f"reparam: interspace filter basis on {len(spec['layers'])} conv layers")
-
-    if recipe.train.epochs > 0:
-        log(f"dense training: {recipe.train.epochs} epochs, {recipe.train.optimizer} lr={recipe.train.lr}")
-        ctx.train(recipe.train, "dense")
-    accuracy_dense = ctx.evaluate_test()
-    dense = ctx.measure()
-    log(
-        f"dense: test accuracy {accuracy_dense:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs"
-    )
-
-    driver.run(ctx, options)
-
-    model = ctx.model
-    accuracy = ctx.evaluate_test()
-    final = ctx.measure()
-    if ctx.arch.get("reparam") is not None:
-        from prunelab.reparam import interspace_costs
-
-        ctx.extra["interspace"] = interspace_costs(model, input_shape)
-    log(f"final: test accuracy {accuracy:.4f}, {final['params_nonzero']}/{final['params_total']} non-zero")
-    p = recipe.prune
-    summary: dict[str, Any] = {
-        "name": recipe.name,
-        "model": recipe.model.name,
-        "dataset": recipe.data.name,
-        "method": p.method,
-        "seed": recipe.seed,
-        "accuracy": accuracy,
-        "accuracy_dense": accuracy_dense,
-        "accuracy_before_finetune": ctx.accuracy_before_finetune,
-        "params_total": final["params_total"],
-        "params_nonzero": final["params_nonzero"],
-        "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
-        # Dense runs have target 0; drivers that choose the sparsity themselves have none.
-        "target_sparsity": 0.0 if p.schedule == "none" else (p.sparsity if driver.uses_sparsity else None),
-        "targeted_sparsity": _targeted_sparsity(model),
-        "compression": final["params_total"] / max(final["params_nonzero"], 1),
-        "macs_dense": dense["macs_dense"],
-        "macs_effective": final["macs_effective"],
-        "params_dense_total": dense["params_total"],
-        "params_dense_nonzero": dense["params_nonzero"],
-        "parameter_convention": "all learnable parameters incl. BN; masked weights count as zeros",
-        **ctx.extra,
-    }
-    if main:
-        save_checkpoint(out / "checkpoint.pt", model, ctx.arch)
-        summary["checkpoint_bytes"] = file_size(out / "checkpoint.pt")
-        atomic_write_csv(out / "layers.csv", layer_table(model, input_shape))
-        atomic_write_csv(out / "rounds.csv", ctx.rounds)
-        if recipe.eval.latency:
-            model.eval()
-            summary["latency_ms"] = {
-                str(bs): measure_latency(
-                    model, input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats
-                )["median_ms"]
-                for bs in recipe.eval.latency_batch_sizes
-            }
-        summary["environment"] = {
-            "prunelab": prunelab.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-            "device": str(device),
-            "world_size": dist.world_size(),
-        }
-        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
-        atomic_write_json(out / "summary.json", summary)
-        # The stage checkpoints only protect an unfinished run; checkpoint.pt is the result.
-        for stage_checkpoint in out.glob("*_last.pt"):
-            stage_checkpoint.unlink()
-        log(f"wrote {out}")
+    driver = DRIVERS.get(recipe.prune.driver)
+    run = _open_run_dir(recipe, Path(out_dir), resume, echo)
+    _load_data_and_model(run, data_dir)
+    ctx = _method_context(run, driver, resume, progress)
+    _attach_reparam(run)
+    accuracy_dense, dense = _train_dense(run, ctx)
+    result = driver.run(ctx, recipe.prune.options)
+    if result.surgery is not None:
+        run.arch["surgery"] = result.surgery
+    summary = _summarize(run, ctx, driver, result, accuracy_dense, dense)
+    if run.main:
+        _write_run_dir(run, result, summary)
     else:
-        summary["wall_time_s"] = round(time.perf_counter() - started, 3)
+        summary["wall_time_s"] = round(time.perf_counter() - run.started, 3)
     return summary

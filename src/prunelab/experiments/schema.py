@@ -5,8 +5,12 @@ A recipe is a YAML file with the sections ``model``, ``data``, ``train``, ``prun
 wrong types, values out of range and unknown registry names all fail with one line of the form
 ``file: field.path: reason`` and exit code 2, so a typo never costs a half-finished run.
 
-``prune.method`` names a preset (see :mod:`prunelab.experiments.methods`) that fills in the other
-``prune`` fields; fields written in the recipe win over the preset.
+``prune`` holds what every method shares (``method``, ``sparsity``, ``include``/``exclude``,
+``min_keep``, ``reparam``) and the method's own ``options``. ``prune.method`` names a method
+(:mod:`prunelab.methods`): its driver and default options, which the recipe's ``options`` are
+deep-merged over; the merged options are parsed once into the driver's typed dataclass and kept in the
+validated :class:`Recipe`. A shared field the method does not read, or a key that moved into the
+options, is an error that names the field and the fix.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from typing import Any, Literal
 
 import yaml
 
+from prunelab.dataclass_yaml import build_section, parse_overrides, set_dotted
 from prunelab.errors import ConfigError, PrunelabError
-from prunelab.experiments.dataclass_yaml import build_section, parse_overrides, set_dotted
 from prunelab.reparam import ReparamConfig
-from prunelab.training.config import TrainConfig
+from prunelab.training.config import TrainSection
 
 
 @dataclass
@@ -67,86 +71,59 @@ class DataSection:
                 raise ConfigError(f"{name}: must be a positive integer or null")
 
 
-@dataclass(kw_only=True)
-class TrainSection(TrainConfig):
-    """One training stage of a recipe (dense training or fine-tuning): a :class:`TrainConfig` whose
-    ``epochs`` default to 0 (the stage is skipped) so a recipe can leave the section out."""
-
-    epochs: int = 0
-    lr: float = 0.1
-
-    def to_train_config(self, progress: bool = True) -> TrainConfig:
-        """The equivalent :class:`prunelab.training.TrainConfig` (progress bars off unless both allow)."""
-        values = dataclasses.asdict(self)
-        values["progress"] = self.progress and progress
-        return TrainConfig(**values)
-
-
-@dataclass
-class AGPSection:
-    """Automated gradual pruning settings; ``start``/``end`` are fractions of the fine-tuning steps."""
-
-    initial_sparsity: float = 0.0
-    start: float = 0.0
-    end: float = 0.8
-    frequency: int = 50
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.initial_sparsity < 1.0:
-            raise ConfigError("initial_sparsity: must be in [0, 1)")
-        if not 0.0 <= self.start < self.end <= 1.0:
-            raise ConfigError("start/end: need 0 <= start < end <= 1")
-        if self.frequency < 1:
-            raise ConfigError("frequency: must be >= 1")
+#: Keys that lived directly under ``prune:`` before each method owned its settings, and where they went.
+MOVED_KEYS: dict[str, str] = {
+    "criterion": "prune.options.criterion",
+    "criterion_kwargs": "prune.options.criterion_kwargs",
+    "granularity": "prune.options.granularity",
+    "scope": "prune.options.scope",
+    "rounds": "prune.options.rounds",
+    "spacing": "prune.options.spacing",
+    "rewind": "prune.options.rewind",
+    "agp": "prune.options (initial_sparsity, start, end, frequency)",
+}
 
 
 @dataclass
 class PruneSection:
-    """What to prune, how, and when.
+    """What every method shares; everything method-specific lives in ``options``.
 
     Attributes:
-        method: a preset from ``prunelab list methods`` that fills in the other fields.
-        sparsity: final fraction of the targeted weights (or units) removed, in [0, 1).
-        schedule: the pruning driver (``prunelab list schedules``): ``none`` (no pruning), ``one_shot``,
-            ``iterative``, ``agp``, or a method's own driver (e.g. ``relief``).
-        rounds: number of prune → fine-tune rounds of the iterative schedule.
-        spacing: how the iterative targets are spaced (``geometric``: the same fraction of the
-            remaining weights each round).
-        rewind: iterative only — reset surviving weights to their initial values before each round's
-            fine-tuning (lottery-ticket rewinding).
-        options: the driver's own options, validated against its options dataclass.
-        reparam: what the masks act on, for every driver: ``name: none`` (weights, SP) or
-            ``name: interspace`` (filter-basis coefficients, IP) with its basis options.
+        method: a method from ``prunelab list methods``: a driver with default options (and sparsity).
+        sparsity: the target, for methods that read it: the fraction of the targeted weights (or units)
+            removed, in [0, 1). Methods that decide the amount themselves (relief, proximal slimming,
+            PLS+VIP) take none, and giving one is an error.
+        include: glob(s) over module names to prune.
+        exclude: glob(s) over module names to leave alone.
+        min_keep: units every layer keeps at least (guards against layer collapse).
+        reparam: what the masks act on: ``name: none`` (weights, SP) or ``name: interspace``
+            (filter-basis coefficients, IP) with its basis options.
+        options: the method's own settings, merged over the method's defaults and parsed into the
+            driver's options dataclass (``prunelab list drivers``; each driver's docstring lists them).
     """
 
     method: str = "magnitude"
-    criterion: str = "magnitude"
-    criterion_kwargs: dict[str, Any] = field(default_factory=dict)
-    granularity: str = "element"
-    scope: Literal["global", "layer"] = "global"
-    sparsity: float = 0.9
-    schedule: str = "one_shot"
-    rounds: int = 1
-    spacing: Literal["geometric", "linear"] = "geometric"
-    rewind: bool = False
+    sparsity: float | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
     min_keep: int = 1
-    agp: AGPSection = field(default_factory=AGPSection)
-    options: dict[str, Any] = field(default_factory=dict)
     reparam: ReparamConfig = field(default_factory=ReparamConfig)
+    options: Any = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(
                 f"sparsity: {self.sparsity} is impossible; use a fraction in [0, 1) (0.9 = remove 90 %)"
             )
-        if self.rounds < 1:
-            raise ConfigError("rounds: must be >= 1")
         if self.min_keep < 0:
             raise ConfigError("min_keep: must be >= 0")
-        if self.rewind and self.schedule != "iterative":
-            raise ConfigError("rewind: only the iterative schedule rewinds; set schedule: iterative")
+
+    @property
+    def driver(self) -> str:
+        """The name of the method's driver."""
+        from prunelab.methods import METHODS
+
+        return METHODS.get(self.method).driver
 
 
 @dataclass
@@ -189,15 +166,11 @@ class Recipe:
 
 
 def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> Recipe:  # type: ignore[assignment]
-    """Build and validate a :class:`Recipe` from plain data (method preset applied, overrides last).
+    """Build and validate a :class:`Recipe` from plain data (method preset merged, overrides last).
 
     Raises:
         ConfigError: ``field.path: reason`` for the first problem found.
     """
-    from prunelab.experiments.drivers import load_drivers
-    from prunelab.experiments.methods import METHODS
-
-    load_drivers()  # method modules register their presets and drivers on import
     data = copy.deepcopy(raw) if raw is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe: expected a mapping at the top level, got {type(data).__name__}")
@@ -206,33 +179,73 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ())
     prune = data.get("prune") or {}
     if not isinstance(prune, dict):
         raise ConfigError("prune: expected a mapping")
-    method = prune.get("method", PruneSection.method)
-    if method not in METHODS:
-        raise ConfigError(f"prune.method: {METHODS.unknown_message(method)}")
-    merged = copy.deepcopy(METHODS.get(method).defaults)
-    merged.update(prune)
-    merged["method"] = method
-    data["prune"] = merged
+    data["prune"] = _resolve_prune(prune)
+    options = data["prune"].pop("options")
     recipe = build_section(Recipe, data, "")
+    recipe.prune.options = _parse_method_options(recipe.prune, options)
     check_names(recipe)
     return recipe
 
 
+def _resolve_prune(prune: dict[str, Any]) -> dict[str, Any]:
+    """The ``prune`` section with the method's defaults merged in, checked against what its driver reads."""
+    from prunelab.methods import DRIVERS, METHODS, SHARED_FIELDS, merge_options
+
+    for key, new in MOVED_KEYS.items():
+        if key in prune:
+            raise ConfigError(f"prune.{key}: moved to {new}: settings a method owns live in its options")
+    if "schedule" in prune:
+        raise ConfigError(
+            "prune.schedule: removed; the method names its driver, so pick a method "
+            "(prunelab list methods), e.g. method: magnitude_iterative"
+        )
+    method = prune.get("method", PruneSection.method)
+    if method not in METHODS:
+        raise ConfigError(f"prune.method: {METHODS.unknown_message(method)}")
+    preset = METHODS.get(method)
+    driver = DRIVERS.get(preset.driver)
+    options = prune.get("options") or {}
+    if not isinstance(options, dict):
+        raise ConfigError(f"prune.options: expected a mapping, got {type(options).__name__}")
+    resolved = {**prune, "method": method, "options": merge_options(preset.options, options)}
+    given = {k for k in SHARED_FIELDS if _is_given(k, prune.get(k))}
+    for key in sorted(given - driver.reads):
+        why = " (it decides how much to remove itself)" if key == "sparsity" else ""
+        raise ConfigError(f"prune.{key}: method {method!r} does not read it{why}; remove it")
+    if driver.uses_sparsity:
+        resolved["sparsity"] = prune.get("sparsity", preset.sparsity)
+        if resolved["sparsity"] is None:
+            raise ConfigError(f"prune.sparsity: method {method!r} needs a target sparsity, e.g. 0.9")
+    return resolved
+
+
+def _is_given(key: str, value: Any) -> bool:
+    """Whether a shared field holds something other than its default (a resolved config repeats them)."""
+    if value is None:
+        return False
+    if key == "min_keep":
+        return value != PruneSection.min_keep
+    if key == "reparam":
+        return isinstance(value, dict) and value.get("name", "none") != "none"
+    return True
+
+
+def _parse_method_options(section: PruneSection, options: dict[str, Any]) -> Any:
+    from prunelab.methods import parse_options
+
+    return parse_options(section.driver, options)
+
+
 def check_names(recipe: Recipe) -> None:
     """Resolve every registry name and model/data option of ``recipe`` (cheap: nothing is trained)."""
-    from prunelab.core.granularity import GRANULARITIES
-    from prunelab.criteria import CRITERIA
     from prunelab.data import DATASETS
-    from prunelab.experiments.drivers import load_drivers, parse_options
+    from prunelab.methods import DRIVERS
     from prunelab.models import MODELS, PRETRAINED
 
-    checks = [
+    for path, registry, name in [
         ("model.name", MODELS, recipe.model.name),
         ("data.name", DATASETS, recipe.data.name),
-        ("prune.criterion", CRITERIA, recipe.prune.criterion),
-        ("prune.granularity", GRANULARITIES, recipe.prune.granularity),
-    ]
-    for path, registry, name in checks:
+    ]:
         if name not in registry:
             raise ConfigError(f"{path}: {registry.unknown_message(name)}")
     if recipe.model.init == "pretrained":
@@ -240,12 +253,9 @@ def check_names(recipe: Recipe) -> None:
             raise ConfigError("model.pretrained: required with init: pretrained (e.g. resnet20_cifar10)")
         if recipe.model.pretrained not in PRETRAINED:
             raise ConfigError(f"model.pretrained: {PRETRAINED.unknown_message(recipe.model.pretrained)}")
-    drivers = load_drivers()
-    if recipe.prune.schedule not in drivers:
-        raise ConfigError(f"prune.schedule: {drivers.unknown_message(recipe.prune.schedule)}")
-    parse_options(recipe.prune.schedule, recipe.prune.options)
-    if recipe.prune.schedule == "agp" and recipe.finetune.epochs == 0:
-        raise ConfigError("finetune.epochs: agp prunes gradually during fine-tuning, so it needs epochs > 0")
+    driver = DRIVERS.get(recipe.prune.driver)
+    if driver.check is not None:
+        driver.check(recipe.prune.options, recipe)
     _check_model_kwargs(recipe)
 
 

@@ -52,13 +52,10 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import ConfigError
-from prunelab.experiments.drivers import PruneContext, register_driver
-from prunelab.experiments.methods import register_preset
+from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 
 __all__ = [
-    "L1FilterIterativeOptions",
     "PlsVipOptions",
-    "RandomFilterIterativeOptions",
     "conv_filters",
     "prunable_groups",
     "score_groups",
@@ -186,7 +183,7 @@ def prunable_groups(
 
 
 def _vip_group_scores(
-    ctx: PruneContext, groups: list[Any], options: PlsVipOptions
+    ctx: MethodContext, model: nn.Module, groups: list[Any], options: PlsVipOptions
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per-channel mean VIP of every group's producer filters, and timings."""
     from prunelab.stats.features import collect_features
@@ -199,16 +196,16 @@ def _vip_group_scores(
     layers: dict[str, nn.Module] = {}
     for group in groups:
         for member in members(group):
-            layers.setdefault(member.name, ctx.model.get_submodule(member.name))
+            layers.setdefault(member.name, model.get_submodule(member.name))
     started = time.perf_counter()
     x, labels, columns = collect_features(
-        ctx.model,
+        model,
         ctx.data.train,
         layers,
         pooling=options.pooling,
         num_samples=options.calibration_samples,
         batch_size=options.calibration_batch_size,
-        seed=ctx.recipe.seed,
+        seed=ctx.seed,
     )
     features_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -232,17 +229,22 @@ def _vip_group_scores(
 
 
 def score_groups(
-    ctx: PruneContext, graph: Any, groups: list[Any], options: PlsVipOptions, round_index: int
+    ctx: MethodContext,
+    model: nn.Module,
+    graph: Any,
+    groups: list[Any],
+    options: PlsVipOptions,
+    round_index: int,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Per-channel scores (higher = keep) of the prunable ``groups`` under ``options.criterion``."""
     if options.criterion == "pls_vip":
-        return _vip_group_scores(ctx, groups, options)
+        return _vip_group_scores(ctx, model, groups, options)
     fn = _channel_criteria().get(options.criterion)
     if options.criterion == "random":
         # A fresh draw every round, reproducible from the recipe seed.
-        all_scores = fn(ctx.model, graph, seed=ctx.recipe.seed * 1000 + round_index)
+        all_scores = fn(model, graph, seed=ctx.seed * 1000 + round_index)
     else:
-        all_scores = fn(ctx.model, graph)
+        all_scores = fn(model, graph)
     return {g.name: all_scores[g.name].double().cpu() for g in groups}, {}
 
 
@@ -278,20 +280,20 @@ def select_filters(
     return keep, threshold
 
 
-@register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False)
-def run_pls_vip(ctx: PruneContext, options: PlsVipOptions) -> None:
+@register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False, reads={"exclude", "min_keep"})
+def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
     """PLS+VIP iterative filter pruning: fraction p per round, global threshold, surgery, fine-tune (Jordao et al. 2019)."""
     from prunelab import distributed as dist
     from prunelab.surgery import ChannelGraph, arch_spec, compact
 
-    p = ctx.recipe.prune
-    min_keep = max(1, p.min_keep)
-    section = ctx.recipe.finetune
+    min_keep = max(1, ctx.min_keep)
+    section = ctx.finetune
     if options.finetune_epochs is not None:
         section = dataclasses.replace(section, epochs=options.finetune_epochs)
-    dense = ctx.measure()
-    filters0 = conv_filters(ctx.model)
-    graph = ChannelGraph(ctx.model, ctx.input_shape, exclude=list(p.exclude or []))
+    model = ctx.model
+    dense = ctx.measure(model)
+    filters0 = conv_filters(model)
+    graph = ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []))
     groups, skipped = prunable_groups(
         ctx.model,
         graph,
@@ -309,30 +311,30 @@ def run_pls_vip(ctx: PruneContext, options: PlsVipOptions) -> None:
         f"{options.criterion}: {len(groups)} prunable layers, {prunable0} of {filters0} conv filters; "
         f"{len(skipped)} groups kept whole; p={options.fraction}, {options.rounds} rounds"
     )
-    history: list[dict[str, Any]] = []
+    result = MethodResult(model)
+    history = result.rounds
     report = None
     for r in range(1, options.rounds + 1):
         if r > 1:
-            graph = ChannelGraph(ctx.model, ctx.input_shape, exclude=list(p.exclude or []))
+            graph = ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []))
         groups = [graph.by_name[n] for n in names]
-        scores, timing = score_groups(ctx, graph, groups, options, r)
+        scores, timing = score_groups(ctx, model, graph, groups, options, r)
         keep, threshold = select_filters(scores, options.fraction, scope=options.scope, min_keep=min_keep)
         # Identical decisions on every rank: rank 0's masks win (a no-op single-process).
         keep = dist.broadcast_object({k: v.cpu() for k, v in keep.items()})
         removed_now = sum(int((~k).sum()) for k in keep.values())
         model, report = compact(
-            ctx.model, keep, ctx.input_shape, graph=graph, tolerance=options.tolerance, min_keep=min_keep
+            model, keep, ctx.input_shape, graph=graph, tolerance=options.tolerance, min_keep=min_keep
         )
-        ctx.model = model
-        ctx.arch["surgery"] = arch_spec(model)
-        before = ctx.evaluate_test()
-        ctx.accuracy_before_finetune = before
-        ctx.train(section, f"finetune{r}", seed_offset=r)
-        after = ctx.evaluate_test() if section.epochs > 0 else before
-        now = ctx.measure()
+        before = ctx.evaluate(model)
+        result.accuracy_before_finetune = before
+        ctx.train(model, section, f"finetune{r}", seed_offset=r)
+        after = ctx.evaluate(model) if section.epochs > 0 else before
+        now = ctx.measure(model)
         filters = conv_filters(model)
         prunable = sum(int(report.groups[n][1]) for n in names)
-        row = ctx.record_round(
+        row = ctx.round_row(
+            model,
             r,
             1.0 - (1.0 - options.fraction) ** r,
             1.0 - prunable / prunable0,
@@ -358,7 +360,9 @@ def run_pls_vip(ctx: PruneContext, options: PlsVipOptions) -> None:
             f"filters), MACs -{row['macs_removed_percent']:.2f} %, params -{row['params_removed_percent']:.2f} %"
         )
     final = history[-1]
-    ctx.extra["pls_vip"] = {
+    result.model = model
+    result.surgery = arch_spec(model)
+    result.summary["pls_vip"] = {
         "criterion": options.criterion,
         "fraction": options.fraction,
         "rounds": options.rounds,
@@ -383,45 +387,23 @@ def run_pls_vip(ctx: PruneContext, options: PlsVipOptions) -> None:
         "accuracy_after_finetune": final["accuracy_after_finetune"],
     }
     if report is not None:
-        ctx.extra["surgery"] = report.to_dict()
+        result.summary["surgery"] = report.to_dict()
+    return result
 
-
-@dataclass
-class L1FilterIterativeOptions(PlsVipOptions):
-    """:class:`PlsVipOptions` with ``criterion: l1_filter`` by default (the ``l1_filter_iterative`` schedule)."""
-
-    criterion: str = "l1_filter"
-
-
-@dataclass
-class RandomFilterIterativeOptions(PlsVipOptions):
-    """:class:`PlsVipOptions` with ``criterion: random`` by default (the ``random_filter_iterative`` schedule)."""
-
-    criterion: str = "random"
-
-
-# The baselines get their own schedule names rather than a preset ``options: {criterion: ...}``: a recipe's
-# ``prune.options`` replaces a preset's options as a whole, which would silently drop the criterion.
-register_driver("l1_filter_iterative", options=L1FilterIterativeOptions, uses_sparsity=False)(run_pls_vip)
-register_driver("random_filter_iterative", options=RandomFilterIterativeOptions, uses_sparsity=False)(
-    run_pls_vip
-)
 
 _DESCRIPTION = (
     "iterative filter pruning, p = 10 % of the remaining filters per round, global threshold, surgery"
 )
-register_preset(
-    "pls_vip", f"PLS+VIP {_DESCRIPTION}, fine-tune (Jordao et al. 2019).", schedule="pls_vip", sparsity=0.0
-)
-register_preset(
+register_method("pls_vip", f"PLS+VIP {_DESCRIPTION}, fine-tune (Jordao et al. 2019).", "pls_vip")
+register_method(
     "l1_filter_iterative",
     f"L1-norm filters in the PLS+VIP loop: {_DESCRIPTION}, fine-tune (baseline).",
-    schedule="l1_filter_iterative",
-    sparsity=0.0,
+    "pls_vip",
+    criterion="l1_filter",
 )
-register_preset(
+register_method(
     "random_filter_iterative",
     f"Random filters in the PLS+VIP loop: {_DESCRIPTION}, fine-tune (control baseline).",
-    schedule="random_filter_iterative",
-    sparsity=0.0,
+    "pls_vip",
+    criterion="random",
 )

@@ -21,20 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prunelab.experiments.methods import METHODS, register_preset
+from prunelab.methods.base import register_method
 
 __all__ = ["SparsityReach", "largest_sparsity_within", "reach_table"]
 
-if "pretraining_agp" not in METHODS:  # re-imports (e.g. importlib.reload in tests) must not re-register
-    register_preset(
-        "pretraining_agp",
-        "Hubens et al. 2020 study protocol [unconfirmed]: magnitude, per-layer sparsity, cubic AGP "
-        "during fine-tuning.",
-        criterion="magnitude",
-        granularity="element",
-        scope="layer",
-        schedule="agp",
-    )
+register_method(
+    "pretraining_agp",
+    "Hubens et al. 2020 study protocol [unconfirmed]: magnitude, per-layer sparsity, cubic AGP "
+    "during fine-tuning.",
+    "agp",
+    sparsity=0.9,
+    criterion="magnitude",
+    granularity="element",
+    scope="layer",
+)
 
 
 @dataclass(frozen=True)

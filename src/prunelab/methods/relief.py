@@ -46,9 +46,7 @@ from prunelab.core.cumulative import check_alpha, select_cumulative_mass
 from prunelab.core.targets import find_targets
 from prunelab.criteria.relief import relief_importance
 from prunelab.errors import ConfigError, UnsupportedModelError
-from prunelab.experiments.drivers import PruneContext, register_driver
-from prunelab.experiments.methods import register_preset
-from prunelab.stats import calibration_batches
+from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 from prunelab.stats.activations import LayerStats, collect
 
 __all__ = [
@@ -453,50 +451,57 @@ class ReliefPruner:
         return sum(c[0] for c in counts.values()), sum(c[1] for c in counts.values())
 
 
-@register_driver("relief", options=ReliefOptions, uses_sparsity=False)
-def run_relief(ctx: PruneContext, options: ReliefOptions) -> None:
+def _needs_initial_weights(options: ReliefOptions) -> bool:
+    return bool(options.rewind)
+
+
+@register_driver(
+    "relief", options=ReliefOptions, uses_sparsity=False, needs_initial_weights=_needs_initial_weights
+)
+def run_relief(ctx: MethodContext, options: ReliefOptions) -> MethodResult:
     """NN-relief: rounds of activity-based cumulative-mass pruning -> [rewind] -> retrain."""
     from prunelab import distributed as dist
     from prunelab._io import atomic_write_csv
 
-    p = ctx.recipe.prune
-    if options.rewind and ctx.init_state is None:
-        raise ConfigError("prune.options.rewind: the runner kept no initial weights; update prunelab")
-    pruner = ReliefPruner(ctx.model, options, include=p.include, exclude=p.exclude).prepare()
+    model = ctx.model
+    pruner = ReliefPruner(model, options, include=ctx.include, exclude=ctx.exclude).prepare()
     if pruner.structure.note:
         ctx.log(f"relief: {pruner.structure.note}")
-    batches = calibration_batches(
-        ctx.data.train, options.calibration_samples, options.calibration_batch_size, seed=ctx.recipe.seed
-    )
+    batches = ctx.calibration(options.calibration_samples, options.calibration_batch_size)
+    result = MethodResult(model)
     layer_rows: list[dict[str, Any]] = []
     for index in range(1, options.rounds + 1):
         stats = pruner.collect(batches)
         counts = pruner.step(stats)
-        before = ctx.evaluate_test()
-        ctx.accuracy_before_finetune = before
+        before = ctx.evaluate(model)
+        result.accuracy_before_finetune = before
         if options.rewind:
-            assert ctx.init_state is not None
-            masking.load_plain_state_dict(ctx.model, ctx.init_state)
-        ctx.train(ctx.recipe.finetune, f"finetune{index}", seed_offset=index)
-        after = ctx.evaluate_test() if (ctx.recipe.finetune.epochs > 0 or options.rewind) else before
+            if ctx.initial_weights is None:
+                raise ConfigError("prune.options.rewind: the runner kept no initial weights; update prunelab")
+            masking.load_plain_state_dict(model, ctx.initial_weights)
+        ctx.train(model, ctx.finetune, f"finetune{index}", seed_offset=index)
+        after = ctx.evaluate(model) if (ctx.finetune.epochs > 0 or options.rewind) else before
         nonzero, total = pruner.remaining()
         for layer, (nz, tot) in remaining_weights(pruner.structure).items():
             layer_rows.append({"round": index, "layer": layer, "nonzero": nz, "total": tot})
-        ctx.record_round(
-            index,
-            float("nan"),
-            1.0 - nonzero / total,
-            before,
-            after,
-            relief_remaining_percent=round(100.0 * nonzero / total, 4),
-            relief_compression=round(total / max(nonzero, 1), 4),
-            **counts,
+        result.rounds.append(
+            ctx.round_row(
+                model,
+                index,
+                float("nan"),
+                1.0 - nonzero / total,
+                before,
+                after,
+                relief_remaining_percent=round(100.0 * nonzero / total, 4),
+                relief_compression=round(total / max(nonzero, 1), 4),
+                **counts,
+            )
         )
         if options.stop_at_remaining is not None and 100.0 * nonzero / total <= options.stop_at_remaining:
             ctx.log(f"relief: {100.0 * nonzero / total:.3f} % remaining <= stop_at_remaining; stopping")
             break
     nonzero, total = pruner.remaining()
-    ctx.extra["relief"] = {
+    result.summary["relief"] = {
         "remaining_percent_conv_fc_weights_biases": 100.0 * nonzero / total,
         "compression_conv_fc_weights_biases": total / max(nonzero, 1),
         "nonzero_conv_fc_weights_biases": nonzero,
@@ -508,11 +513,12 @@ def run_relief(ctx: PruneContext, options: ReliefOptions) -> None:
         from prunelab.methods.relief_report import write_report
 
         atomic_write_csv(ctx.out / "relief_layers.csv", layer_rows)
-        write_report(ctx.out, ctx.rounds, layer_rows)
+        write_report(ctx.out, result.rounds, layer_rows)
+    return result
 
 
-register_preset(
+register_method(
     "relief",
     "NN-relief: per-neuron cumulative activity-mass pruning, iterated with retraining (Dekhovich et al. 2024).",
-    schedule="relief",
+    "relief",
 )

@@ -32,11 +32,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from prunelab.dataclass_yaml import build_section
 from prunelab.errors import ConfigError
-from prunelab.experiments.dataclass_yaml import build_section
-from prunelab.experiments.drivers import PruneContext, register_driver
-from prunelab.experiments.methods import register_preset
-from prunelab.experiments.schema import TrainSection
+from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
+from prunelab.training.config import TrainSection
 
 __all__ = ["ProximalSlimmingOptions", "SlimmingOptions", "StructuredOptions"]
 
@@ -112,10 +111,14 @@ class StructuredOptions(_Common):
     gamma_init: float | None = None
 
 
-def _graph(ctx: PruneContext) -> Any:
+#: Channel surgery reads these shared fields; ``include`` and ``reparam`` have no meaning for it.
+_READS = frozenset({"sparsity", "exclude", "min_keep"})
+
+
+def _graph(ctx: MethodContext) -> Any:
     from prunelab.surgery import ChannelGraph
 
-    return ChannelGraph(ctx.model, ctx.input_shape, exclude=list(ctx.recipe.prune.exclude or []))
+    return ChannelGraph(ctx.model, ctx.input_shape, exclude=list(ctx.exclude or []))
 
 
 def _group_bns(graph: Any) -> list[str]:
@@ -126,7 +129,7 @@ def _group_bns(graph: Any) -> list[str]:
     return list(seen)
 
 
-def _init_gamma(ctx: PruneContext, names: list[str], value: float | None) -> None:
+def _init_gamma(ctx: MethodContext, names: list[str], value: float | None) -> None:
     if value is None:
         return
     with torch.no_grad():
@@ -134,13 +137,15 @@ def _init_gamma(ctx: PruneContext, names: list[str], value: float | None) -> Non
             ctx.model.get_submodule(n).weight.fill_(value)
 
 
-def _finish(ctx: PruneContext, graph: Any, keep: dict[str, Tensor], options: _Common, **extra: Any) -> None:
+def _finish(
+    ctx: MethodContext, graph: Any, keep: dict[str, Tensor], options: _Common, **extra: Any
+) -> MethodResult:
     """Compact, evaluate, fine-tune, measure and record (shared by every structured driver)."""
     from prunelab.metrics.speed import compare_latency
     from prunelab.surgery import arch_spec, compact
 
-    before = ctx.measure()
-    acc_trained = ctx.evaluate_test()
+    before = ctx.measure(ctx.model)
+    acc_trained = ctx.evaluate(ctx.model)
     dense_model = copy.deepcopy(ctx.model)
     model, report = compact(
         ctx.model,
@@ -148,23 +153,20 @@ def _finish(ctx: PruneContext, graph: Any, keep: dict[str, Tensor], options: _Co
         ctx.input_shape,
         graph=graph,
         tolerance=options.tolerance,
-        min_keep=ctx.recipe.prune.min_keep,
+        min_keep=ctx.min_keep,
     )
-    ctx.model = model
-    ctx.arch["surgery"] = arch_spec(model)
     ctx.log(
         f"surgery: removed {report.channels_removed}/{report.channels_before} channels, "
         f"max |compact - masked| = {report.max_abs_diff:.2e} (tolerance {report.tolerance:g}), "
         f"{len(report.folds_inexact)} inexact shift folds"
     )
-    acc_pruned = ctx.evaluate_test()
-    ctx.accuracy_before_finetune = acc_pruned
-    ctx.train(ctx.recipe.finetune, "finetune", seed_offset=2)
-    acc_final = ctx.evaluate_test() if ctx.recipe.finetune.epochs > 0 else acc_pruned
-    after = ctx.measure()
+    acc_pruned = ctx.evaluate(model)
+    ctx.train(model, ctx.finetune, "finetune", seed_offset=2)
+    acc_final = ctx.evaluate(model) if ctx.finetune.epochs > 0 else acc_pruned
+    after = ctx.measure(model)
     share = report.channels_removed / max(report.channels_before, 1)
-    ctx.record_round(
-        1, share, share, acc_pruned, acc_final,
+    row = ctx.round_row(
+        model, 1, share, share, acc_pruned, acc_final,
         channels_removed=report.channels_removed, params=after["params_total"], macs=after["macs_dense"],
     )  # fmt: skip
     speed: dict[str, Any] = {}
@@ -177,8 +179,12 @@ def _finish(ctx: PruneContext, graph: Any, keep: dict[str, Tensor], options: _Co
             repeats=options.speed_repeats,
             onnx=options.onnx,
         )
-    ctx.extra.update(
-        {
+    return MethodResult(
+        model,
+        rounds=[row],
+        accuracy_before_finetune=acc_pruned,
+        surgery=arch_spec(model),
+        summary={
             "structured": {
                 "accuracy_after_sparsity_training": acc_trained,
                 "accuracy_after_pruning": acc_pruned,
@@ -199,12 +205,12 @@ def _finish(ctx: PruneContext, graph: Any, keep: dict[str, Tensor], options: _Co
             "speedup": speed,
             "prunability": {k: v for k, v in graph.report().items() if k != "groups"}
             | {"groups": len(graph.groups)},
-        }
+        },
     )
 
 
-@register_driver("slimming", options=SlimmingOptions)
-def run_slimming(ctx: PruneContext, options: SlimmingOptions) -> None:
+@register_driver("slimming", options=SlimmingOptions, reads=_READS)
+def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
     """Network slimming: L1 on BN γ during training, global |γ| threshold, surgery, fine-tune (Liu et al. 2017)."""
     from prunelab.criteria.channels import channel_scores, select_channels
     from prunelab.regularizers import L1SubgradientHook
@@ -214,19 +220,25 @@ def run_slimming(ctx: PruneContext, options: SlimmingOptions) -> None:
     _init_gamma(ctx, names, options.gamma_init)
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
     ctx.log(f"sparsity training: {section.epochs} epochs, λ={options.lam} on {len(names)} BN layers")
-    ctx.train(section, "sparsity", hooks=[L1SubgradientHook(ctx.model, options.lam, names)], seed_offset=1)
-    scores = channel_scores("bn_scale", ctx.model, graph)
-    keep = select_channels(
-        scores, ctx.recipe.prune.sparsity, scope=options.scope, min_keep=ctx.recipe.prune.min_keep
+    ctx.train(
+        ctx.model,
+        section,
+        "sparsity",
+        hooks=[L1SubgradientHook(ctx.model, options.lam, names)],
+        seed_offset=1,
     )
+    scores = channel_scores("bn_scale", ctx.model, graph)
+    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
     flat = torch.cat([s.flatten() for s in scores.values()])
     kept = torch.cat([scores[k][keep[k]] for k in scores])
-    _finish(ctx, graph, keep, options, lam=options.lam, threshold=float(kept.min()) if kept.numel() else 0.0,
+    return _finish(ctx, graph, keep, options, lam=options.lam, threshold=float(kept.min()) if kept.numel() else 0.0,
             gamma_zero_share=float((flat == 0).float().mean()))  # fmt: skip
 
 
-@register_driver("proximal_slimming", options=ProximalSlimmingOptions, uses_sparsity=False)
-def run_proximal_slimming(ctx: PruneContext, options: ProximalSlimmingOptions) -> None:
+@register_driver(
+    "proximal_slimming", options=ProximalSlimmingOptions, uses_sparsity=False, reads=_READS - {"sparsity"}
+)
+def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) -> MethodResult:
     """Proximal network slimming: ξ/γ proximal updates, prune where ξ = 0, fine-tuning optional (Bui et al. 2023)."""
     from prunelab.criteria.channels import channel_scores
     from prunelab.regularizers import ProximalSlimmingHook
@@ -243,14 +255,14 @@ def run_proximal_slimming(ctx: PruneContext, options: ProximalSlimmingOptions) -
         options.beta,
         names,
         (options.xi_init[0], options.xi_init[1]),
-        seed=ctx.recipe.seed,
+        seed=ctx.seed,
     )
     ctx.log(f"proximal training: {section.epochs} epochs, λ={options.lam}, β={options.beta}, α=1/lr")
-    ctx.train(section, "sparsity", hooks=[hook], seed_offset=1)
+    ctx.train(ctx.model, section, "sparsity", hooks=[hook], seed_offset=1)
     # A group channel is removed only if it is zero in every BN that normalises it.
     gamma = channel_scores("bn_scale", ctx.model, graph)
     keep: dict[str, Tensor] = {}
-    min_keep = ctx.recipe.prune.min_keep
+    min_keep = ctx.min_keep
     for group in graph.groups:
         if options.rule == "xi":
             s = torch.zeros(group.size)
@@ -266,13 +278,13 @@ def run_proximal_slimming(ctx: PruneContext, options: ProximalSlimmingOptions) -
             top = torch.argsort(gamma[group.name], descending=True, stable=True)[: min(min_keep, group.size)]
             mask[top] = True
         keep[group.name] = mask
-    _finish(ctx, graph, keep, options, lam=options.lam, beta=options.beta, rule=options.rule,
+    return _finish(ctx, graph, keep, options, lam=options.lam, beta=options.beta, rule=options.rule,
             xi_zero_share=hook.zero_fraction(),
             gamma_zero_share=float((torch.cat(list(gamma.values())) == 0).float().mean()))  # fmt: skip
 
 
-@register_driver("structured", options=StructuredOptions)
-def run_structured(ctx: PruneContext, options: StructuredOptions) -> None:
+@register_driver("structured", options=StructuredOptions, reads=_READS)
+def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResult:
     """One-shot structured channel pruning (L1-filter or BN scale), surgery, fine-tune (Li et al. 2017)."""
     from prunelab.criteria.channels import CHANNEL_CRITERIA, channel_scores, select_channels
 
@@ -280,30 +292,27 @@ def run_structured(ctx: PruneContext, options: StructuredOptions) -> None:
     channel_scores("l1_filter", ctx.model, graph)  # registers the built-ins before the name check
     CHANNEL_CRITERIA.get(options.criterion)
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
-    ctx.train(section, "pretrain", seed_offset=1)
+    ctx.train(ctx.model, section, "pretrain", seed_offset=1)
     scores = channel_scores(options.criterion, ctx.model, graph)
-    keep = select_channels(
-        scores, ctx.recipe.prune.sparsity, scope=options.scope, min_keep=ctx.recipe.prune.min_keep
-    )
-    _finish(ctx, graph, keep, options, criterion=options.criterion)
+    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
+    return _finish(ctx, graph, keep, options, criterion=options.criterion)
 
 
-register_preset(
+register_method(
     "network_slimming",
     "Network slimming: L1 on BN scales, global threshold, channel surgery, fine-tune (Liu et al. 2017).",
-    schedule="slimming",
+    "slimming",
     sparsity=0.7,
 )
-register_preset(
+register_method(
     "proximal_slimming",
     "Proximal network slimming: prune BN channels with xi = 0 after proximal training (Bui et al. 2023).",
-    schedule="proximal_slimming",
-    sparsity=0.0,
+    "proximal_slimming",
 )
-register_preset(
+register_method(
     "l1_filter",
     "One-shot L1-norm filter pruning with physical channel removal, then fine-tuning (Li et al. 2017).",
-    schedule="structured",
+    "structured",
     sparsity=0.5,
-    options={"scope": "layer"},
+    scope="layer",
 )

@@ -30,6 +30,7 @@ from prunelab.reparam.interspace import (
 
 __all__ = [
     "REPARAMS",
+    "Reparametrization",
     "CompactInterspaceConv2d",
     "FilterBasis",
     "ReparamConfig",
@@ -46,15 +47,34 @@ __all__ = [
     "reparam_spec",
 ]
 
-#: ``name -> attach(targets, **options) -> list of reparametrized fqns``.
-REPARAMS: Registry[Callable[..., list[str]]] = Registry("reparametrization")
+@dataclass(frozen=True)
+class Reparametrization:
+    """A registered reparametrization: how to attach it and what its inference form costs.
+
+    Attributes:
+        attach: ``attach(targets, **options) -> fqns`` of the targets it was attached to.
+        costs: ``costs(model, input_shape) -> dict`` of the honest inference costs of a model carrying
+            it (recorded in ``summary.json`` under the reparametrization's name); ``None`` when its costs
+            are the plain model's.
+    """
+
+    attach: Callable[..., list[str]]
+    costs: Callable[..., dict[str, Any]] | None = None
+
+
+def _attach_nothing(targets: Iterable[Any], **options: Any) -> list[str]:
+    return []
+
+
+#: Reparametrizations by name (``prune.reparam.name``).
+REPARAMS: Registry[Reparametrization] = Registry("reparametrization")
 REPARAMS.register("none", help="Standard pruning: masks act on the weights themselves.")(
-    lambda targets, **_: []
+    Reparametrization(_attach_nothing)
 )
 REPARAMS.register(
     "interspace",
     help="Interspace pruning: K×K conv filters as coefficients over a trainable filter basis (CVPR 2022).",
-)(attach_to_targets)
+)(Reparametrization(attach_to_targets, interspace_costs))
 
 
 @dataclass
@@ -99,9 +119,9 @@ def attach_reparam(targets: Iterable[Any], name: str | None, **options: Any) -> 
     """
     if name is None or name == "none":
         return []
-    attach = REPARAMS.get(name)
+    entry = REPARAMS.get(name)
     try:
-        return attach(list(targets), **options)
+        return entry.attach(list(targets), **options)
     except TypeError as exc:
         raise ConfigError(f"reparam {name!r}: bad options {options} ({exc})") from None
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from prunelab.errors import ConfigError
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "SELECTIONS", "TrainConfig"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "SELECTIONS", "TrainConfig", "TrainSection"]
 
 #: Optimizer names accepted by :class:`TrainConfig`.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -169,3 +169,18 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML-friendly values."""
         return dataclasses.asdict(self)
+
+
+@dataclass(kw_only=True)
+class TrainSection(TrainConfig):
+    """One training stage of a recipe (dense training or fine-tuning): a :class:`TrainConfig` whose
+    ``epochs`` default to 0 (the stage is skipped) so a recipe can leave the section out."""
+
+    epochs: int = 0
+    lr: float = 0.1
+
+    def to_train_config(self, progress: bool = True) -> TrainConfig:
+        """The equivalent :class:`prunelab.training.TrainConfig` (progress bars off unless both allow)."""
+        values = dataclasses.asdict(self)
+        values["progress"] = self.progress and progress
+        return TrainConfig(**values)
