@@ -120,7 +120,7 @@ def test_agp_with_ip_reaches_the_target(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "recipes/interspace").glob("*.yaml")), ids=lambda p: p.name)
 def test_interspace_recipes_validate(path: Path, tmp_path: Path) -> None:
     if path.name.endswith(".sweep.yaml"):
-        from prunelab.experiments.sweep import expand_sweep, load_sweep
+        from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
 
         runs = expand_sweep(load_sweep(path), tmp_path)  # validates every expanded recipe
         modes = {r.recipe["prune"]["reparam"]["name"] for r in runs}

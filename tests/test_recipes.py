@@ -31,7 +31,7 @@ def test_every_recipe_validates(path: Path) -> None:
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_sweep_expands_and_validates(path: Path, tmp_path: Path) -> None:
-    from prunelab.experiments.sweep import expand_sweep, load_sweep
+    from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
 
     runs = expand_sweep(load_sweep(path), tmp_path)  # every expanded recipe is validated
     assert runs and len({r.id for r in runs}) == len(runs)

@@ -13,7 +13,8 @@ import yaml
 from prunelab.cli import main
 from prunelab.errors import ConfigError
 from prunelab.experiments.report import aggregate, load_records, write_report
-from prunelab.experiments.sweep import RunSpec, SweepIndex
+from prunelab.experiments.sweep_index import SweepIndex
+from prunelab.experiments.sweep_spec import RunSpec
 from prunelab.methods.pretraining import largest_sparsity_within, reach_table
 
 

@@ -17,7 +17,9 @@ import yaml
 
 from prunelab.cli import main
 from prunelab.errors import ConfigError
-from prunelab.experiments.sweep import SweepIndex, expand_sweep, load_sweep, run_sweep, sweep_from_dict
+from prunelab.experiments.sweep import run_sweep
+from prunelab.experiments.sweep_index import SweepIndex
+from prunelab.experiments.sweep_spec import expand_sweep, load_sweep, sweep_from_dict
 
 TINY = {"epochs": 1, "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "batch_size": 64}
 BASE: dict[str, Any] = {

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prunelab",
         description="Prune convolutional networks and measure what the pruning bought.",
     )
-    from prunelab import __version__
+    from prunelab._version import __version__
 
     parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

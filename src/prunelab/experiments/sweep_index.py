@@ -1,0 +1,153 @@
+"""The SQLite index of a sweep (``<sweep_dir>/sweep.db``): one row per run.
+
+Each row records a run's stage, position, overrides and labels, its status (one of :data:`STATUSES`:
+pending / running / done / failed), attempts, process id, error text and the summary fields listed in
+:data:`SUMMARY_FIELDS`. The index is a record, not the source of truth: a run's ``summary.json`` is
+(see :mod:`prunelab.experiments.sweep`), so a lost update is repaired when the sweep restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prunelab.experiments.sweep_spec import RunSpec
+
+__all__ = ["STATUSES", "SUMMARY_FIELDS", "SweepIndex"]
+
+STATUSES: tuple[str, ...] = ("pending", "running", "done", "failed")
+"""The states of a run in the index."""
+
+#: Summary fields copied into the index (the rest stays in each run's ``summary.json``).
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "accuracy",
+    "accuracy_dense",
+    "sparsity",
+    "params_nonzero",
+    "params_total",
+    "macs_effective",
+    "wall_time_s",
+)
+
+
+class SweepIndex:
+    """The sweep's SQLite index (``sweep.db``): one row per run with status, error and summary fields.
+
+    Every method opens its own short connection, so worker threads and separate processes (e.g. a
+    report written while the sweep runs) can use it at the same time; WAL mode lets readers proceed
+    while a status update is written, and each update is a single transaction.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS runs (
+                    id TEXT PRIMARY KEY,
+                    stage TEXT NOT NULL,
+                    position INTEGER NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+                    overrides TEXT NOT NULL,
+                    vars TEXT NOT NULL,
+                    run_dir TEXT NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    pid INTEGER,
+                    error TEXT,
+                    started REAL,
+                    finished REAL,
+                    accuracy REAL,
+                    accuracy_dense REAL,
+                    sparsity REAL,
+                    params_nonzero INTEGER,
+                    params_total INTEGER,
+                    macs_effective INTEGER,
+                    wall_time_s REAL
+                )"""
+            )
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            with conn:  # one transaction: committed on success, rolled back on error
+                yield conn
+        finally:
+            conn.close()
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under ``key`` in the ``meta`` table."""
+        with self._connect() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, default=str)))
+
+    def register(self, run: RunSpec, run_dir: Path) -> None:
+        """Add ``run`` as pending if it is new; refresh its description otherwise (status untouched)."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, stage, position, status, overrides, vars, run_dir) "
+                "VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "stage = excluded.stage, position = excluded.position, overrides = excluded.overrides, "
+                "vars = excluded.vars, run_dir = excluded.run_dir",
+                (
+                    run.id,
+                    run.stage,
+                    run.position,
+                    json.dumps(run.overrides, default=str),
+                    json.dumps(run.vars, default=str),
+                    str(run_dir),
+                ),
+            )
+
+    def mark_running(self, run_id: str, pid: int) -> None:
+        """Record that ``run_id`` was started by process ``pid`` (one more attempt)."""
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'running', pid = ?, error = NULL, started = ?, "
+                "attempts = attempts + 1 WHERE id = ?",
+                (pid, time.time(), run_id),
+            )
+
+    def mark_done(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Record that ``run_id`` finished, with its summary fields."""
+        values = [summary.get(name) for name in SUMMARY_FIELDS]
+        assignments = ", ".join(f"{name} = ?" for name in SUMMARY_FIELDS)
+        with self._connect() as conn:
+            conn.execute(
+                f"UPDATE runs SET status = 'done', error = NULL, finished = ?, {assignments} WHERE id = ?",
+                (time.time(), *values, run_id),
+            )
+
+    def mark_pending(self, run_id: str, note: str | None = None) -> None:
+        """Put ``run_id`` back to pending (e.g. interrupted), keeping ``note`` as its error text."""
+        with self._connect() as conn:
+            conn.execute("UPDATE runs SET status = 'pending', error = ? WHERE id = ?", (note, run_id))
+
+    def mark_failed(self, run_id: str, error: str) -> None:
+        """Record that ``run_id`` failed with ``error``."""
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?",
+                (error, time.time(), run_id),
+            )
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every run as a mapping of column → value, in sweep order."""
+        conn = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            return [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY position")]
+        finally:
+            conn.close()
+
+    def counts(self) -> dict[str, int]:
+        """Number of runs per status (every status present, zeros included)."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for row in self.rows():
+            counts[row["status"]] += 1
+        return counts

@@ -1,0 +1,333 @@
+"""Sweep files: their format, parsing and expansion into validated runs.
+
+A sweep file (``*.sweep.yaml``) names a base recipe and a grid of dotted recipe fields::
+
+    name: lenet_sparsity            # the sweep's name (default output folder: sweeps/<name>)
+    base: ../magnitude/lenet300_mnist.yaml   # a recipe path (relative to this file) or an inline mapping
+    workers: 2                      # runs executed at the same time
+    threads: 1                      # torch/OpenMP threads per run (default: cores // workers)
+    data_dir: null                  # passed to every run as --data-dir
+    grid:                           # cartesian product of these lists
+      seed: [0, 1]
+      prune.sparsity: [0.5, 0.9]
+      vars.label: [a, b]            # ``vars.*`` are labels: not recipe fields, usable in templates
+    set:                            # overrides derived from the grid point (``{key}`` templates)
+      name: "lenet-{label}"
+    id: "{label}-s{seed}-sp{sparsity}"   # optional run-id template (default: fields + hash)
+
+Several ``stages`` (each with its own ``base``, ``grid``, ``set`` and ``id``; top-level values are the
+defaults) run one after the other, so a later stage can start from an earlier stage's runs, e.g.
+``set: {model.init: "{runs}/dense-{init}-s{seed}"}``. Templates see every grid key by its full dotted
+name and by its last component when that is unambiguous, plus ``{runs}`` (the absolute runs folder)
+and ``{sweep_dir}``.
+
+:func:`load_sweep` / :func:`sweep_from_dict` parse a sweep into a :class:`SweepSpec`;
+:func:`expand_sweep` expands it into :class:`RunSpec` objects and validates every expanded recipe, so
+a sweep that would fail on a recipe error fails before any run starts. Run ids are stable functions of
+the grid point, so a restarted sweep finds its runs again. Running the runs is
+:mod:`prunelab.experiments.sweep`; recording their status is :mod:`prunelab.experiments.sweep_index`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prunelab.errors import ConfigError, PrunelabError
+
+__all__ = ["RunSpec", "StageSpec", "SweepSpec", "expand_sweep", "load_sweep", "sweep_from_dict"]
+
+_TOP_KEYS = {"name", "base", "grid", "set", "id", "stages", "workers", "threads", "data_dir"}
+_STAGE_KEYS = {"name", "base", "grid", "set", "id"}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+@dataclass
+class StageSpec:
+    """One stage of a sweep: a base recipe and the grid expanded over it.
+
+    Attributes:
+        name: the stage's name (``main`` for single-stage sweeps).
+        base: the base recipe as plain data.
+        grid: dotted field → list of values; ``vars.*`` keys are labels, not recipe fields.
+        set: dotted field → value; string values are ``{key}`` templates filled from the grid point.
+        id: optional run-id template.
+    """
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    set: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file.
+
+    Attributes:
+        name: the sweep's name.
+        stages: the stages, run in order.
+        workers: runs executed at the same time.
+        threads: torch/OpenMP threads per run (``None``: cores // workers, at least 1).
+        data_dir: the data root passed to every run (``None``: the runs' default).
+        source: the file it was read from, if any.
+    """
+
+    name: str
+    stages: list[StageSpec]
+    workers: int = 1
+    threads: int | None = None
+    data_dir: str | None = None
+    source: Path | None = None
+
+
+@dataclass
+class RunSpec:
+    """One expanded run of a sweep.
+
+    Attributes:
+        id: the stable run id (also its directory name under ``runs/``).
+        stage: the stage it belongs to.
+        position: its order within the sweep.
+        overrides: the recipe fields it sets, ``(dotted key, value)`` in a fixed order.
+        vars: its ``vars.*`` labels (without the prefix).
+        recipe: the recipe as plain data (base with the overrides applied; ``name`` = id unless set).
+    """
+
+    id: str
+    stage: str
+    position: int
+    overrides: list[tuple[str, Any]]
+    vars: dict[str, Any]
+    recipe: dict[str, Any]
+
+
+def _load_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found; check the path")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: {where}invalid YAML; fix the syntax") from None
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown sweep key; known keys: {', '.join(sorted(allowed))}")
+
+
+def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | None, index: int) -> StageSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    _check_keys(raw, _STAGE_KEYS, where)
+    merged = {**defaults, **raw}
+    name = merged.get("name") if "name" in raw else ("main" if index < 0 else f"stage{index + 1}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{where}.name: {name!r} must be letters, digits, '.', '_' or '-'")
+    base = merged.get("base")
+    if isinstance(base, str):
+        path = Path(base)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        base = _load_yaml(path, "base recipe") or {}
+        if not isinstance(base, dict):
+            raise ConfigError(f"{path}: expected a recipe mapping")
+    elif base is None:
+        base = {}
+    elif not isinstance(base, dict):
+        raise ConfigError(f"{where}.base: expected a recipe path or an inline recipe mapping")
+    grid = merged.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}.grid: expected a mapping of dotted recipe fields to lists")
+    for key, values in grid.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{where}.grid: keys must be dotted recipe fields such as prune.sparsity")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.grid.{key}: expected a non-empty list of values")
+    overrides = merged.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}.set: expected a mapping of dotted recipe fields to values")
+    template = merged.get("id")
+    if template is not None and not isinstance(template, str):
+        raise ConfigError(f"{where}.id: expected a template string such as '{{init}}-s{{seed}}'")
+    return StageSpec(name=name, base=base, grid=dict(grid), set=dict(overrides), id=template)
+
+
+def sweep_from_dict(raw: Any, source: Path | None = None) -> SweepSpec:
+    """Parse sweep data (the content of a sweep file); relative ``base`` paths resolve beside ``source``.
+
+    Raises:
+        ConfigError: ``field: reason`` for the first problem found.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError("sweep: expected a mapping at the top level")
+    _check_keys(raw, _TOP_KEYS, "sweep")
+    root = source.parent if source is not None else None
+    name = raw.get("name") or (source.name.split(".")[0] if source is not None else "sweep")
+    if not isinstance(name, str):
+        raise ConfigError("sweep.name: expected a string")
+    workers = raw.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"sweep.workers: {workers!r} must be a positive integer")
+    threads = raw.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"sweep.threads: {threads!r} must be a positive integer or null")
+    data_dir = raw.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ConfigError("sweep.data_dir: expected a path string or null")
+    defaults = {k: raw[k] for k in ("base", "grid", "set", "id") if k in raw}
+    stages_raw = raw.get("stages")
+    if stages_raw is None:
+        stages = [_parse_stage({}, defaults, "sweep", root, -1)]
+    else:
+        if not isinstance(stages_raw, list) or not stages_raw:
+            raise ConfigError("sweep.stages: expected a non-empty list of stages")
+        stages = [_parse_stage(s, defaults, f"sweep.stages[{i}]", root, i) for i, s in enumerate(stages_raw)]
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"sweep.stages: stage names must be unique, got {names}")
+    return SweepSpec(
+        name=name, stages=stages, workers=workers, threads=threads, data_dir=data_dir, source=source
+    )
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and parse a sweep file (the grid is expanded and validated by :func:`expand_sweep`).
+
+    Raises:
+        ConfigError: ``file: field: reason``.
+    """
+    path = Path(path)
+    raw = _load_yaml(path, "sweep file")
+    try:
+        return sweep_from_dict(raw, source=path)
+    except PrunelabError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return str(value)
+
+
+def _fill(template: Any, context: dict[str, Any], where: str) -> Any:
+    """Substitute ``{key}`` placeholders in strings (recursively in lists and mappings)."""
+    if isinstance(template, list):
+        return [_fill(v, context, where) for v in template]
+    if isinstance(template, dict):
+        return {k: _fill(v, context, where) for k, v in template.items()}
+    if not isinstance(template, str):
+        return template
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in context:
+            known = ", ".join(sorted(context))
+            raise ConfigError(f"{where}: unknown placeholder {{{key}}}; known: {known}")
+        return _format_value(context[key])
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def _context(point: dict[str, Any], runs_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    context: dict[str, Any] = {"runs": str(runs_dir), "sweep_dir": str(sweep_dir)}
+    shorts: dict[str, list[str]] = {}
+    for key in point:
+        short = key.split(".")[-1]
+        shorts.setdefault(short, []).append(key)
+    for key, value in point.items():
+        context[key] = value
+    for short, keys in shorts.items():
+        # A short alias only when it names one grid key, so a template never picks the wrong one.
+        if len(keys) == 1 and short not in context:
+            context[short] = point[keys[0]]
+    return context
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("_.") or "run"
+
+
+def _default_id(stage: str, point: dict[str, Any], overrides: list[tuple[str, Any]], multi: bool) -> str:
+    parts = [f"{key.split('.')[-1]}={_format_value(point[key])}" for key in sorted(point)]
+    # Sorted, so the order of the grid keys in the file does not change the id.
+    canonical = json.dumps(sorted(overrides, key=lambda kv: kv[0]), sort_keys=True, default=str)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    readable = _sanitize(",".join(parts))[:80]
+    prefix = f"{stage}-" if multi else ""
+    return f"{prefix}{readable}-{digest}" if parts else f"{prefix}{digest}"
+
+
+def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
+    """Expand every stage's grid into runs and validate each run's recipe.
+
+    Raises:
+        ConfigError: a bad template, a duplicate run id, or ``run <id>: field.path: reason`` for the first
+            run whose recipe does not validate. Nothing has been started when this raises.
+    """
+    from prunelab.dataclass_yaml import set_dotted
+    from prunelab.experiments.schema import recipe_from_dict
+
+    sweep_dir = Path(sweep_dir).resolve()
+    runs_dir = sweep_dir / "runs"
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    multi = len(spec.stages) > 1
+    for stage in spec.stages:
+        keys = list(stage.grid)
+        for values in itertools.product(*(stage.grid[k] for k in keys)):
+            point = dict(zip(keys, values, strict=True))
+            context = _context(point, runs_dir, sweep_dir)
+            overrides = [(k, v) for k, v in point.items() if not k.startswith("vars.")]
+            derived = [(k, _fill(v, context, f"stage {stage.name}: set.{k}")) for k, v in stage.set.items()]
+            overrides += derived
+            labels = {k[len("vars.") :]: v for k, v in point.items() if k.startswith("vars.")}
+            if stage.id is not None:
+                run_id = _sanitize(_fill(stage.id, context, f"stage {stage.name}: id"))
+            else:
+                run_id = _default_id(stage.name, point, overrides, multi)
+            if run_id in seen:
+                raise ConfigError(
+                    f"stage {stage.name}: run id {run_id!r} is produced by two grid points; "
+                    "make the id template use every grid key"
+                )
+            seen[run_id] = stage.name
+            recipe = copy.deepcopy(stage.base)
+            recipe["name"] = run_id  # a run's name is its id unless the sweep sets one
+            for key, value in overrides:
+                try:
+                    set_dotted(recipe, key, value)
+                except ConfigError as exc:
+                    raise ConfigError(f"run {run_id}: {exc}") from None
+            try:
+                recipe_from_dict(recipe)
+            except PrunelabError as exc:
+                raise ConfigError(f"run {run_id}: {exc}") from None
+            runs.append(
+                RunSpec(
+                    id=run_id,
+                    stage=stage.name,
+                    position=len(runs),
+                    overrides=overrides,
+                    vars=labels,
+                    recipe=recipe,
+                )
+            )
+    if not runs:
+        raise ConfigError("sweep: the grid expands to no runs")
+    return runs
