@@ -1,6 +1,7 @@
 """Datasets: readers for the official formats and offline ``.npz`` copies, splits, and a fast loader.
 
-Importing this package registers every reader in :data:`DATASETS`.
+Importing this package registers every reader in :data:`DATASETS` (and those of installed plugins,
+entry-point group ``prunelab.datasets``).
 
 Example:
     >>> from prunelab.data import load_dataset, make_loader
@@ -22,6 +23,7 @@ from prunelab.data.base import DATASETS, RawData, Resource, read_npz, resolve_da
 from prunelab.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Augment, TensorImageDataset
 from prunelab.data.loader import BatchLoader, augment_batch, make_loader
 from prunelab.data.splits import NORMALIZATIONS, DataSplits, load_dataset, resize_images, stratified_split
+from prunelab.registry import load_plugins
 
 __all__ = [
     "DATASETS",
@@ -42,3 +44,6 @@ __all__ = [
     "resolve_data_dir",
     "stratified_split",
 ]
+
+# Third-party models/datasets register themselves through this entry-point group (see prunelab.registry).
+load_plugins("prunelab.datasets")

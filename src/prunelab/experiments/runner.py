@@ -28,7 +28,6 @@ import torch
 import yaml
 from torch import nn
 
-import prunelab
 from prunelab._io import (
     atomic_torch_save,
     atomic_write_csv,
@@ -36,6 +35,7 @@ from prunelab._io import (
     atomic_write_text,
     safe_torch_load,
 )
+from prunelab._version import __version__
 from prunelab.core import masking
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiments.schema import Recipe
@@ -457,7 +457,7 @@ def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> 
             for bs in recipe.eval.latency_batch_sizes
         }
     summary["environment"] = {
-        "prunelab": prunelab.__version__,
+        "prunelab": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),

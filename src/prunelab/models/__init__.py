@@ -2,7 +2,7 @@
 
 Importing this package registers every architecture in :data:`MODELS` (LeNets, CIFAR VGGs, CIFAR ResNets
 with option-A shortcuts, MobileNetV1/V2, DenseNet-40, a small CNN for the offline demo) and every set of pretrained weights in
-:data:`PRETRAINED`.
+:data:`PRETRAINED`; installed plugins add theirs through the entry-point group ``prunelab.models``.
 
 Example:
     >>> from prunelab.models import build_model
@@ -22,6 +22,7 @@ from prunelab.models.pretrained import (
     find_pretrained,
     load_weights,
 )
+from prunelab.registry import load_plugins
 
 __all__ = [
     "MODELS",
@@ -36,3 +37,6 @@ __all__ = [
     "load_weights",
     "model_options",
 ]
+
+# Third-party models/datasets register themselves through this entry-point group (see prunelab.registry).
+load_plugins("prunelab.models")
