@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
-    opts = recipe.prune.options
+    opts = recipe.prune.options  # the parsed SlimmingOptions of the recipe
     started = time.perf_counter()
     set_seed(recipe.seed)
     d = recipe.data
@@ -70,15 +70,15 @@ def main() -> None:
     )
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d) and opts.get("gamma_init") is not None:
-                m.weight.fill_(float(opts["gamma_init"]))
+            if isinstance(m, nn.BatchNorm2d) and opts.gamma_init is not None:
+                m.weight.fill_(float(opts.gamma_init))
     head = model.get_submodule(classifier_name(model))
     example = torch.zeros(1, *shape)
     pruner = tp.pruner.BNScalePruner(
-        model, example, importance=tp.importance.BNScaleImportance(), reg=float(opts["lam"]),
+        model, example, importance=tp.importance.BNScaleImportance(), reg=float(opts.lam),
         global_pruning=True, pruning_ratio=args.share, ignored_layers=[head],
     )  # fmt: skip
-    section = build_section(TrainSection, dict(opts["sparsity_train"]), "sparsity_train")
+    section = build_section(TrainSection, dict(opts.sparsity_train), "prune.options.sparsity_train")
     train(model, data, section.to_train_config(False), hooks=[_TPRegularizer(pruner)], seed=recipe.seed + 1)
     acc_trained = evaluate(model, data.test)["accuracy"]
     params0, macs0, ch0 = count_parameters(model).total, dense_macs(model, shape), _bn_channels(model)
