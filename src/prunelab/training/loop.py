@@ -1,8 +1,11 @@
 """The one training loop: hooks, validation, checkpoints, resume, DDP; and :func:`evaluate`.
 
 Every training stage of prunelab (dense training, fine-tuning between pruning rounds, gradual pruning,
-sparsity-regularised training) goes through :func:`train`, written as one explicit loop so the order of
-operations is visible in one place (see :mod:`prunelab.training.hooks` for where each hook runs).
+sparsity-regularised training) goes through :func:`train`, a short sequence of named stages: setup and
+resume (``_setup``, ``_restore``), one pass over the training set (``_train_epoch``, where the order of a
+step is spelled out), the epoch's validation and row (``_epoch_row``), its record and checkpoint
+(``_record_epoch``, ``_save_checkpoint``) and the final weight selection (``_finish``); see
+:mod:`prunelab.training.hooks` for where each hook runs.
 Optimizers and LR schedules live in :mod:`prunelab.training.optim`, seeding and the run files in
 :mod:`prunelab.training.state`; both are re-exported here.
 
@@ -30,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from prunelab import distributed as dist
 from prunelab._io import atomic_torch_save
@@ -217,6 +222,326 @@ def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
 # The loop
 
 
+@dataclass
+class _Session:
+    """What one call of :func:`train` set up, and the loop state it carries from epoch to epoch.
+
+    Attributes:
+        model: the model being trained (hooks, masks and checkpoints see this one).
+        net: ``model`` or its ``DistributedDataParallel`` wrapper (what the forward pass goes through).
+        cfg: the optimisation settings.
+        hooks: the training hooks, in call order.
+        calls: hook method name (see ``HOOK_METHODS``) → the hooks' bound methods of that name.
+        tag: name of the training stage.
+        seed: seed of the RNGs and the data order.
+        device: where the batches go.
+        train_set: the training dataset.
+        val_set: the validation dataset, if it has samples (else ``None``).
+        batch_size: samples per step on this rank.
+        total_steps: optimizer steps of the whole run.
+        optimizer: the optimizer.
+        scheduler: the step-level LR schedule.
+        out: the output folder, if any.
+        ckpt: the resumable checkpoint's path, if there is an output folder.
+        writes: whether this process writes files (rank 0 with an output folder).
+        say: the per-epoch logger (a no-op off rank 0).
+        bar: whether to show a progress bar.
+        trainable: the parameters gradient clipping applies to.
+        start_epoch: epochs done before this call (after a resume).
+        step: optimizer steps done so far.
+        history: the ``metrics.jsonl`` rows so far.
+        best: best validation accuracy, its epoch and (under ``best_val``) that epoch's weights and masks.
+    """
+
+    model: nn.Module
+    net: nn.Module
+    cfg: TrainConfig
+    hooks: Sequence[object]
+    calls: dict[str, list[Callable[..., Any]]]
+    tag: str
+    seed: int
+    device: torch.device
+    train_set: Any
+    val_set: Any
+    batch_size: int
+    total_steps: int
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    out: Path | None
+    ckpt: Path | None
+    writes: bool
+    say: Callable[[str], None]
+    bar: bool
+    trainable: list[nn.Parameter]
+    start_epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"val_acc": None, "epoch": None, "model": None, "masks": None}
+    )
+
+
+def _check_arguments(
+    data: Any,
+    cfg: TrainConfig | Mapping[str, Any],
+    *,
+    tag: str,
+    resume: bool,
+    out_dir: str | os.PathLike[str] | None,
+) -> TrainConfig:
+    """The :class:`TrainConfig` to use (built from a mapping if needed), after checking the arguments.
+
+    Raises:
+        ConfigError: an invalid tag, ``resume`` without ``out_dir``, ``best_val`` without validation
+            samples, or an empty training set.
+    """
+    if isinstance(cfg, Mapping):
+        cfg = TrainConfig.from_dict(cfg)
+    if not _TAG_PATTERN.fullmatch(tag):
+        raise ConfigError(f"train: tag {tag!r} must be letters, digits, '_', '.' or '-' (it names a file)")
+    if resume and out_dir is None:
+        raise ConfigError("train: resume=True needs out_dir, the folder holding the checkpoint")
+    if cfg.select == "best_val" and _validation_set(data) is None:
+        raise ConfigError(
+            "TrainConfig.select: 'best_val' needs a validation split; set val_fraction > 0 or select 'last'"
+        )
+    if cfg.epochs > 0 and len(data.train) == 0:
+        raise ConfigError("train: the training set is empty; check train_subset and the dataset files")
+    return cfg
+
+
+def _validation_set(data: Any) -> Any:
+    """``data.val`` if it exists and has samples, else ``None``."""
+    val_set = getattr(data, "val", None)
+    return val_set if val_set is not None and len(val_set) > 0 else None
+
+
+def _setup(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    *,
+    hooks: Sequence[object],
+    out_dir: str | os.PathLike[str] | None,
+    seed: int,
+    resume: bool,
+    tag: str,
+    device: str | torch.device | None,
+    log: Callable[[str], None] | None,
+) -> _Session:
+    """Seed, place the model, build the optimizer and schedule, and restore a checkpoint if resuming."""
+    from prunelab.data import make_loader
+
+    dev = _resolve_device(model, device)
+    model.to(dev)
+    main = dist.is_main_process()
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = checkpoint_path(out, tag) if out is not None else None
+
+    set_seed(seed)
+    state = load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
+    say = log if (log is not None and main) else (lambda _msg: None)
+    if state is not None:
+        # Masks first: attaching one replaces the parameter by its parametrization's original, and the
+        # optimizer built below must hold the final parameter objects.
+        load_masks(model, state["masks"])
+        load_plain_state_dict(model, state["model"])
+        say(f"{tag}: resuming from {ckpt} after epoch {state['epoch']}")
+
+    batch_size = max(1, cfg.batch_size // dist.world_size())
+    loader = make_loader(data.train, batch_size, train=True, seed=seed, distributed=dist.is_distributed())
+    optimizer = build_optimizer(model, cfg)
+    session = _Session(
+        model=model,
+        net=model,
+        cfg=cfg,
+        hooks=hooks,
+        calls={name: _bound_methods(hooks, name) for name in HOOK_METHODS},
+        tag=tag,
+        seed=seed,
+        device=dev,
+        train_set=data.train,
+        val_set=_validation_set(data),
+        batch_size=batch_size,
+        total_steps=cfg.epochs * len(loader),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, cfg, len(loader)),
+        out=out,
+        ckpt=ckpt,
+        writes=main and out is not None,
+        say=say,
+        bar=cfg.progress and main and sys.stderr.isatty(),
+        trainable=[p for p in model.parameters() if p.requires_grad],
+    )
+    if state is not None:
+        _restore(session, state)
+    if session.writes:
+        assert out is not None
+        out.mkdir(parents=True, exist_ok=True)
+        rewrite_metrics(out / "metrics.jsonl", tag, session.start_epoch)
+    if dist.is_distributed() and cfg.epochs > session.start_epoch:
+        session.net = DistributedDataParallel(
+            model,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=False,
+            **_buffer_sync_kwargs(),
+        )
+    return session
+
+
+def _restore(session: _Session, state: Mapping[str, Any]) -> None:
+    """Continue from a checkpoint: optimizer, schedule, counters, history, best record, RNGs, hook states."""
+    session.optimizer.load_state_dict(state["optimizer"])
+    session.scheduler.load_state_dict(state["scheduler"])
+    session.start_epoch, session.step = int(state["epoch"]), int(state["step"])
+    session.history = [dict(row) for row in state["history"]]
+    session.best = dict(state["best"])
+    restore_rng_state(state["rng"])
+    for hook, hook_state in zip(session.hooks, state.get("hooks", []), strict=False):
+        if hook_state is not None and callable(getattr(hook, "load_state_dict", None)):
+            hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
+
+
+def _train_epoch(s: _Session, epoch: int) -> tuple[Tensor, float]:
+    """One pass over the training set (see :func:`train` for the order of a step).
+
+    Returns:
+        ``(sums, lr)``: the loss sum, correct predictions and samples of this rank, and the learning
+        rate of the last step.
+    """
+    from prunelab.data import make_loader
+
+    s.net.train()
+    distributed = dist.is_distributed()
+    loader = make_loader(
+        s.train_set, s.batch_size, train=True, seed=s.seed, epoch=epoch, distributed=distributed
+    )
+    sums = torch.zeros(3, dtype=torch.float64, device=s.device)  # loss sum, correct, samples
+    lr = s.optimizer.param_groups[0]["lr"]
+    model, cfg, calls = s.model, s.cfg, s.calls
+    for x, y in _progress(loader, s.bar, f"{s.tag} {epoch + 1}/{cfg.epochs}"):
+        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        s.optimizer.zero_grad(set_to_none=True)
+        logits = s.net(x)
+        data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss = data_loss
+        for penalty in calls["penalty"]:
+            extra = penalty(model)
+            if extra is not None:
+                loss = loss + extra
+        loss.backward()
+        for fn in calls["after_backward"]:
+            fn(model)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(s.trainable, cfg.grad_clip)
+        lr = float(s.optimizer.param_groups[0]["lr"])
+        s.optimizer.step()
+        for fn in calls["after_step"]:
+            fn(model, lr)
+        s.step += 1
+        for fn in calls["on_step_end"]:
+            fn(s.step, s.total_steps)
+        s.scheduler.step()
+        with torch.no_grad():
+            sums[0] += data_loss.detach().double() * len(y)
+            sums[1] += (logits.argmax(dim=1) == y).sum()
+            sums[2] += len(y)
+    if distributed:
+        _sync_buffers(model)
+    dist.all_reduce_(sums)
+    return sums, lr
+
+
+def _epoch_row(s: _Session, epoch: int, sums: Tensor, lr: float, started: float) -> dict[str, Any]:
+    """Validate if this epoch is due (every ``eval_every`` epochs and the last), update the best record,
+    and return the epoch's ``metrics.jsonl`` row."""
+    due = (epoch + 1) % s.cfg.eval_every == 0 or epoch + 1 == s.cfg.epochs
+    val = evaluate(s.model, s.val_set, device=s.device) if s.val_set is not None and due else None
+    row: dict[str, Any] = {
+        "tag": s.tag,
+        "epoch": epoch + 1,
+        "step": s.step,
+        "lr": lr,
+        "train_loss": float(sums[0] / sums[2].clamp_min(1)),
+        "train_acc": float(sums[1] / sums[2].clamp_min(1)),
+        "val_acc": val["accuracy"] if val else None,
+        "val_loss": val["loss"] if val else None,
+        "time_s": round(time.perf_counter() - started, 4),
+    }
+    if val is not None:
+        _update_best(s.best, s.model, row, keep_weights=s.cfg.select == "best_val")
+    return row
+
+
+def _record_epoch(s: _Session, row: dict[str, Any]) -> None:
+    """Append ``row`` to the history and ``metrics.jsonl``, call ``on_epoch_end``, write the checkpoint."""
+    s.history.append(row)
+    if s.writes:
+        assert s.out is not None
+        append_row(s.out / "metrics.jsonl", row)
+    for fn in s.calls["on_epoch_end"]:
+        fn(row["epoch"], dict(row))  # a copy: a hook must not rewrite the history
+    if s.writes:
+        _save_checkpoint(s, row["epoch"])
+    s.say(_summary_line(row, s.cfg.epochs))
+
+
+def _save_checkpoint(s: _Session, epochs_done: int) -> None:
+    """Write the resumable checkpoint after ``epochs_done`` epochs (everything :func:`_restore` reads)."""
+    assert s.ckpt is not None
+    atomic_torch_save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "tag": s.tag,
+            "config": s.cfg.to_dict(),
+            "seed": s.seed,
+            "epoch": epochs_done,
+            "step": s.step,
+            "model": plain_state_dict(s.model),
+            "masks": masks_state_dict(s.model),
+            "optimizer": s.optimizer.state_dict(),
+            "scheduler": s.scheduler.state_dict(),
+            "rng": rng_state(),
+            "best": s.best,
+            "history": s.history,
+            "hooks": [
+                h.state_dict() if callable(getattr(h, "state_dict", None)) else None  # type: ignore[attr-defined]
+                for h in s.hooks
+            ],
+        },
+        s.ckpt,
+    )
+
+
+def _finish(s: _Session, *, was_training: bool, keep_checkpoint: bool) -> TrainResult:
+    """Apply the weight selection, drop the checkpoint if asked, and build the :class:`TrainResult`."""
+    cfg, history, best = s.cfg, s.history, s.best
+    best_epoch = None
+    final_val = history[-1]["val_acc"] if history else None
+    if cfg.select == "best_val" and best["model"] is not None:
+        if _masks_equal(best["masks"], masks_state_dict(s.model)):
+            load_plain_state_dict(s.model, best["model"])
+            best_epoch, final_val = int(best["epoch"]), float(best["val_acc"])
+            s.say(f"{s.tag}: restored the weights of epoch {best_epoch} (best val_acc {final_val:.4f})")
+        else:
+            s.say(f"{s.tag}: masks changed after the best epoch; keeping the last weights")
+    elif cfg.epochs == 0 and s.val_set is not None:
+        final_val = evaluate(s.model, s.val_set, device=s.device)["accuracy"]
+    ckpt = s.ckpt
+    if s.writes and not keep_checkpoint and ckpt is not None:
+        ckpt.unlink(missing_ok=True)
+    dist.barrier()
+    s.model.train(was_training)
+    return TrainResult(
+        history=history,
+        best_val_accuracy=best["val_acc"],
+        final_val_accuracy=final_val,
+        epochs_run=cfg.epochs,
+        best_epoch=best_epoch,
+        checkpoint=ckpt if (ckpt is not None and ckpt.is_file() and cfg.epochs > 0) else None,
+    )
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -278,191 +603,25 @@ def train(
             an invalid tag, an empty training set).
         CheckpointError: the checkpoint to resume from is unusable or belongs to another stage.
     """
-    if isinstance(cfg, Mapping):
-        cfg = TrainConfig.from_dict(cfg)
-    if not _TAG_PATTERN.fullmatch(tag):
-        raise ConfigError(f"train: tag {tag!r} must be letters, digits, '_', '.' or '-' (it names a file)")
-    if resume and out_dir is None:
-        raise ConfigError("train: resume=True needs out_dir, the folder holding the checkpoint")
-    train_set = data.train
-    val_set = getattr(data, "val", None)
-    has_val = val_set is not None and len(val_set) > 0
-    if cfg.select == "best_val" and not has_val:
-        raise ConfigError(
-            "TrainConfig.select: 'best_val' needs a validation split; set val_fraction > 0 or select 'last'"
-        )
-    if cfg.epochs > 0 and len(train_set) == 0:
-        raise ConfigError("train: the training set is empty; check train_subset and the dataset files")
-
-    from prunelab.data import make_loader
-
+    cfg = _check_arguments(data, cfg, tag=tag, resume=resume, out_dir=out_dir)
     was_training = model.training
-    dev = _resolve_device(model, device)
-    model.to(dev)
-    distributed = dist.is_distributed()
-    main = dist.is_main_process()
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = checkpoint_path(out, tag) if out is not None else None
-    writes = main and out is not None
-    say = log if (log is not None and main) else (lambda _msg: None)
-
-    set_seed(seed)
-    state = load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
-    if state is not None:
-        # Masks first: attaching one replaces the parameter by its parametrization's original, and the
-        # optimizer built below must hold the final parameter objects.
-        load_masks(model, state["masks"])
-        load_plain_state_dict(model, state["model"])
-        say(f"{tag}: resuming from {ckpt} after epoch {state['epoch']}")
-
-    batch_size = max(1, cfg.batch_size // dist.world_size())
-    steps_per_epoch = len(make_loader(train_set, batch_size, train=True, seed=seed, distributed=distributed))
-    total_steps = cfg.epochs * steps_per_epoch
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-
-    start_epoch, step = 0, 0
-    history: list[dict[str, Any]] = []
-    # best: validation accuracy, epoch, and (for best_val) the weights and masks of that epoch.
-    best: dict[str, Any] = {"val_acc": None, "epoch": None, "model": None, "masks": None}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        history = [dict(row) for row in state["history"]]
-        best = dict(state["best"])
-        restore_rng_state(state["rng"])
-        for hook, hook_state in zip(hooks, state.get("hooks", []), strict=False):
-            if hook_state is not None and callable(getattr(hook, "load_state_dict", None)):
-                hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
-    if writes:
-        assert out is not None
-        out.mkdir(parents=True, exist_ok=True)
-        rewrite_metrics(out / "metrics.jsonl", tag, start_epoch)
-
-    penalties, after_backward, after_step, on_step_end, on_epoch_end = (
-        _bound_methods(hooks, name) for name in HOOK_METHODS
+    session = _setup(
+        model,
+        data,
+        cfg,
+        hooks=hooks,
+        out_dir=out_dir,
+        seed=seed,
+        resume=resume,
+        tag=tag,
+        device=device,
+        log=log,
     )
-    net: nn.Module = model
-    if distributed and cfg.epochs > start_epoch:
-        net = DistributedDataParallel(
-            model,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=False,
-            **_buffer_sync_kwargs(),
-        )
-    bar = cfg.progress and main and sys.stderr.isatty()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(session.start_epoch, cfg.epochs):
         started = time.perf_counter()
-        net.train()
-        loader = make_loader(
-            train_set, batch_size, train=True, seed=seed, epoch=epoch, distributed=distributed
-        )
-        sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, samples
-        lr = optimizer.param_groups[0]["lr"]
-        for x, y in _progress(loader, bar, f"{tag} {epoch + 1}/{cfg.epochs}"):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            logits = net(x)
-            data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            loss = data_loss
-            for penalty in penalties:
-                extra = penalty(model)
-                if extra is not None:
-                    loss = loss + extra
-            loss.backward()
-            for fn in after_backward:
-                fn(model)
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            lr = float(optimizer.param_groups[0]["lr"])
-            optimizer.step()
-            for fn in after_step:
-                fn(model, lr)
-            step += 1
-            for fn in on_step_end:
-                fn(step, total_steps)
-            scheduler.step()
-            with torch.no_grad():
-                sums[0] += data_loss.detach().double() * len(y)
-                sums[1] += (logits.argmax(dim=1) == y).sum()
-                sums[2] += len(y)
-
-        if distributed:
-            _sync_buffers(model)
-        dist.all_reduce_(sums)
-        validate = has_val and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
-        val = evaluate(model, val_set, device=dev) if validate else None
-        row: dict[str, Any] = {
-            "tag": tag,
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": lr,
-            "train_loss": float(sums[0] / sums[2].clamp_min(1)),
-            "train_acc": float(sums[1] / sums[2].clamp_min(1)),
-            "val_acc": val["accuracy"] if val else None,
-            "val_loss": val["loss"] if val else None,
-            "time_s": round(time.perf_counter() - started, 4),
-        }
-        if val is not None:
-            _update_best(best, model, row, keep_weights=cfg.select == "best_val")
-        history.append(row)
-        if writes:
-            assert out is not None
-            append_row(out / "metrics.jsonl", row)
-        for fn in on_epoch_end:
-            fn(epoch + 1, dict(row))  # a copy: a hook must not rewrite the history
-        if writes:
-            assert ckpt is not None
-            atomic_torch_save(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "tag": tag,
-                    "config": cfg.to_dict(),
-                    "seed": seed,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "model": plain_state_dict(model),
-                    "masks": masks_state_dict(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "best": best,
-                    "history": history,
-                    "hooks": [
-                        h.state_dict() if callable(getattr(h, "state_dict", None)) else None  # type: ignore[attr-defined]
-                        for h in hooks
-                    ],
-                },
-                ckpt,
-            )
-        say(_summary_line(row, cfg.epochs))
-
-    best_epoch = None
-    final_val = history[-1]["val_acc"] if history else None
-    if cfg.select == "best_val" and best["model"] is not None:
-        if _masks_equal(best["masks"], masks_state_dict(model)):
-            load_plain_state_dict(model, best["model"])
-            best_epoch, final_val = int(best["epoch"]), float(best["val_acc"])
-            say(f"{tag}: restored the weights of epoch {best_epoch} (best val_acc {final_val:.4f})")
-        else:
-            say(f"{tag}: masks changed after the best epoch; keeping the last weights")
-    elif cfg.epochs == 0 and has_val:
-        final_val = evaluate(model, val_set, device=dev)["accuracy"]
-    if writes and not keep_checkpoint and ckpt is not None:
-        ckpt.unlink(missing_ok=True)
-    dist.barrier()
-    model.train(was_training)
-    return TrainResult(
-        history=history,
-        best_val_accuracy=best["val_acc"],
-        final_val_accuracy=final_val,
-        epochs_run=cfg.epochs,
-        best_epoch=best_epoch,
-        checkpoint=ckpt if (ckpt is not None and ckpt.is_file() and cfg.epochs > 0) else None,
-    )
+        sums, lr = _train_epoch(session, epoch)
+        _record_epoch(session, _epoch_row(session, epoch, sums, lr, started))
+    return _finish(session, was_training=was_training, keep_checkpoint=keep_checkpoint)
 
 
 def _update_best(
