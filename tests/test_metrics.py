@@ -20,6 +20,8 @@ from prunelab.metrics import (
     layer_table,
     measure_latency,
 )
+from prunelab.metrics.latency import interleaved_times
+from prunelab.metrics.speed import compare_latency
 
 INPUT = (3, 10, 12)  # C, H, W
 
@@ -138,6 +140,26 @@ def test_latency_returns_positive_ordered_figures() -> None:
     assert torch.get_num_threads() == threads
     with pytest.raises(ConfigError):
         measure_latency(model, INPUT, repeats=0)
+
+
+def test_interleaved_timer_alternates_the_functions() -> None:
+    calls: list[str] = []
+    times = interleaved_times([lambda: calls.append("a"), lambda: calls.append("b")], warmup=1, repeats=3)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed rounds, alternating
+    assert [len(t) for t in times] == [3, 3] and all(v >= 0 for t in times for v in t)
+
+
+def test_compare_latency_times_both_models_with_the_same_timer() -> None:
+    dense, compact = hand_built(), hand_built()
+    dense.train()
+    compact.eval()
+    result = compare_latency(dense, compact, INPUT, batch_sizes=(1, 2), warmup=1, repeats=3, onnx=False)
+    assert set(result["eager_cpu"]) == {"1", "2"}
+    for row in result["eager_cpu"].values():
+        assert row["dense_ms"] > 0 and row["compact_ms"] > 0
+        assert row["speedup"] == pytest.approx(row["dense_ms"] / row["compact_ms"])
+    assert result["onnxruntime"] == {"skipped": "disabled"} and result["repeats"] == 3
+    assert dense.training and not compact.training  # modes restored
 
 
 def test_file_size(tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
-"""Measured inference latency and size on disk.
+"""Measured inference latency and size on disk, and the one latency timer of prunelab.
 
-Latency is the wall-clock time of one forward pass, measured with ``time.perf_counter`` after a warm-up
-(which absorbs one-off costs: allocator growth, oneDNN/cuDNN kernel selection, lazy initialisation).
+:func:`interleaved_times` is the timer: the functions it is given are called alternately, round after
+round (``f, g, f, g, ...``), each call timed with ``time.perf_counter`` after a warm-up (which absorbs
+one-off costs: allocator growth, oneDNN/cuDNN kernel selection, lazy initialisation). Interleaving makes
+a load spike on a shared machine hit every timed function alike. :func:`measure_latency` times one model
+with it; :func:`prunelab.metrics.speed.compare_latency` times a dense and a compacted model side by side.
+
 The median over repeats is the headline figure because it is robust to the occasional scheduler
 hiccup; the 10th and 90th percentiles show the spread.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +25,45 @@ from torch.nn.utils import parametrize
 
 from prunelab.errors import ConfigError
 
-__all__ = ["file_size", "measure_latency"]
+__all__ = ["file_size", "interleaved_times", "measure_latency"]
 
 
-def _sync(device: torch.device) -> None:
+def interleaved_times(
+    fns: Sequence[Callable[[], object]],
+    warmup: int,
+    repeats: int,
+    device: torch.device | None = None,
+) -> list[list[float]]:
+    """Wall-clock times (ms) of ``repeats`` calls of each function of ``fns``, the functions alternating.
+
+    ``warmup`` untimed rounds come first; then each round calls every function once, in the given order,
+    and times each call on its own.
+
+    Args:
+        fns: the functions to time (called without arguments).
+        warmup: untimed rounds.
+        repeats: timed rounds.
+        device: with a CUDA device, each call is followed by a synchronisation inside the timed region.
+
+    Returns:
+        One list of ``repeats`` times per function, in the order of ``fns``.
+    """
     # CUDA kernels run asynchronously; without a synchronisation the timer would measure the launch only.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    cuda = device is not None and device.type == "cuda"
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times[k].append((time.perf_counter() - start) * 1000.0)
+    return times
 
 
 def measure_latency(
@@ -72,20 +108,12 @@ def measure_latency(
     x = torch.randn((batch_size, *tuple(int(s) for s in input_shape)), generator=gen).to(device, dtype)
     was_training = model.training
     old_threads = torch.get_num_threads()
-    times: list[float] = []
     model.eval()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         with torch.no_grad(), parametrize.cached():
-            for _ in range(warmup):
-                model(x)
-            _sync(device)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                _sync(device)
-                times.append((time.perf_counter() - start) * 1000.0)
+            (times,) = interleaved_times([lambda: model(x)], warmup, repeats, device)
     finally:
         torch.set_num_threads(old_threads)
         model.train(was_training)

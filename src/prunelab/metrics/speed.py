@@ -1,9 +1,10 @@
 """Measured speed-up of a compacted network over its dense original.
 
 Latency on a shared machine is noisy, so the two models are timed side by side in one process,
-*interleaved* (dense pass, compact pass, dense pass, ...), and medians are compared: a load spike
-hits both. Backends: eager PyTorch on the CPU, and ONNX Runtime when the optional extra
-``prunelab[onnx]`` is installed (otherwise the result says it was skipped and why).
+*interleaved* (dense pass, compact pass, dense pass, ...) by prunelab's one latency timer,
+:func:`prunelab.metrics.latency.interleaved_times`, and medians are compared: a load spike hits both.
+Backends: eager PyTorch on the CPU, and ONNX Runtime when the optional extra ``prunelab[onnx]`` is
+installed (otherwise the result says it was skipped and why).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import os
 import statistics
 import tempfile
-import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from prunelab.metrics.latency import interleaved_times
 
 __all__ = ["compare_latency", "onnxruntime_available"]
 
@@ -34,19 +36,6 @@ def onnxruntime_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _interleaved(fns: Sequence[Any], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - start) * 1000.0)
-    return [statistics.median(t) for t in times]
 
 
 def _onnx_sessions(models: Sequence[nn.Module], x: torch.Tensor, tmp: str) -> list[Any]:
@@ -117,9 +106,7 @@ def compare_latency(
             sessions = _onnx_sessions(models, x0, tmp)
             for bs in batch_sizes:
                 feed = {"x": torch.randn((bs, *input_shape), generator=gen).numpy()}
-                d, c = _interleaved(
-                    [lambda s=s, feed=feed: s.run(None, feed) for s in sessions], warmup, repeats
-                )
+                d, c = _medians([lambda s=s, feed=feed: s.run(None, feed) for s in sessions], warmup, repeats)
                 rt[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
         out["onnxruntime"] = rt
     for m, mode in zip((dense, compact), modes, strict=True):
@@ -136,15 +123,16 @@ def _eager(
     repeats: int,
 ) -> dict[str, Any]:
     device = next(models[0].parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def timed(model: nn.Module, x: torch.Tensor) -> None:
-        model(x)
-        sync()  # CUDA launches are asynchronous: time the finished work
-
     eager: dict[str, Any] = {}
     for bs in batch_sizes:
         x = torch.randn((bs, *input_shape), generator=gen).to(device)
-        d, c = _interleaved([lambda m=m, x=x: timed(m, x) for m in models], warmup, repeats)
+        d, c = _medians([lambda m=m, x=x: m(x) for m in models], warmup, repeats, device)
         eager[str(bs)] = {"dense_ms": d, "compact_ms": c, "speedup": d / c}
     return eager
+
+
+def _medians(
+    fns: Sequence[Callable[[], object]], warmup: int, repeats: int, device: torch.device | None = None
+) -> list[float]:
+    """Median time (ms) of each of ``fns``, timed interleaved (see :func:`interleaved_times`)."""
+    return [statistics.median(t) for t in interleaved_times(fns, warmup, repeats, device)]
