@@ -176,7 +176,7 @@ class _Launcher:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def execute(self, run: RunSpec) -> None:
-        """Run ``run`` in a subprocess (resuming it if an earlier attempt left files) and record the outcome."""
+        """Run ``run`` in a subprocess (resuming if an earlier attempt left files); record the outcome."""
         run_dir = self.sweep_dir / "runs" / run.id
         resume = run_dir.exists()  # a previous attempt left files: continue from its stage checkpoints
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +220,7 @@ class _Launcher:
             self.say(f"FAILED  {run.id}: {error}")
 
     def run_all(self, todo: Sequence[RunSpec], workers: int) -> None:
-        """Execute ``todo``, ``workers`` at a time; on any exception (Ctrl-C, SIGTERM) stop them and re-raise."""
+        """Execute ``todo``, ``workers`` at a time; on any exception (Ctrl-C, SIGTERM) stop them, re-raise."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(self.execute, run) for run in todo]
             try:
