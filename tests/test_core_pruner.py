@@ -15,11 +15,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 import prunelab
-from prunelab.core import granularity, masking, schedules, selectors, targets
-from prunelab.pruning import pruner
+from prunelab.core import criterion as criterion_protocol
+from prunelab.core import cumulative, granularity, masking, schedules, selectors, targets
+from prunelab.core.criterion import TargetView
 from prunelab.core.schedules import AGP, Iterative
-from prunelab.criteria import TargetView, magnitude, random_scores
+from prunelab.criteria import magnitude, random_scores, registry
 from prunelab.errors import ConfigError
+from prunelab.pruning import pruner
 from prunelab.pruning.pruner import GradualPruningHook, Pruner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -391,7 +393,19 @@ def test_gradual_hook_state_dict_restores_the_pruner() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", [targets, granularity, selectors, schedules, pruner, magnitude, random_scores]
+    "module",
+    [
+        targets,
+        granularity,
+        selectors,
+        cumulative,
+        criterion_protocol,
+        schedules,
+        pruner,
+        registry,
+        magnitude,
+        random_scores,
+    ],
 )
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)  # type: ignore[arg-type]

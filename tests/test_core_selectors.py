@@ -1,11 +1,12 @@
-"""select_topk: exact counts, previous masks, the min_keep guard and tie-breaking (hand-computed)."""
+"""select_topk: exact counts, previous masks, the min_keep guard and tie-breaking (hand-computed); the
+threshold rules' guard_min_keep and the channel selection select_channels."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from prunelab.core.selectors import SELECTORS, select_topk
+from prunelab.core.selectors import SELECTORS, guard_min_keep, select_channels, select_topk
 from prunelab.errors import ConfigError
 
 
@@ -175,3 +176,61 @@ def test_non_finite_scores_are_rejected() -> None:
 
 def test_topk_is_registered_as_a_selector() -> None:
     assert SELECTORS.get("topk") is select_topk
+
+
+# ----------------------------------------------------------------------------------------------------
+# guard_min_keep: what a threshold rule keeps back
+
+
+def test_guard_adds_the_best_scored_units_to_a_mask_that_keeps_too_few() -> None:
+    keep = guard_min_keep(_b(0, 0, 1, 0), _t(0.9, 0.1, 0.2, 0.5), 3)
+    assert keep.tolist() == [True, False, True, True]
+
+
+def test_guard_leaves_a_mask_that_keeps_enough_untouched() -> None:
+    mask = _b(0, 1, 1, 0)
+    assert guard_min_keep(mask, _t(0.9, 0.1, 0.2, 0.5), 2) is mask
+
+
+def test_guard_takes_ties_in_index_order_and_never_more_than_the_tensor() -> None:
+    assert guard_min_keep(_b(0, 0, 0), _t(0.5, 0.5, 0.5), 2).tolist() == [True, True, False]
+    assert guard_min_keep(_b(0, 0), _t(0.1, 0.2), 5).tolist() == [True, True]
+    assert guard_min_keep(_b(0, 0), _t(0.1, 0.2), 0).tolist() == [False, False]
+
+
+def test_guard_equals_the_stable_argsort_rule_on_random_masks() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        n = int(torch.randint(1, 12, (1,), generator=gen))
+        scores = torch.randint(0, 4, (n,), generator=gen).float()  # many ties
+        mask = torch.rand(n, generator=gen) < 0.3
+        need = min(3, n)
+        expected = mask.clone()
+        if int(mask.sum()) < need:
+            expected[torch.argsort(scores, descending=True, stable=True)[:need]] = True
+        assert torch.equal(guard_min_keep(mask, scores, 3), expected)
+
+
+def test_guard_per_row_rescues_only_live_entries_of_each_row() -> None:
+    mask = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+    alive = torch.tensor([[True, False, True], [True, True, True], [False, False, False]])
+    scores = torch.tensor([[0.1, 0.9, 0.3], [0.5, 0.1, 0.2], [0.4, 0.5, 0.6]])
+    keep = guard_min_keep(mask, scores, 1, alive=alive, per_row=True)
+    # Row 0 keeps its best live entry (not the pruned 0.9), row 1 already keeps one, row 2 has none alive.
+    assert keep.int().tolist() == [[0, 0, 1], [0, 1, 0], [0, 0, 0]]
+
+
+def test_guard_rejects_a_negative_min_keep_and_mismatched_scores() -> None:
+    with pytest.raises(ConfigError, match="min_keep must be an integer >= 0"):
+        guard_min_keep(_b(1), _t(1.0), -1)
+    with pytest.raises(ValueError, match="do not match"):
+        guard_min_keep(_b(1, 0), _t(1.0), 1)
+
+
+def test_select_channels_is_topk_over_the_group_scores() -> None:
+    scores = {"a": torch.tensor([3.0, 1.0, 2.0], dtype=torch.float64), "b": torch.tensor([0.5, 4.0])}
+    keep = select_channels(scores, 0.4)
+    assert _as_lists(keep) == {"a": [1, 0, 1], "b": [0, 1]}
+    # Per group: round(1.5) = 2 of 3 and round(1.0) = 1 of 2 go.
+    per_group = select_channels(scores, 0.5, scope="layer", min_keep=1)
+    assert _as_lists(per_group) == {"a": [1, 0, 0], "b": [0, 1]}

@@ -123,14 +123,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``prunelab list KIND``: print the registered names with one-line descriptions."""
-    entries = _registry(args.kind).describe()
     if args.kind == "criteria":
-        # Method modules register their criteria on import; channel criteria score whole channels
-        # for the structured methods.
-        from prunelab.criteria import bn_scale, l1_filter  # noqa: F401  (register channel criteria)
-        from prunelab.criteria.channels import CHANNEL_CRITERIA
+        from prunelab.criteria import describe_criteria
+
+        # One line per criterion; the level(s) say where it can be used (entry: the pruner's
+        # criterion; group: the structured methods' channel criterion).
+        rows = [(name, " + ".join(levels), text) for name, levels, text in describe_criteria()]
+        level_width = max((len(levels) for _, levels, _ in rows), default=0)
+        entries = [(name, f"{levels:<{level_width}}  {text}") for name, levels, text in rows]
+    else:
         entries = _registry(args.kind).describe()
-        entries += [(name, f"[channels] {text}") for name, text in CHANNEL_CRITERIA.describe()]
     width = max((len(name) for name, _ in entries), default=0)
     for name, help_text in entries:
         print(f"{name:<{width}}  {help_text}".rstrip())

@@ -1,14 +1,32 @@
-"""Name → object registries.
+"""Name → object registries, and the plugin entry points that extend them.
 
 Every axis of prunelab (models, datasets, criteria, schedules, method presets, ...) is a
 :class:`Registry`, so recipes name components by short snake_case keys, ``prunelab list`` can
 enumerate them, and tests can be parametrised over everything that is registered.
+
+A registry is complete by construction: the package that owns it (``prunelab.criteria``,
+``prunelab.models``, ...) imports every built-in module in its ``__init__`` and then calls
+:func:`load_plugins` with its own entry-point group, so whoever imports the registry first sees the
+built-ins *and* the installed plugins. A third-party package adds components without touching
+prunelab by declaring an entry point in that group, for example in its ``pyproject.toml``:
+
+.. code-block:: toml
+
+    [project.entry-points."prunelab.criteria"]
+    taylor = "my_package.taylor"             # a module: importing it registers the criterion
+    more = "my_package.setup:register_all"   # a callable: calling it registers things
+
+The groups are ``prunelab.criteria``, ``prunelab.models``, ``prunelab.datasets`` and
+``prunelab.methods``. Because the owning package loads its group on import, plugins work in every
+process that uses the registry (``prunelab run``, ``prunelab validate``, sweep workers).
 """
 
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
 from prunelab.errors import ConfigError
@@ -89,3 +107,44 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+#: Entry points already loaded, as ``(group, name, value)``: each is loaded once per process.
+_LOADED_PLUGINS: set[tuple[str, str, str]] = set()
+
+
+def load_plugins(group: str) -> list[str]:
+    """Load the Python entry points of ``group`` once per process; returns the names loaded now.
+
+    Each entry point names a module (imported: its decorators register components) or a callable
+    (called without arguments: it registers components). An entry point already loaded in this process
+    is skipped, so calling this again (or from a plugin that imports the registry it extends) is a no-op.
+
+    Args:
+        group: the entry-point group, e.g. ``"prunelab.criteria"``.
+
+    Raises:
+        ConfigError: a plugin failed to import or to register; the message names the plugin and its
+            distribution.
+    """
+    loaded: list[str] = []
+    for point in entry_points(group=group):
+        key = (group, point.name, point.value)
+        if key in _LOADED_PLUGINS:
+            continue
+        # Marked before loading: a plugin that imports the package calling us must not load itself again,
+        # and one that failed is reported once (a retry would re-run the registrations that succeeded).
+        _LOADED_PLUGINS.add(key)
+        try:
+            target = point.load()
+            if callable(target) and not isinstance(target, types.ModuleType):
+                target()
+        except Exception as exc:
+            dist = getattr(getattr(point, "dist", None), "name", None)
+            package = f"the package {dist!r}" if dist else "the package that declares it"
+            raise ConfigError(
+                f"plugin {point.name!r} (entry point group {group!r}, {point.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}; fix or uninstall {package}"
+            ) from exc
+        loaded.append(point.name)
+    return loaded

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from prunelab.core.selectors import SCOPES, SELECTORS
+from prunelab.core.selectors import SELECTORS, check_min_keep, check_scope, guard_min_keep
 from prunelab.errors import ConfigError
 
 RULES: tuple[str, ...] = ("paper", "code")
@@ -114,10 +114,8 @@ def select_cumulative_mass(
     Raises:
         ConfigError: an α outside (0, 1], an unknown rule or scope, a negative ``min_keep``.
     """
-    if scope not in SCOPES:
-        raise ConfigError(f"unknown scope {scope!r}; use 'global' or 'layer'")
-    if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
-        raise ConfigError(f"min_keep must be an integer >= 0, got {min_keep!r}")
+    check_scope(scope)
+    check_min_keep(min_keep)
     check_alpha(level)
     out: dict[str, Tensor] = {}
     for fqn, scores in unit_scores.items():
@@ -133,24 +131,14 @@ def select_cumulative_mass(
             alive = previous[fqn].reshape(matrix.shape).to(device=matrix.device, dtype=torch.bool)
         live = torch.where(alive, matrix, torch.zeros((), dtype=matrix.dtype))
         keep = cumulative_mass_rows(live, alpha, rule) & alive
-        if min_keep >= 1:
-            had = alive.any(dim=1)
-            emptied = had & ~keep.any(dim=1)
-            if bool(emptied.any()):
-                best = live.masked_fill(~alive, -1.0).argmax(dim=1)
-                rescue = torch.zeros_like(keep)
-                rescue[torch.arange(keep.shape[0]), best] = True
-                keep |= rescue & emptied.unsqueeze(1)
+        # The rule is per neuron, so the guard is too: a row the code rule emptied keeps its best live
+        # entry. One entry, whatever min_keep >= 1 says: the paper's rule keeps a row alive, no more.
+        keep = guard_min_keep(keep, live, min(min_keep, 1), alive=alive, per_row=True)
         out[fqn] = keep.reshape(scores.shape)
     return out
 
 
-def _register() -> None:
-    if "cumulative_mass" not in SELECTORS:
-        SELECTORS.register(
-            "cumulative_mass",
-            help="NN-relief: per output unit keep the fewest inputs carrying a fraction alpha of its mass.",
-        )(select_cumulative_mass)
-
-
-_register()
+SELECTORS.register(
+    "cumulative_mass",
+    help="NN-relief: per output unit keep the fewest inputs carrying a fraction alpha of its mass.",
+)(select_cumulative_mass)

@@ -13,7 +13,12 @@ cumulative-mass rule) and ``previous`` holds the current unit masks. A selector 
 that are subsets of ``previous``: masks only shrink.
 
 Registered here: ``topk`` (:func:`select_topk`). Other selectors (NN-relief's cumulative importance
-mass, proximal slimming's exact zeros) register themselves in :data:`SELECTORS` from their own modules.
+mass, :mod:`prunelab.core.cumulative`) register themselves in :data:`SELECTORS` from their own modules.
+
+Also here: :func:`select_channels`, the top-k selection over the per-channel scores of coupled channel
+groups (structured pruning), and :func:`guard_min_keep`, the one "keep at least ``min_keep``" rule of
+every threshold selection (a threshold rule, unlike top-k, has no count to respect, so the units it
+must keep back are simply its best-scored ones).
 """
 
 from __future__ import annotations
@@ -65,11 +70,26 @@ def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     return value
 
 
-def _check_common(scope: str, min_keep: int) -> None:
+def check_scope(scope: str) -> str:
+    """Return ``scope`` after checking it is one of :data:`SCOPES`.
+
+    Raises:
+        ConfigError: for any other value.
+    """
     if scope not in SCOPES:
         raise ConfigError(f"unknown scope {scope!r}; use 'global' (one ranking) or 'layer' (per tensor)")
+    return scope
+
+
+def check_min_keep(min_keep: int) -> int:
+    """Return ``min_keep`` after checking it is an integer >= 0.
+
+    Raises:
+        ConfigError: for a negative or non-integer value.
+    """
     if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
         raise ConfigError(f"min_keep must be an integer >= 0, got {min_keep!r}")
+    return min_keep
 
 
 def _alive_flat(fqn: str, scores: Tensor, previous: Mapping[str, Tensor] | None) -> Tensor:
@@ -142,7 +162,8 @@ def select_topk(
         ([True, False], [True, False])
     """
     sparsity = check_sparsity(sparsity)
-    _check_common(scope, min_keep)
+    check_scope(scope)
+    check_min_keep(min_keep)
     if not unit_scores:
         return {}
     for fqn, scores in unit_scores.items():
@@ -161,7 +182,9 @@ def _select_one(fqn: str, scores: Tensor, alive: Tensor, sparsity: float, min_ke
     n_alive = int(alive.sum())
     k = round(sparsity * n)
     capacity = max(0, n_alive - min(min_keep, n))
-    # The guard clamps the count here (documented: realised sparsity may end slightly below target).
+    # Top-k's own guard, not guard_min_keep: it caps the *count* removed (the lowest-scored units still go
+    # first), where guard_min_keep adds units back to a threshold's mask. Documented: the realised
+    # sparsity may end slightly below target.
     remove = min(max(0, k - (n - n_alive)), capacity)
     keep = alive.clone()
     if remove > 0:
@@ -245,3 +268,79 @@ def _guarded(ascending: Tensor, owner: Tensor, capacity: Tensor, remove: int) ->
 
 
 SELECTORS.register("topk", help="Keep the top-scored units; exact global or per-layer counts.")(select_topk)
+
+
+def guard_min_keep(
+    mask: Tensor, scores: Tensor, min_keep: int, *, alive: Tensor | None = None, per_row: bool = False
+) -> Tensor:
+    """Add the best-scored units back to a keep-mask that keeps fewer than ``min_keep`` of them.
+
+    The guard of every threshold rule (a threshold can empty a layer; top-k has its own count-exact guard
+    in :func:`select_topk`). A set of units that keeps fewer than ``min(min_keep, alive units)`` gets its
+    top ``min(min_keep, alive units)`` units by score kept (the ones it kept stay kept); equal scores are
+    taken in index order (a stable descending sort). Only ``alive`` units are ever added back, so masks
+    never grow past what earlier rounds left.
+
+    Args:
+        mask: boolean keep-mask (``True`` = keep), any shape.
+        scores: the units' scores, ``mask``'s shape (higher = keep), finite.
+        min_keep: units every set keeps at least (0 disables the guard).
+        alive: units that may be added back (``mask``'s shape); ``None``: all of them.
+        per_row: guard every row (index of dim 0, the rest flattened) on its own instead of the whole
+            tensor: a neuron's inputs under a per-neuron rule.
+
+    Returns:
+        A new mask (``mask`` itself when the guard does not bind).
+
+    Example:
+        >>> import torch
+        >>> guard_min_keep(torch.tensor([False, False, False]), torch.tensor([0.2, 0.5, 0.5]), 2).tolist()
+        [False, True, True]
+    """
+    check_min_keep(min_keep)
+    if scores.shape != mask.shape:
+        raise ValueError(f"scores of shape {tuple(scores.shape)} do not match the mask's {tuple(mask.shape)}")
+    rows = mask.shape[0] if per_row and mask.dim() > 0 else 1
+    keep = mask.reshape(rows, -1).to(torch.bool)
+    allowed = (
+        torch.ones_like(keep)
+        if alive is None
+        else alive.reshape(rows, -1).to(device=keep.device, dtype=torch.bool)
+    )
+    need = allowed.sum(dim=1).clamp(max=min_keep)
+    short = (keep & allowed).sum(dim=1) < need
+    if not bool(short.any()):
+        return mask
+    values = scores.detach().reshape(rows, -1).to(keep.device)
+    ranked = torch.where(
+        allowed, values, torch.full((), float("-inf"), dtype=values.dtype, device=values.device)
+    )
+    order = torch.argsort(ranked, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    best = (rank < need.unsqueeze(1)) & allowed & short.unsqueeze(1)
+    return (keep | best).reshape(mask.shape)
+
+
+def select_channels(
+    scores: Mapping[str, Tensor], amount: float, *, scope: str = "global", min_keep: int = 1
+) -> dict[str, Tensor]:
+    """Keep masks over coupled channel groups, removing ``round(amount · channels)`` lowest-scored channels.
+
+    :func:`select_topk` over the group-level scores (cast to float32), so every structured method counts
+    and guards channels exactly as the pruner counts units.
+
+    Args:
+        scores: ``{group: per-channel scores}`` (:func:`~prunelab.core.criterion.score_groups`).
+        amount: share of channels removed, in [0, 1] (globally, or in every group for ``scope="layer"``).
+        scope: ``"global"`` (one ranking over all groups — network slimming's global percentile
+            threshold) or ``"layer"`` (the same share in every group).
+        min_keep: channels every group keeps at least.
+
+    Example:
+        >>> import torch
+        >>> keep = select_channels({"a": torch.tensor([3.0, 1.0]), "b": torch.tensor([2.0, 0.5])}, 0.5)
+        >>> keep["a"].tolist(), keep["b"].tolist()
+        ([True, False], [True, False])
+    """
+    return select_topk({k: v.float() for k, v in scores.items()}, amount, scope=scope, min_keep=min_keep)

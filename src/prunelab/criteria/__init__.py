@@ -1,12 +1,40 @@
-"""Pruning criteria: how important each entry of a target tensor is.
+"""Pruning criteria, one module per criterion, all registered in :data:`CRITERIA` by importing this package.
 
-Importing this package registers every built-in criterion in :data:`CRITERIA`
-(``magnitude``, ``random``, ``snip``, ``grasp``, ``synflow``).
+Entry level (score a tensor's entries, for the :class:`~prunelab.pruning.Pruner`): ``magnitude``,
+``relief``, ``snip``, ``grasp``, ``synflow``. Group level (score the channels of a coupled channel
+group, for structured pruning): ``bn_scale``, ``l1_filter``, ``pls_vip``. Both levels: ``random``.
+``prunelab list criteria`` shows each with its level(s); the protocol is
+:mod:`prunelab.core.criterion`. Installed plugins (entry-point group ``prunelab.criteria``) are loaded
+last, so their criteria are registered too.
 """
 
-from prunelab.core.criterion import CRITERIA, Criterion, Stats, TargetView
-from prunelab.criteria import magnitude as _magnitude  # noqa: F401  (registers "magnitude")
-from prunelab.criteria import random_scores as _random_scores  # noqa: F401  (registers "random")
-from prunelab.criteria import saliency as _saliency  # noqa: F401  (registers "snip", "grasp", "synflow")
+# Every built-in criterion module, explicitly: importing the package is what registers them (each module
+# imports the registry it fills, so the order does not matter).
+from prunelab.criteria import bn_scale, l1_filter, magnitude, pls_vip, random_scores, relief, saliency
+from prunelab.criteria.registry import (
+    CRITERIA,
+    build_criterion,
+    check_level,
+    describe_criteria,
+    levels_of,
+    names_at,
+)
+from prunelab.registry import load_plugins
 
-__all__ = ["CRITERIA", "Criterion", "Stats", "TargetView"]
+load_plugins("prunelab.criteria")
+
+__all__ = [
+    "CRITERIA",
+    "bn_scale",
+    "build_criterion",
+    "check_level",
+    "describe_criteria",
+    "l1_filter",
+    "levels_of",
+    "magnitude",
+    "names_at",
+    "pls_vip",
+    "random_scores",
+    "relief",
+    "saliency",
+]

@@ -1,42 +1,54 @@
-"""BN-scale channel criterion: a channel's importance is the magnitude of its BatchNorm scale |γ|.
+r"""BN-scale criterion (group level): a channel's importance is the magnitude of its BatchNorm scale |γ|.
 
-Network slimming (Liu et al., ICCV 2017) ranks channels by |γ| after ℓ1-regularised training. A
-coupled channel group (residual stream, concatenation) has one γ per BatchNorm it passes through;
-the group channel scores the **maximum** |γ| over them, so a channel is only called unimportant when
-every BN that normalises it has shrunk it.
+Z. Liu, J. Li, Z. Shen, G. Huang, S. Yan and C. Zhang, *Learning Efficient Convolutional Networks
+through Network Slimming*, ICCV 2017, rank channels by |γ| after ℓ1-regularised training. A coupled
+channel group (residual stream, concatenation) has one γ per BatchNorm it passes through; by default
+the group channel scores the **maximum** over them,
+
+.. math:: s_c = \max_{(c, i) \in \mathrm{pairs}(b),\ b \in \mathrm{BNs}} |\gamma_{b,i}|,
+
+so a channel is only called unimportant when every BN that normalises it has shrunk it
+(``reduction: sum`` or ``mean`` pool them instead).
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from prunelab.criteria.channels import CHANNEL_CRITERIA
+from prunelab.core.criterion import ChannelGroupLike, GroupMemberLike, MemberGroupCriterion, Stats
+from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import UnsupportedModelError
-from prunelab.surgery.graph import ChannelGraph
 
-__all__ = ["bn_scale_scores"]
+__all__ = ["BNScale"]
 
 
-@CHANNEL_CRITERIA.register("bn_scale", help="max |γ| over the group's BatchNorm layers (network slimming).")
-def bn_scale_scores(model: nn.Module, graph: ChannelGraph) -> dict[str, Tensor]:
-    """``{group: per-channel max |γ|}`` for every group of ``graph`` (traced on ``model``).
+@CRITERIA.register("bn_scale", help="|γ| of the group's BatchNorm layers, max over them (network slimming).")
+class BNScale(MemberGroupCriterion):
+    """|γ| of every BatchNorm the group passes through, reduced per channel (default: max); data-free.
 
-    Raises:
-        UnsupportedModelError: a group has no BatchNorm (name it in ``exclude`` or use ``l1_filter``).
+    Args:
+        reduction: how the |γ| of several BatchNorms on one channel combine: ``max`` (default), ``sum``
+            or ``mean``.
     """
-    scores: dict[str, Tensor] = {}
-    for group in graph.groups:
+
+    default_reduction = "max"
+
+    def members(self, group: ChannelGroupLike) -> Sequence[GroupMemberLike]:
+        """The group's BatchNorm members.
+
+        Raises:
+            UnsupportedModelError: the group has no BatchNorm (name it in ``exclude`` or use ``l1_filter``).
+        """
         bns = group.bns()
         if not bns:
             raise UnsupportedModelError(
                 f"channel group {group.name!r} has no BatchNorm, so BN-scale criteria cannot score it; "
                 "use criterion l1_filter or a model with BatchNorm"
             )
-        s = torch.zeros(group.size)
-        for member in bns:
-            gamma = model.get_submodule(member.name).weight.detach().abs().cpu()
-            for c, i in member.pairs:
-                s[c] = torch.maximum(s[c], gamma[i])
-        scores[group.name] = s
-    return scores
+        return bns
+
+    def member_scores(self, member: GroupMemberLike, model: nn.Module, stats: Stats) -> Tensor:
+        """``|γ|`` of the BatchNorm ``member``."""
+        return model.get_submodule(member.name).weight.detach().abs()

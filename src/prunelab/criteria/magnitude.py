@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from prunelab.core.criterion import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import Stats, TargetView
+from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 
 

@@ -1,10 +1,12 @@
-"""Random criterion: ``S ~ U[0, 1)`` i.i.d. per entry, from a seeded generator.
+"""Random criterion (both levels): ``S ~ U[0, 1)`` i.i.d. per entry or per channel, from a seeded generator.
 
 The control every other criterion must beat (Liu et al. 2019, "Rethinking the Value of Network
 Pruning", use it to separate what the criterion adds from what the sparsity pattern's density adds).
-Scores are drawn on the CPU from a ``torch.Generator`` seeded with ``seed`` and then moved to the
-tensor's device, so every process (every DDP rank, CPU or GPU) draws the same scores for the same seed
-and the same sequence of calls.
+Scores are drawn on the CPU from one ``torch.Generator`` seeded with ``seed`` (entry level: then moved to
+the tensor's device), so every process (every DDP rank, CPU or GPU) draws the same scores for the same
+seed and the same sequence of calls. At the group level one draw of ``group.size`` scores is made per
+group, in the order the groups are scored (:func:`~prunelab.core.criterion.score_groups` keeps the
+order it is given: a channel graph's groups in module order).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from prunelab.core.criterion import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import ChannelGroupLike, Stats, TargetView
+from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import CheckpointError, ConfigError
 
 
-@CRITERIA.register("random")
+@CRITERIA.register(
+    "random", help="U[0, 1) per entry or per channel from a seeded CPU generator (the control)."
+)
 class RandomScore:
-    """Uniform random scores from a seeded CPU generator; data-free.
+    """Uniform random scores U[0, 1) from a seeded CPU generator, per entry or per channel; data-free.
 
     Args:
         seed: generator seed; the same seed and call sequence give the same scores everywhere.
@@ -48,6 +53,10 @@ class RandomScore:
         """Draw ``U[0, 1)`` scores of ``view.value``'s shape (advances the generator)."""
         scores = torch.rand(view.value.shape, generator=self._generator, dtype=torch.float32)
         return scores.to(view.value.device)
+
+    def score_group(self, group: ChannelGroupLike, model: nn.Module, stats: Stats) -> Tensor:
+        """Draw ``U[0, 1)`` scores for the ``group.size`` channels of ``group`` (advances the generator)."""
+        return torch.rand(group.size, generator=self._generator, dtype=torch.float32)
 
     def state_dict(self) -> dict[str, Any]:
         """The seed and the generator's position, so a resumed run draws what it would have drawn."""

@@ -22,8 +22,8 @@ coincide. Here the *numerators* are returned (shape ``(c_out, c_in)`` for a conv
 ``(out, in)`` for a Linear) together with the bias numerator; the cumulative-mass selector normalises
 each row by its total, which is ``S_j``.
 
-The registered criterion ``relief`` exposes the same scores through the generic
-:class:`~prunelab.criteria.Criterion` interface (``stats["relief"][fqn]`` holds the kernel-level
+The registered criterion ``relief`` exposes the same scores at the entry level
+(:class:`~prunelab.core.criterion.EntryCriterion`: ``stats["relief"][fqn]`` holds the kernel-level
 numerators; a conv kernel's score is spread evenly over its ``k_h·k_w`` entries so that ``kernel``
 granularity sums it back), for use with :class:`~prunelab.pruning.pruner.Pruner`.
 """
@@ -36,7 +36,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from prunelab.core.criterion import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import Stats, TargetView
+from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 from prunelab.stats.activations import LayerStats, conv_norms_grouped
 
@@ -94,7 +95,7 @@ def relief_importance(
 
 
 class Relief:
-    """NN-relief as a :class:`~prunelab.criteria.Criterion`: the importance numerators of each entry.
+    """NN-relief at the entry level: the importance numerators of each entry.
 
     ``stats["relief"]`` maps a target fqn to its kernel-level numerators (``(out, in)``, see
     :func:`relief_importance`). The score of a Linear weight is its numerator; a conv kernel's numerator

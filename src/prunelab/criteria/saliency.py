@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.core import masking
-from prunelab.core.criterion import CRITERIA, Stats, TargetView
+from prunelab.core.criterion import Stats, TargetView
+from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 
 __all__ = ["SNIP", "GraSP", "SynFlow"]

@@ -28,11 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+# Imported for its registration: selector names given to the Pruner include NN-relief's cumulative_mass.
+from prunelab.core import cumulative as _cumulative  # noqa: F401
 from prunelab.core import masking
+from prunelab.core.criterion import EntryCriterion, Stats, TargetView, criterion_levels
 from prunelab.core.granularity import GRANULARITIES, Granularity
-from prunelab.core.selectors import SCOPES, SELECTORS, Selector, check_sparsity
+from prunelab.core.selectors import SELECTORS, Selector, check_min_keep, check_scope, check_sparsity
 from prunelab.core.targets import Target, find_targets
-from prunelab.criteria import CRITERIA, Criterion, Stats, TargetView
+from prunelab.criteria import build_criterion
 from prunelab.errors import CheckpointError, ConfigError
 
 STATE_FORMAT = "prunelab.pruner"
@@ -102,7 +105,8 @@ class Pruner:
 
     Args:
         model: the network to prune (pruned in place).
-        criterion: a name in :data:`prunelab.criteria.CRITERIA` or a criterion object.
+        criterion: the name of an entry-level criterion in :data:`prunelab.criteria.CRITERIA` or an
+            entry-level criterion object (:class:`~prunelab.core.criterion.EntryCriterion`).
         granularity: a name in :data:`prunelab.core.granularity.GRANULARITIES` or a
             :class:`~prunelab.core.granularity.Granularity`.
         scope: ``"global"`` (one ranking over all targets) or ``"layer"`` (each target on its own).
@@ -121,7 +125,8 @@ class Pruner:
         reparam_kwargs: options of the reparametrization (``{"init": "dct"}``).
 
     Raises:
-        ConfigError: for an unknown component or option, or targets the granularity cannot split.
+        ConfigError: for an unknown component or option, a criterion without the entry level (a
+            group-level criterion such as ``bn_scale``), or targets the granularity cannot split.
 
     Example:
         >>> import torch
@@ -137,7 +142,7 @@ class Pruner:
         self,
         model: nn.Module,
         *,
-        criterion: str | Criterion = "magnitude",
+        criterion: str | EntryCriterion = "magnitude",
         granularity: str | Granularity = "element",
         scope: str = "global",
         include: str | Sequence[str] | None = None,
@@ -151,10 +156,8 @@ class Pruner:
         reparam: str | None = None,
         reparam_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if scope not in SCOPES:
-            raise ConfigError(f"unknown scope {scope!r}; use 'global' (one ranking) or 'layer' (per tensor)")
-        if isinstance(min_keep, bool) or not isinstance(min_keep, int) or min_keep < 0:
-            raise ConfigError(f"min_keep must be an integer >= 0, got {min_keep!r}")
+        check_scope(scope)
+        check_min_keep(min_keep)
         self.model = model
         self.scope = scope
         self.min_keep = min_keep
@@ -179,18 +182,17 @@ class Pruner:
         #: fqns of the targets that carry the reparametrization (filled by :meth:`prepare`).
         self.reparametrized: list[str] = []
 
-    def _build_criterion(self, criterion: str | Criterion) -> Criterion:
-        if not isinstance(criterion, str):
-            if self.criterion_kwargs:
-                raise ConfigError("criterion_kwargs only apply to a criterion given by name")
-            return criterion
-        factory = CRITERIA.get(criterion)
-        try:
-            return factory(**self.criterion_kwargs)
-        except TypeError as exc:
+    def _build_criterion(self, criterion: str | EntryCriterion) -> EntryCriterion:
+        if isinstance(criterion, str):
+            return build_criterion(criterion, "entry", **self.criterion_kwargs)
+        if self.criterion_kwargs:
+            raise ConfigError("criterion_kwargs only apply to a criterion given by name")
+        if "entry" not in criterion_levels(criterion):
             raise ConfigError(
-                f"criterion {criterion!r}: bad options {self.criterion_kwargs} ({exc})"
-            ) from None
+                f"criterion {criterion!r} has no entry level (no score method); the pruner needs an "
+                "entry-level criterion (prunelab list criteria)"
+            )
+        return criterion
 
     @property
     def requires(self) -> frozenset[str]:
@@ -490,7 +492,7 @@ def prune(
     model: nn.Module,
     sparsity: float,
     *,
-    criterion: str | Criterion = "magnitude",
+    criterion: str | EntryCriterion = "magnitude",
     granularity: str | Granularity = "element",
     scope: str = "global",
     include: str | Sequence[str] | None = None,
