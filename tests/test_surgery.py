@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from prunelab.errors import CheckpointError, ConfigError, UnsupportedModelError
 from prunelab.models import MODELS, build_model, model_options
 from prunelab.surgery import (
     ChannelGraph,
+    ChannelMappingLayer,
     SurgeryMismatchError,
     apply_arch_spec,
     arch_spec,
@@ -206,3 +209,87 @@ def test_bad_masks_and_unsupported_layers_raise() -> None:
     odd(torch.zeros(1, 3, 6, 6))
     with pytest.raises(UnsupportedModelError, match="GroupNorm"):
         ChannelGraph(odd, (3, 6, 6))
+
+
+class _Reverse(nn.Module):
+    """A user's own channel-mapping layer (not from prunelab): output ``j`` copies input ``source[j]``.
+
+    Built as a channel reversal; ``-1`` marks an all-zero output. It implements the surgery's
+    ``ChannelMappingLayer`` protocol by its methods alone.
+    """
+
+    source: torch.Tensor
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.inputs = channels
+        self.register_buffer("source", torch.arange(channels - 1, -1, -1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        present = (self.source >= 0).to(x.dtype).view(1, -1, 1, 1)
+        return x.index_select(1, self.source.clamp(min=0)) * present
+
+    def channel_counts(self) -> tuple[int, int]:
+        return self.inputs, len(self.source)
+
+    def prune_outputs(self, idxs: Sequence[int]) -> None:
+        keep = torch.ones(len(self.source), dtype=torch.bool)
+        keep[list(idxs)] = False
+        self.source = self.source[keep]
+
+    def prune_inputs(self, idxs: Sequence[int]) -> None:
+        gone = {int(i) for i in idxs}
+        # Surviving inputs move down by the number of removed inputs before them.
+        kept = [-1 if s < 0 or s in gone else s - sum(g < s for g in gone) for s in self.source.tolist()]
+        self.source = torch.tensor(kept)
+        self.inputs -= len(gone)
+
+    def zero_outputs(self, idxs: Sequence[int]) -> None:
+        self.source[list(idxs)] = -1
+
+    def zero_inputs(self, idxs: Sequence[int]) -> None:
+        self.source[torch.isin(self.source, torch.tensor(list(idxs)))] = -1
+
+    def arch_entry(self) -> dict[str, Any]:
+        return {"inputs": self.inputs, "source": self.source.tolist()}
+
+    def load_arch_entry(self, entry: Mapping[str, Any]) -> None:
+        self.inputs, self.source = int(entry["inputs"]), torch.tensor(entry["source"])
+
+
+class _ReversedResidual(nn.Module):
+    """conv-BN-ReLU, then a residual block whose shortcut is the user's ``_Reverse``, GAP, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.shortcut = _Reverse(6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b1(self.c1(x)))
+        h = torch.relu(self.b2(self.c2(h)) + self.shortcut(h))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def test_a_user_layer_implementing_the_protocol_passes_through_surgery() -> None:
+    torch.manual_seed(0)
+    model, shape = _ReversedResidual().eval(), (3, 6, 6)
+    assert isinstance(model.shortcut, ChannelMappingLayer)
+    graph = ChannelGraph(model, shape)
+    assert set(graph.by_name) == {"c1", "c2"}
+    assert all("shortcut" in g["shortcuts"] for g in graph.report()["groups"])
+    keep = {
+        "c1": torch.tensor([1, 0, 1, 1, 0, 1], dtype=torch.bool),  # the shortcut's inputs
+        "c2": torch.tensor([0, 1, 1, 0, 1, 1], dtype=torch.bool),  # the residual stream: its outputs
+    }
+    x = torch.randn(4, *shape)
+    small, report = compact(model, keep, shape, graph=graph, batch=x)
+    assert report.max_abs_diff <= 1e-4
+    assert small.shortcut.channel_counts() == (4, 4)
+    spec = json.loads(json.dumps(arch_spec(small)))
+    assert spec["layers"]["shortcut"] == {"type": "_Reverse", **small.shortcut.arch_entry()}
+    rebuilt = apply_arch_spec(_ReversedResidual(), spec)
+    rebuilt.load_state_dict(small.state_dict(), strict=True)
+    assert torch.equal(rebuilt.eval()(x), small.eval()(x))

@@ -13,7 +13,8 @@ strictly once the ``module.`` prefix of DataParallel is stripped (see :mod:`prun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,10 @@ class PadShortcut(nn.Module):
     :meth:`prune_outputs`). That is what channel surgery across the residual stream needs; a contiguous
     ``F.pad`` cannot express "input channel 5 was removed". The map is a non-persistent buffer, so the
     state_dict stays that of the reference implementation.
+
+    Its methods are the channel-mapping protocol of the surgery
+    (:class:`prunelab.surgery.layers.ChannelMappingLayer`), implemented by duck typing: the models do
+    not depend on the surgery.
 
     Args:
         in_planes: channels of the block input.
@@ -92,6 +97,36 @@ class PadShortcut(nn.Module):
         shifted = src - torch.cumsum(removed.long(), 0)[src]
         self.source = torch.where(present & ~removed[src], shifted, torch.full_like(src, -1))
         self.in_planes -= int(removed.sum())
+
+    @torch.no_grad()
+    def zero_outputs(self, idxs: Sequence[int]) -> None:
+        """Make output channels ``idxs`` all-zero (shapes unchanged)."""
+        self.source[self._index(idxs)] = -1
+
+    @torch.no_grad()
+    def zero_inputs(self, idxs: Sequence[int]) -> None:
+        """Make the output channels that copy input channels ``idxs`` all-zero (shapes unchanged)."""
+        self.source[torch.isin(self.source, self._index(idxs))] = -1
+
+    def _index(self, idxs: Sequence[int]) -> Tensor:
+        return torch.tensor(list(idxs), dtype=torch.long, device=self.source.device)
+
+    def channel_counts(self) -> tuple[int, int]:
+        """``(in_planes, planes)``: the input and output channels now."""
+        return self.in_planes, self.planes
+
+    def arch_entry(self) -> dict[str, Any]:
+        """The widths and the index map as plain JSON values (for a compacted model's architecture spec)."""
+        return {
+            "in_planes": self.in_planes,
+            "planes": self.planes,
+            "source": [int(s) for s in self.source.tolist()],
+        }
+
+    def load_arch_entry(self, entry: Mapping[str, Any]) -> None:
+        """Take the widths and index map of ``entry`` (written by :meth:`arch_entry`), in place."""
+        self.in_planes, self.planes = int(entry["in_planes"]), int(entry["planes"])
+        self.source = torch.tensor(entry["source"], dtype=torch.long, device=self.source.device)
 
     def extra_repr(self) -> str:
         """Show the widths and stride in ``print(model)``."""

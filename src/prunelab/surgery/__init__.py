@@ -6,7 +6,9 @@ Public interface (Torch-Pruning stays behind it):
   (the prunability report);
 * :func:`compact` — masks → physically smaller network, verified against the masked model;
 * :func:`arch_spec` / :func:`apply_arch_spec` — the versioned per-layer JSON a compacted model is
-  saved with.
+  saved with;
+* :class:`ChannelMappingLayer` — the protocol a special layer (such as the option-A ResNet shortcut)
+  implements to pass through the surgery (see :mod:`prunelab.surgery.layers`).
 """
 
 from prunelab.surgery.archspec import ARCH_FORMAT, ARCH_VERSION, apply_arch_spec, arch_spec
@@ -19,6 +21,7 @@ from prunelab.surgery.compact import (
     zero_channels,
 )
 from prunelab.surgery.graph import ChannelGraph, ChannelGroup, GroupMember, ShortcutPruner
+from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
 
 __all__ = [
     "ARCH_FORMAT",
@@ -26,12 +29,14 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "ChannelGraph",
     "ChannelGroup",
+    "ChannelMappingLayer",
     "GroupMember",
     "ShortcutPruner",
     "SurgeryMismatchError",
     "SurgeryReport",
     "apply_arch_spec",
     "arch_spec",
+    "channel_mapping_types",
     "check_equivalence",
     "compact",
     "zero_channels",

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunelab.errors import CheckpointError
-from prunelab.models.resnet import PadShortcut
+from prunelab.surgery.layers import ChannelMappingLayer
 
 __all__ = ["ARCH_FORMAT", "ARCH_VERSION", "apply_arch_spec", "arch_spec"]
 
@@ -23,7 +22,11 @@ ARCH_VERSION = 1
 
 
 def arch_spec(model: nn.Module) -> dict[str, Any]:
-    """The per-layer widths of every Conv2d, Linear, BatchNorm and option-A shortcut of ``model``."""
+    """The per-layer widths of every Conv2d, Linear, BatchNorm and channel-mapping layer of ``model``.
+
+    A channel-mapping layer (:class:`~prunelab.surgery.layers.ChannelMappingLayer`, e.g. the option-A
+    shortcut ``PadShortcut``) is stored as ``{"type": its class name, **layer.arch_entry()}``.
+    """
     layers: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d):
@@ -36,9 +39,8 @@ def arch_spec(model: nn.Module) -> dict[str, Any]:
                             "bias": m.bias is not None}  # fmt: skip
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             layers[name] = {"type": type(m).__name__, "num_features": m.num_features}
-        elif isinstance(m, PadShortcut):
-            layers[name] = {"type": "PadShortcut", "in_planes": m.in_planes, "planes": m.planes,
-                            "source": [int(s) for s in m.source.tolist()]}  # fmt: skip
+        elif isinstance(m, ChannelMappingLayer):
+            layers[name] = {"type": type(m).__name__, **m.arch_entry()}
     return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "layers": layers}
 
 
@@ -90,9 +92,9 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequen
             new = nn.Linear(layer["in_features"], out, layer["bias"])
         elif kind in ("BatchNorm2d", "BatchNorm1d") and isinstance(old, (nn.BatchNorm1d, nn.BatchNorm2d)):
             new = type(old)(layer["num_features"], old.eps, old.momentum, old.affine, old.track_running_stats)
-        elif kind == "PadShortcut" and isinstance(old, PadShortcut):
-            old.in_planes, old.planes = int(layer["in_planes"]), int(layer["planes"])
-            old.source = torch.tensor(layer["source"], dtype=torch.long, device=old.source.device)
+        elif isinstance(old, ChannelMappingLayer) and kind == type(old).__name__:
+            # Resized in place: the freshly built model's own layer knows how to take the spec.
+            old.load_arch_entry(layer)
             continue
         else:
             raise CheckpointError(f"architecture spec layer {name!r} is a {kind}, the model has "

@@ -36,8 +36,8 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import ConfigError, PrunelabError
-from prunelab.models.resnet import PadShortcut
 from prunelab.surgery.graph import ChannelGraph, ChannelGroup
+from prunelab.surgery.layers import ChannelMappingLayer
 
 __all__ = ["SurgeryMismatchError", "SurgeryReport", "check_equivalence", "compact", "zero_channels"]
 
@@ -147,12 +147,11 @@ def zero_channels(
                         module.bias[ix] = 0.0
                 elif not keep_shift:
                     module.weight[:, ix] = 0.0
-            elif isinstance(module, PadShortcut) and not keep_shift:
+            elif isinstance(module, ChannelMappingLayer) and not keep_shift:
                 if member.role == "out":
-                    module.source[ix] = -1
+                    module.zero_outputs(idx)
                 else:
-                    hit = torch.isin(module.source, ix)
-                    module.source[hit] = -1
+                    module.zero_inputs(idx)
 
 
 def _batch(input_shape: Sequence[int], batch: Tensor | None, device: torch.device) -> Tensor:

@@ -10,9 +10,11 @@ lists :class:`ChannelGroup` objects, each naming its member layers and, for ever
 member channel each group channel maps to. Nothing outside :mod:`prunelab.surgery` touches
 Torch-Pruning objects.
 
-prunelab's option-A shortcut (:class:`~prunelab.models.resnet.PadShortcut`) is an index map, which
-Torch-Pruning cannot trace through; it is registered as a customised layer whose input and output
-channels are pruned independently (like a parameter-free 1×1 selection conv).
+Layers that map channels by a fixed map, such as the option-A shortcut of the CIFAR ResNets (an index
+map), cannot be traced through by Torch-Pruning. Surgery recognises them by the channel-mapping protocol
+(:class:`~prunelab.surgery.layers.ChannelMappingLayer`) and registers :class:`ShortcutPruner` for each
+such module type found in the model: their input and output channels are pruned independently (like a
+parameter-free 1×1 selection conv).
 """
 
 from __future__ import annotations
@@ -26,33 +28,43 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.errors import UnsupportedModelError
-from prunelab.models.resnet import PadShortcut
+from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
 
 __all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "ShortcutPruner"]
 
 
 class ShortcutPruner(tp.pruner.BasePruningFunc):
-    """Torch-Pruning handler for :class:`PadShortcut`: inputs and outputs are pruned independently."""
+    """Torch-Pruning handler for channel-mapping layers: inputs and outputs are pruned independently.
 
-    TARGET_MODULES = PadShortcut
+    Registered for every module type of the traced model that implements
+    :class:`~prunelab.surgery.layers.ChannelMappingLayer`.
+    """
+
+    TARGET_MODULES = ChannelMappingLayer
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        """Remove output channels ``idxs`` of the shortcut."""
-        layer.prune_outputs(list(idxs))  # type: ignore[operator]
+        """Remove output channels ``idxs`` of the layer."""
+        _mapping(layer).prune_outputs(list(idxs))
         return layer
 
     def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        """Remove input channels ``idxs`` of the shortcut (outputs that copied them become zero)."""
-        layer.prune_inputs(list(idxs))  # type: ignore[operator]
+        """Remove input channels ``idxs`` of the layer (outputs that read them become zero)."""
+        _mapping(layer).prune_inputs(list(idxs))
         return layer
 
     def get_out_channels(self, layer: nn.Module) -> int:
-        """Output channels of the shortcut."""
-        return int(layer.planes)  # type: ignore[arg-type]
+        """Output channels of the layer."""
+        return int(_mapping(layer).channel_counts()[1])
 
     def get_in_channels(self, layer: nn.Module) -> int:
-        """Input channels of the shortcut."""
-        return int(layer.in_planes)  # type: ignore[arg-type]
+        """Input channels of the layer."""
+        return int(_mapping(layer).channel_counts()[0])
+
+
+def _mapping(layer: nn.Module) -> ChannelMappingLayer:
+    """``layer`` as a channel-mapping layer (Torch-Pruning only hands this pruner such layers)."""
+    assert isinstance(layer, ChannelMappingLayer)
+    return layer
 
 
 @dataclass
@@ -61,16 +73,19 @@ class GroupMember:
 
     Attributes:
         name: qualified module name.
-        kind: ``Conv2d``, ``DepthwiseConv2d``, ``Linear``, ``BatchNorm2d``, ``BatchNorm1d`` or ``PadShortcut``.
+        kind: ``Conv2d``, ``DepthwiseConv2d``, ``Linear``, ``BatchNorm2d``, ``BatchNorm1d``, or the class
+            name of a channel-mapping layer (e.g. ``PadShortcut``).
         role: ``"out"`` (output channels / features / BN channels) or ``"in"`` (input channels).
         pairs: ``(group channel, member index)`` pairs; a group channel may map to several member
             indices (a flatten into a Linear maps one channel to ``H·W`` inputs).
+        channel_map: whether the layer is a :class:`~prunelab.surgery.layers.ChannelMappingLayer`.
     """
 
     name: str
     kind: str
     role: str
     pairs: list[tuple[int, int]]
+    channel_map: bool = False
 
     def indices(self, channels: Sequence[int]) -> list[int]:
         """Member indices of the given group channels."""
@@ -114,11 +129,12 @@ class ChannelGroup:
             "batchnorms": [m.name for m in self.bns()],
             "consumers": [m.name for m in self.members if m.role == "in"],
             "depthwise": [m.name for m in self.members if m.kind == "DepthwiseConv2d"],
-            "shortcuts": [m.name for m in self.members if m.kind == "PadShortcut"],
+            "shortcuts": [m.name for m in self.members if m.channel_map],
         }
 
 
-_KNOWN_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, PadShortcut)
+#: The layers the surgery can resize: the standard ones, and any layer implementing the protocol.
+_KNOWN_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, ChannelMappingLayer)
 
 
 def _kind(module: nn.Module) -> str:
@@ -169,7 +185,9 @@ class ChannelGraph:
         device = next(model.parameters()).device
         example = torch.zeros(1, *self.input_shape, device=device)
         self.dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, customized_pruners={PadShortcut: ShortcutPruner()}
+            model,
+            example_inputs=example,
+            customized_pruners=dict.fromkeys(channel_mapping_types(model), ShortcutPruner()),
         )
         model.train(was_training)
         ignored = [model.get_submodule(n) for n in self.excluded]
@@ -207,14 +225,15 @@ class ChannelGraph:
             kind = _kind(module)
             if kind.startswith("BatchNorm") or kind == "DepthwiseConv2d":
                 role = "out"  # one channel dimension: in and out are the same
-            if role == "out" and kind in ("Conv2d", "Linear", "PadShortcut"):
+            channel_map = isinstance(module, ChannelMappingLayer)
+            if role == "out" and (kind in ("Conv2d", "Linear") or channel_map):
                 out_producers += 1
             key = (name, role)
             pairs = list(zip((int(r) for r in item.root_idxs), (int(i) for i in item.idxs), strict=True))
             if key in members:
                 members[key].pairs = sorted(set(members[key].pairs) | set(pairs))
             else:
-                members[key] = GroupMember(name, kind, role, sorted(pairs))
+                members[key] = GroupMember(name, kind, role, sorted(pairs), channel_map)
         # The first producer in module order names the group (stable across rebuilds).
         order = {n: i for i, n in enumerate(self._names.values())}
         producers = [m for m in members.values() if m.role == "out" and m.kind in ("Conv2d", "Linear")]
