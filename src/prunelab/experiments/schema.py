@@ -189,11 +189,11 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ())
 
 def _resolve_prune(prune: dict[str, Any]) -> dict[str, Any]:
     """The ``prune`` section with the method's defaults merged in, checked against what its driver reads."""
-    from prunelab.methods import DRIVERS, METHODS, SHARED_FIELDS, merge_options
+    from prunelab.methods.base import DRIVERS, METHODS, SHARED_FIELDS, merge_options
 
     for key, new in MOVED_KEYS.items():
         if key in prune:
-            raise ConfigError(f"prune.{key}: moved to {new}: settings a method owns live in its options")
+            raise ConfigError(f"prune.{key}: moved to {new} (a method's own settings live under prune.options)")
     if "schedule" in prune:
         raise ConfigError(
             "prune.schedule: removed; the method names its driver, so pick a method "
@@ -210,7 +210,7 @@ def _resolve_prune(prune: dict[str, Any]) -> dict[str, Any]:
     resolved = {**prune, "method": method, "options": merge_options(preset.options, options)}
     given = {k for k in SHARED_FIELDS if _is_given(k, prune.get(k))}
     for key in sorted(given - driver.reads):
-        why = " (it decides how much to remove itself)" if key == "sparsity" else ""
+        why = " (it takes no target sparsity)" if key == "sparsity" else ""
         raise ConfigError(f"prune.{key}: method {method!r} does not read it{why}; remove it")
     if driver.uses_sparsity:
         resolved["sparsity"] = prune.get("sparsity", preset.sparsity)
@@ -231,7 +231,7 @@ def _is_given(key: str, value: Any) -> bool:
 
 
 def _parse_method_options(section: PruneSection, options: dict[str, Any]) -> Any:
-    from prunelab.methods import parse_options
+    from prunelab.methods.base import parse_options
 
     return parse_options(section.driver, options)
 
