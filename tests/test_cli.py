@@ -32,9 +32,11 @@ def test_list(kind: str, capsys: pytest.CaptureFixture[str]) -> None:
         "models": "resnet20",
         "datasets": "cifar10",
         "methods": "lottery_ticket",
+        "drivers": "iterative",
         "criteria": "magnitude",
         "schedules": "agp",
         "granularities": "filter",
+        "reparams": "interspace",
         "pretrained": "resnet20_cifar10",
     }[kind]
     assert any(line.split()[0] == expected for line in lines)

@@ -79,7 +79,10 @@ def _ip_recipe(**prune: Any) -> Any:
 
 def test_lottery_ticket_recipe_with_ip_reports_ip_costs_and_reloads(tmp_path: Path) -> None:
     recipe = _ip_recipe(
-        method="lottery_ticket", sparsity=0.9, rounds=2, reparam={"name": "interspace", "init": "dct"}
+        method="lottery_ticket",
+        sparsity=0.9,
+        options={"rounds": 2},
+        reparam={"name": "interspace", "init": "dct"},
     )
     summary = run_recipe(recipe, tmp_path, echo=None)
     ip = summary["interspace"]
@@ -101,7 +104,7 @@ def test_same_recipe_without_reparam_is_standard_pruning(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
 def test_at_init_driver_prunes_before_training_with_ip(method: str, tmp_path: Path) -> None:
-    recipe = _ip_recipe(method=method, sparsity=0.9, rounds=3, reparam={"name": "interspace"})
+    recipe = _ip_recipe(method=method, sparsity=0.9, options={"rounds": 3}, reparam={"name": "interspace"})
     recipe.train.epochs = 0
     summary = run_recipe(recipe, tmp_path, echo=None)
     assert summary["targeted_sparsity"] == pytest.approx(0.9, abs=1e-3)
@@ -111,7 +114,7 @@ def test_at_init_driver_prunes_before_training_with_ip(method: str, tmp_path: Pa
 
 
 def test_agp_with_ip_reaches_the_target(tmp_path: Path) -> None:
-    recipe = _ip_recipe(method="agp", sparsity=0.9, reparam={"name": "interspace"}, agp={"frequency": 5})
+    recipe = _ip_recipe(method="agp", sparsity=0.9, reparam={"name": "interspace"}, options={"frequency": 5})
     recipe.train.epochs = 0
     summary = run_recipe(recipe, tmp_path, echo=None)
     assert summary["targeted_sparsity"] == pytest.approx(0.9, abs=1e-3)
@@ -130,6 +133,8 @@ def test_interspace_recipes_validate(path: Path, tmp_path: Path) -> None:
 
 
 def test_snip_after_training_with_the_one_shot_driver(tmp_path: Path) -> None:
-    recipe = _ip_recipe(method="magnitude", criterion="snip", sparsity=0.8, reparam={"name": "interspace"})
+    recipe = _ip_recipe(
+        method="magnitude", options={"criterion": "snip"}, sparsity=0.8, reparam={"name": "interspace"}
+    )
     summary = run_recipe(recipe, tmp_path, echo=None)
     assert summary["targeted_sparsity"] == pytest.approx(0.8, abs=1e-3)

@@ -1,4 +1,5 @@
-"""The README's promises: its Python example runs, and CI runs the README's test command."""
+"""The README's promises: its Python example runs, its recipe examples validate, its error example is the
+real message, and CI runs the README's test command."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -30,3 +32,27 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = commands[1]
     assert "pytest" in test_command
     assert test_command in (REPO / ".ci/run").read_text()
+
+
+def test_recipe_examples_validate() -> None:
+    from prunelab.experiments.schema import recipe_from_dict
+
+    recipes = [yaml.safe_load(b) for b in _blocks("yaml")]
+    recipes = [r for r in recipes if "prune" in r]  # the sweep example has no prune section
+    assert recipes, "the Recipes section shows a recipe"
+    for raw in recipes:
+        recipe_from_dict(raw)
+
+
+def test_moved_key_error_example_is_the_real_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prunelab.cli import main
+
+    match = re.search(r"```\n\$ prunelab validate old\.yaml\n(.*?)\n```", README, flags=re.DOTALL)
+    assert match, "the Recipes section shows the error of a moved key"
+    shown = match.group(1).strip()
+    old = tmp_path / "old.yaml"
+    old.write_text("prune: {method: magnitude_iterative, sparsity: 0.98, rounds: 5}\n")
+    assert main(["validate", str(old)]) == 2
+    assert capsys.readouterr().err.strip() == shown.replace("old.yaml", str(old))

@@ -301,7 +301,7 @@ def test_resnet20_block_rule_runs_and_masks_only_shrink() -> None:
 
 
 def test_options_validation_messages() -> None:
-    from prunelab.experiments.drivers import parse_options
+    from prunelab.methods.base import parse_options
 
     with pytest.raises(ConfigError, match=r"prune\.options\.alpha_fc: must be a fraction"):
         parse_options("relief", {"alpha_fc": 1.5})

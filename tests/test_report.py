@@ -109,7 +109,8 @@ def _fake_run(root: Path, run_id: str, record: dict[str, Any]) -> Path:
     config = {
         "seed": record["seed"],
         "model": {"name": "small_cnn", "init": "scratch"},
-        "prune": {"scope": "layer"},
+        # A resolved config.yaml: method-owned settings live in prune.options.
+        "prune": {"method": "agp", "options": {"scope": "layer"}},
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     return run
@@ -127,7 +128,8 @@ def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
 
     records = load_records(sorted((tmp_path / "runs").iterdir()))
     assert {r["init"] for r in records} == {"pre", "scratch"}  # the sweep label
-    assert records[0]["prune.scope"] == "layer" and records[0]["model.name"] == "small_cnn"  # recipe fields
+    # recipe fields, flattened (method-owned settings under prune.options)
+    assert records[0]["prune.options.scope"] == "layer" and records[0]["model.name"] == "small_cnn"
     assert records[0]["latency"] == 2.0 and records[0]["latency_batch"] == 1
 
     assert main(["report", str(tmp_path), "--group-by", "init"]) == 0
@@ -143,7 +145,7 @@ def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
     assert "<td>73.00 ± 4.24</td>" in page and "<h2>Failed runs</h2>" in page
 
     # Any recipe field groups too; grouping by a field that does not separate the inits pools them.
-    out = write_report([tmp_path], tmp_path / "by_scope.md", group_by=["prune.scope"], html=False)
+    out = write_report([tmp_path], tmp_path / "by_scope.md", group_by=["prune.options.scope"], html=False)
     assert "(pooled)" in out.read_text() and not (tmp_path / "by_scope.html").exists()
 
 

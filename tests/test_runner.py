@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from prunelab.cli import main
 from prunelab.core import masking
@@ -65,6 +66,15 @@ def test_one_shot_run_directory(tmp_path: Path) -> None:
     assert {"name", "sparsity", "macs_dense", "macs_effective"} <= set(rows[0])
     tags = {json.loads(line)["tag"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()}
     assert {"dense", "finetune1"} <= tags
+    # config.yaml is the resolved recipe: every option of the driver, and it re-validates to itself.
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["prune"]["options"] == {
+        "criterion": "magnitude",
+        "criterion_kwargs": {},
+        "granularity": "element",
+        "scope": "global",
+    }
+    assert recipe_from_dict(config).to_dict() == config
 
 
 def test_checkpoint_round_trip_reproduces_accuracy(tmp_path: Path) -> None:
@@ -82,16 +92,21 @@ def test_checkpoint_round_trip_reproduces_accuracy(tmp_path: Path) -> None:
 
 
 def test_iterative_rounds_with_rewind(tmp_path: Path) -> None:
-    summary = run_recipe(_recipe(method="lottery_ticket", sparsity=0.9, rounds=3), tmp_path, echo=None)
+    summary = run_recipe(
+        _recipe(method="lottery_ticket", sparsity=0.9, options={"rounds": 3}), tmp_path, echo=None
+    )
     rows = list(csv.DictReader((tmp_path / "rounds.csv").read_text().splitlines()))
     assert [int(r["round"]) for r in rows] == [1, 2, 3]
     sparsities = [float(r["sparsity"]) for r in rows]
     assert sparsities == sorted(sparsities) and sparsities[-1] == pytest.approx(0.9, abs=1e-3)
     assert float(rows[-1]["compression"]) == pytest.approx(summary["compression"], rel=1e-3)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["prune"]["options"]["rounds"] == 3 and config["prune"]["options"]["rewind"] is True
+    assert recipe_from_dict(config).to_dict() == config
 
 
 def test_agp_reaches_final_sparsity(tmp_path: Path) -> None:
-    recipe = _recipe(method="agp", sparsity=0.85, agp={"start": 0.0, "end": 0.6, "frequency": 5})
+    recipe = _recipe(method="agp", sparsity=0.85, options={"start": 0.0, "end": 0.6, "frequency": 5})
     recipe.finetune.epochs = 2
     summary = run_recipe(recipe, tmp_path, echo=None)
     assert summary["targeted_sparsity"] == pytest.approx(0.85, abs=1e-3)
@@ -150,7 +165,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path) -> None:
     recipe.write_text(
         "seed: 3\nmodel: {name: small_cnn}\ndata: {name: digits}\n"
         "train: {epochs: 6, optimizer: adam, lr: 3.0e-3, weight_decay: 0.0, batch_size: 32}\n"
-        "prune: {method: lottery_ticket, sparsity: 0.8, rounds: 2}\n"
+        "prune: {method: lottery_ticket, sparsity: 0.8, options: {rounds: 2}}\n"
         "finetune: {epochs: 30, optimizer: adam, lr: 1.0e-3, weight_decay: 0.0, batch_size: 32}\n"
         "eval: {latency: false}\n"
     )
