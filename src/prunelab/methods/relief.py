@@ -455,8 +455,14 @@ def _needs_initial_weights(options: ReliefOptions) -> bool:
     return bool(options.rewind)
 
 
+# Relief keeps at least one input per unit by its own cumulative rule (not min_keep) and masks the plain
+# weights, biases and BN parameters, so neither min_keep nor a reparametrization has a meaning for it.
 @register_driver(
-    "relief", options=ReliefOptions, uses_sparsity=False, needs_initial_weights=_needs_initial_weights
+    "relief",
+    options=ReliefOptions,
+    uses_sparsity=False,
+    reads={"include", "exclude"},
+    needs_initial_weights=_needs_initial_weights,
 )
 def run_relief(ctx: MethodContext, options: ReliefOptions) -> MethodResult:
     """NN-relief: rounds of activity-based cumulative-mass pruning -> [rewind] -> retrain."""
