@@ -26,11 +26,12 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab._io import atomic_write_json
+from prunelab.core.targets import classifier_name
 from prunelab.data import load_dataset
 from prunelab.dataclass_yaml import build_section
 from prunelab.experiments.schema import load_recipe
 from prunelab.metrics import count_parameters, dense_macs
-from prunelab.models import build_model, classifier_name
+from prunelab.models import build_model
 from prunelab.training import evaluate, set_seed, train
 from prunelab.training.config import TrainSection
 

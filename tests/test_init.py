@@ -60,7 +60,7 @@ def test_local_weights_file_same_and_different_head(tmp_path: Path) -> None:
     other = _small_cnn(5, seed=2)  # a 5-class head: a new 10-class head is initialised instead
     torch.save({"state_dict": other.state_dict()}, tmp_path / "five.pt")
     state, _ = _run(tmp_path / "five", str(tmp_path / "five.pt"))
-    from prunelab.models import classifier_name
+    from prunelab.core.targets import classifier_name
 
     head = classifier_name(other)
     for key, value in other.state_dict().items():
@@ -71,7 +71,7 @@ def test_local_weights_file_same_and_different_head(tmp_path: Path) -> None:
 
 
 def test_run_checkpoint_with_masks_and_another_class_count(tmp_path: Path) -> None:
-    from prunelab.models import classifier_name
+    from prunelab.core.targets import classifier_name
 
     source = _small_cnn(5, seed=3)
     head = classifier_name(source)
@@ -98,7 +98,7 @@ def test_run_checkpoint_with_masks_and_another_class_count(tmp_path: Path) -> No
 
 def test_compacted_checkpoint_with_another_class_count(tmp_path: Path) -> None:
     """A physically pruned 5-class network initialises a 10-class run: narrow body, 10-way head."""
-    from prunelab.models import classifier_name
+    from prunelab.core.targets import classifier_name
     from prunelab.surgery import ChannelGraph, arch_spec, compact
 
     source = _small_cnn(5, seed=4).eval()

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunelab.core.targets import classifier_name
 from prunelab.errors import ConfigError
-from prunelab.models import MODELS, build_model, classifier_name, model_options
+from prunelab.models import MODELS, build_model, model_options
 from prunelab.models.mobilenet_v1 import TFSamePad2d
 from prunelab.models.resnet import PadShortcut
 

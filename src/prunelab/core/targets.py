@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, UnsupportedModelError
 
 #: Layer kinds that :func:`find_targets` understands, mapped to the module classes they cover.
 #: Transposed convolutions are left out on purpose: their weight is ``(in, out, ...)``, so the
@@ -141,3 +141,20 @@ def find_targets(
             "loosen the patterns or add layer types"
         )
     return targets
+
+
+def classifier_name(model: nn.Module) -> str:
+    """Qualified name of the model's classifier: its last registered ``nn.Linear``.
+
+    Every model of the zoo registers its head last, so this is the layer whose output is the logits.
+    It lives with the targets because the head is the one layer whose outputs pruning must keep.
+
+    Raises:
+        UnsupportedModelError: if the model has no ``nn.Linear``.
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no nn.Linear classifier; give the head's module name explicitly"
+        )
+    return names[-1]

@@ -121,8 +121,8 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
 def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
     # A structurally pruned run stores its per-layer widths under arch["surgery"] (prunelab.surgery).
     if arch.get("surgery") is not None:
+        from prunelab.core.targets import classifier_name
         from prunelab.errors import UnsupportedModelError
-        from prunelab.models import classifier_name
         from prunelab.surgery import apply_arch_spec
 
         # The model was built for the current data: its classifier keeps that class count.
@@ -144,7 +144,8 @@ def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
 
 def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: RunLog) -> dict[str, Any] | None:
     """Initialise ``model`` in place; returns the architecture spec of a compacted init checkpoint, if any."""
-    from prunelab.models import PRETRAINED, classifier_name, find_pretrained, load_weights
+    from prunelab.core.targets import classifier_name
+    from prunelab.models import PRETRAINED, find_pretrained, load_weights
 
     init = recipe.model.init
     if init == "scratch":
@@ -193,8 +194,8 @@ def _keep_fresh_head(model: nn.Module, state: dict[str, Any], masks: dict[str, A
     The stored head's tensors are replaced by the model's freshly initialised ones and its mask is
     dropped, so the strict load still checks every other tensor. Returns whether the head was replaced.
     """
+    from prunelab.core.targets import classifier_name
     from prunelab.errors import UnsupportedModelError
-    from prunelab.models import classifier_name
 
     try:
         head = classifier_name(model)

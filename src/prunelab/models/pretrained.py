@@ -30,7 +30,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab._io import download_url, file_digest, safe_torch_load
-from prunelab.errors import CheckpointError, DataNotFoundError, UnsupportedModelError
+from prunelab.core.targets import classifier_name
+from prunelab.errors import CheckpointError, DataNotFoundError
 from prunelab.models.base import build_model
 from prunelab.registry import Registry
 
@@ -39,7 +40,6 @@ __all__ = [
     "PRETRAINED",
     "PretrainedWeights",
     "build_pretrained",
-    "classifier_name",
     "default_data_dir",
     "find_pretrained",
     "load_weights",
@@ -213,22 +213,6 @@ def find_pretrained(
             f"the file is corrupted or a different version — delete it, then {spec.how_to_get(path)}"
         )
     return path
-
-
-def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the model's classifier: its last registered ``nn.Linear``.
-
-    Every model of the zoo registers its head last, so this is the layer whose output is the logits.
-
-    Raises:
-        UnsupportedModelError: if the model has no ``nn.Linear``.
-    """
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no nn.Linear classifier; give the head's module name explicitly"
-        )
-    return names[-1]
 
 
 def _unwrap(obj: Any, source: str) -> dict[str, Tensor]:

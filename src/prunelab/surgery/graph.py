@@ -159,7 +159,7 @@ class ChannelGraph:
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()) -> None:
-        from prunelab.models import classifier_name
+        from prunelab.core.targets import classifier_name
 
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
