@@ -30,10 +30,10 @@ from prunelab.reparam.interspace import (
 
 __all__ = [
     "REPARAMS",
-    "Reparametrization",
     "CompactInterspaceConv2d",
     "FilterBasis",
     "ReparamConfig",
+    "Reparametrization",
     "apply_reparam_spec",
     "attach_from_config",
     "attach_interspace",
