@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.criteria.channels import channel_scores, random_channel_scores
+from prunelab.core.criterion import score_groups
+from prunelab.criteria import build_criterion
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
@@ -149,11 +150,13 @@ def test_select_filters_removes_p_globally_and_keeps_one_per_layer() -> None:
 def test_random_channel_criterion_is_seeded() -> None:
     model = build_model("small_cnn", input_shape=(1, 8, 8))
     graph = ChannelGraph(model, (1, 8, 8))
-    a, b = random_channel_scores(model, graph, seed=1), random_channel_scores(model, graph, seed=1)
-    c = random_channel_scores(model, graph, seed=2)
+
+    def draw(seed: int) -> dict[str, torch.Tensor]:
+        return score_groups(build_criterion("random", "group", seed=seed), graph.groups, model)
+
+    a, b, c = draw(1), draw(1), draw(2)
     assert set(a) == {g.name for g in graph.groups}
     assert all(torch.equal(a[k], b[k]) and not torch.equal(a[k], c[k]) for k in a)
-    assert set(channel_scores("random", model, graph)) == set(a)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,13 +303,17 @@ def test_options_fail_at_validation_time() -> None:
         ({"n_components": 0}, "prune.options.n_components"),
         ({"pooling": "median"}, "prune.options.pooling"),
         ({"criterion": "l2_magic"}, "prune.options.criterion"),
+        (
+            {"criterion": "magnitude"},
+            "prune.options.criterion: criterion 'magnitude' scores tensor entries",
+        ),
         ({"rounds": 0}, "prune.options.rounds"),
         ({"fracton": 0.1}, "did you mean 'fraction'"),
     ]
     for options, message in bad:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             _recipe("pls_vip", options)
-    assert _recipe("pls_vip", {"criterion": "l1_filter"}).prune.options["criterion"] == "l1_filter"
+    assert _recipe("pls_vip", {"criterion": "l1_filter"}).prune.options.criterion == "l1_filter"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -370,23 +377,19 @@ def test_constant_feature_gets_zero_vip() -> None:
 
 
 def test_features_at_bn_prunes_a_dead_channel_first() -> None:
-    from types import SimpleNamespace
-
-    from prunelab.methods.pls_vip import PlsVipOptions, _vip_group_scores
-
     torch.manual_seed(0)
     model = build_model("small_cnn", input_shape=(1, 8, 8)).eval()
     with torch.no_grad():
         model.features[1].weight[3] = 0.0  # γ = 0: channel 3 of the first layer carries only its β
     data = load_dataset("digits", val_fraction=0.0, train_subset=200)
-    ctx = SimpleNamespace(model=model, data=data, recipe=SimpleNamespace(seed=0))
+    stats = {"data": data.train, "num_classes": data.num_classes, "seed": 0}
     graph = ChannelGraph(model, (1, 8, 8))
     groups, _ = prunable_groups(model, graph)
-    scores, _ = _vip_group_scores(ctx, groups, PlsVipOptions(features_at="bn"))  # type: ignore[arg-type]
+    scores = score_groups(build_criterion("pls_vip", "group", features_at="bn"), groups, model, stats)
     assert float(scores["features.0"][3]) == 0.0
     keep, _ = select_filters(scores, 0.02)
     assert not bool(keep["features.0"][3])
-    conv_scores, _ = _vip_group_scores(ctx, groups, PlsVipOptions())  # type: ignore[arg-type]
+    conv_scores = score_groups(build_criterion("pls_vip", "group"), groups, model, stats)
     assert float(conv_scores["features.0"][3]) > 0.0  # the conv output before BN still varies
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.criteria.channels import channel_scores, select_channels
+from prunelab.core.criterion import score_groups
+from prunelab.core.selectors import select_channels
+from prunelab.criteria import build_criterion
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
 from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
@@ -86,10 +88,10 @@ def test_channel_criteria_and_selection() -> None:
             model.get_submodule(m.name).weight.fill_(0.1)
         first = stream.bns()[0]
         model.get_submodule(first.name).weight[first.pairs[0][1]] = -2.0
-    scores = channel_scores("bn_scale", model, graph)
+    scores = score_groups(build_criterion("bn_scale", "group"), graph.groups, model)
     assert scores[stream.name][first.pairs[0][0]] == 2.0  # max |γ| over the coupled BNs
     assert scores[stream.name].min() == pytest.approx(0.1)
-    l1 = channel_scores("l1_filter", model, graph)
+    l1 = score_groups(build_criterion("l1_filter", "group"), graph.groups, model)
     conv = model.get_submodule("layer1.0.conv1").weight
     assert torch.allclose(l1["layer1.0.conv1"], conv.abs().sum(dim=(1, 2, 3)))
     keep = select_channels(l1, 0.5, scope="global", min_keep=2)
@@ -103,14 +105,16 @@ def test_channel_criteria_and_selection() -> None:
     )
 
 
-def _recipe(method: str, options: dict, sparsity: float, finetune: int = 1) -> object:
+def _recipe(method: str, options: dict, sparsity: float | None, finetune: int = 1) -> object:
+    # Proximal slimming decides how much to remove itself: it takes no sparsity.
+    share = {} if sparsity is None else {"sparsity": sparsity}
     return recipe_from_dict(
         {
             "name": f"t_{method}",
             "seed": 0,
             "model": {"name": "small_cnn"},
             "data": {"name": "digits"},
-            "prune": {"method": method, "sparsity": sparsity, "options": options},
+            "prune": {"method": method, **share, "options": options},
             "finetune": {
                 "epochs": finetune,
                 "optimizer": "adam",
@@ -155,7 +159,7 @@ def test_proximal_slimming_driver_prunes_xi_zeros(tmp_path: Path) -> None:
     train = {**SPARSE_TRAIN, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "lr_schedule": "constant"}
     options = {"lam": 3.0, "beta": 100.0, "sparsity_train": train, "speed_batch_sizes": []}
     summary = run_recipe(
-        _recipe("proximal_slimming", options, 0.0, finetune=0), tmp_path, echo=None, progress=False
+        _recipe("proximal_slimming", options, None, finetune=0), tmp_path, echo=None, progress=False
     )
     _check_run(tmp_path, summary)
     s = summary["structured"]

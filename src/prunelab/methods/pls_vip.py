@@ -8,8 +8,9 @@ One round (driver ``pls_vip``, repeated ``rounds`` times):
 1. **features** (:mod:`prunelab.stats.features`): every filter of the prunable layers is represented by
    its globally max- (or average-) pooled output on each calibration sample, ``X ∈ R^{N×P}``; the
    calibration set is the whole training split by default, as in the official code;
-2. **PLS + VIP** (:mod:`prunelab.stats.pls`): PLS regression of the one-hot labels on ``X``
-   (``c = 2`` components, standardised), then
+2. **PLS + VIP** (the group-level criterion ``pls_vip``, :mod:`prunelab.criteria.pls_vip`, on
+   :mod:`prunelab.stats.pls`): PLS regression of the one-hot labels on ``X`` (``c = 2`` components,
+   standardised), then
 
    .. math:: \mathrm{VIP}_j = \sqrt{P\,\textstyle\sum_k SS_k (w_{jk}/\lVert w_k\rVert)^2 / \sum_k SS_k},
              \qquad SS_k = (t_k^\top t_k)(q_k^\top q_k);
@@ -19,10 +20,10 @@ One round (driver ``pls_vip``, repeated ``rounds`` times):
    about ``1 - (1 - p)^r`` of them; filters with score ``≤ th`` go, but every layer keeps at least
    ``max(1, prune.min_keep)`` filters (its best ones). The official code instead leaves a layer that
    would lose everything untouched; both keep the layer alive;
-4. **surgery** (:mod:`prunelab.surgery`): the filters, their BN channels and the next layer's input
-   channels are physically removed, verified against the masked network, and the network is
-   **fine-tuned** (the recipe's ``finetune`` section, per round); the next round re-fits PLS on the
-   smaller network.
+4. **surgery** (the structured round of :mod:`prunelab.methods.structured`): the filters, their BN
+   channels and the next layer's input channels are physically removed, verified against the masked
+   network, and the network is **fine-tuned** (the recipe's ``finetune`` section, per round); the next
+   round re-fits PLS on the smaller network.
 
 Which layers are pruned (the official code's rules, expressed through the coupled channel groups):
 
@@ -35,52 +36,58 @@ Which layers are pruned (the official code's rules, expressed through the couple
 - only conv filters are scored (the official code prunes ``Conv2D`` layers only); groups produced by a
   Linear layer and the classifier head stay.
 
-``criterion: l1_filter`` or ``random`` runs the *same* loop (same threshold rule, surgery and fine-tuning)
-with the L1 norm of the filters (Li et al., ICLR 2017) or uniform random scores, the baselines of the
-study in ``benchmarks/pls_vip.md``. Presets: ``pls_vip``, ``l1_filter_iterative``,
-``random_filter_iterative``.
+Any other group-level criterion runs the *same* loop (same threshold rule, surgery and fine-tuning):
+``criterion: l1_filter`` (the L1 norm of the filters, Li et al., ICLR 2017) and ``criterion: random``
+(uniform scores, drawn afresh every round from the recipe seed) are the baselines of the study in
+``benchmarks/pls_vip.md``, shipped as the presets ``l1_filter_iterative`` and ``random_filter_iterative``
+of this driver.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from prunelab.core.criterion import score_groups
+from prunelab.core.selectors import guard_min_keep
+from prunelab.criteria import build_criterion
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
+from prunelab.methods.structured import (
+    Record,
+    channel_graph,
+    check_group_criterion,
+    group_stats,
+    structured_round,
+)
 
-__all__ = [
-    "PlsVipOptions",
-    "conv_filters",
-    "prunable_groups",
-    "score_groups",
-    "select_filters",
-]
+__all__ = ["PlsVipOptions", "conv_filters", "prunable_groups", "select_filters"]
 
-
-def _channel_criteria() -> Any:
-    # Imported lazily: the channel criteria pull in the surgery (Torch-Pruning) on first use only.
-    from prunelab.criteria import bn_scale, l1_filter  # noqa: F401  (register the built-ins)
-    from prunelab.criteria.channels import CHANNEL_CRITERIA
-
-    return CHANNEL_CRITERIA
+#: The options of this driver that configure the ``pls_vip`` criterion (its constructor arguments).
+_PLS_SETTINGS = ("n_components", "pooling", "features_at", "calibration_samples", "calibration_batch_size",
+                 "precision")  # fmt: skip
 
 
 @dataclass
 class PlsVipOptions:
     """Options of the ``pls_vip`` driver (``prune.options``).
 
+    The six PLS settings (``n_components`` … ``precision``) configure the ``pls_vip`` criterion
+    (:class:`prunelab.criteria.pls_vip.PlsVip`); the baselines ignore them, so one recipe serves the
+    whole criterion comparison (``recipes/pls_vip/study.sweep.yaml`` swaps only the method).
+
     Attributes:
         rounds: prune → fine-tune rounds (the paper's tables go to 5-10).
         fraction: ``p``, the share of the *remaining* prunable filters removed per round, in (0, 1)
             (0.10 in the paper's ResNet/VGG runs).
-        criterion: ``pls_vip`` (the method) or a channel criterion (``l1_filter``, ``random``, ...) for
-            the baselines; all run the same loop.
+        criterion: a group-level criterion (``prunelab list criteria``): ``pls_vip`` (the method) or a
+            baseline (``l1_filter``, ``random``, ...); all run the same loop.
         n_components: PLS latent components ``c`` (official default 2).
         pooling: filter representation, global ``max`` (official default) or ``avg`` pooling.
         features_at: pool the ``conv`` output (official: Keras ``Conv2D.output``, before BN) or the
@@ -88,12 +95,12 @@ class PlsVipOptions:
         calibration_samples: samples PLS is fitted on; ``null`` = the whole training split (official),
             a number = a fixed seeded subsample (a cap for large datasets).
         calibration_batch_size: batch size of the feature pass.
+        precision: PLS arithmetic, ``float64`` (matches scikit-learn) or ``float32`` (half the memory).
         include_residual: also prune channel groups joined by a residual addition (default off: only
             the first conv of each residual block is pruned, as the official ResNets).
         exclude_last_conv: keep the last conv layer whole (official ``layers_to_prune`` for VGG).
         scope: ``global`` (one threshold over all prunable filters, official) or ``layer`` (the same rule
             inside every layer).
-        precision: PLS arithmetic, ``float64`` (matches scikit-learn) or ``float32`` (half the memory).
         finetune_epochs: fine-tuning epochs per round (``null``: the recipe's ``finetune.epochs``).
         tolerance: surgery verification tolerance (max abs output difference).
     """
@@ -106,41 +113,33 @@ class PlsVipOptions:
     features_at: Literal["conv", "bn"] = "conv"
     calibration_samples: int | None = None
     calibration_batch_size: int = 256
+    precision: Literal["float64", "float32"] = "float64"
     include_residual: bool = False
     exclude_last_conv: bool = True
     scope: Literal["global", "layer"] = "global"
-    precision: Literal["float64", "float32"] = "float64"
     finetune_epochs: int | None = None
     tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
         # Everything is checked at recipe validation time, before any training starts.
         if self.rounds < 1:
-            raise ConfigError("prune.options.rounds: must be >= 1")
+            raise ConfigError("rounds: must be >= 1")
         if not 0.0 < self.fraction < 1.0:
             raise ConfigError(
-                f"prune.options.fraction: {self.fraction} is impossible; p is the share of the remaining "
+                f"fraction: {self.fraction} is impossible; p is the share of the remaining "
                 "filters removed per round, in (0, 1) (0.1 = 10 %)"
             )
-        if self.n_components < 1:
-            raise ConfigError("prune.options.n_components: must be >= 1 (the paper uses 2)")
-        if self.calibration_samples is not None and self.calibration_samples < 2:
-            raise ConfigError(
-                "prune.options.calibration_samples: must be >= 2, or null for the whole train split"
-            )
-        if self.calibration_batch_size < 1:
-            raise ConfigError("prune.options.calibration_batch_size: must be >= 1")
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise ConfigError("prune.options.finetune_epochs: must be >= 0, or null for finetune.epochs")
+            raise ConfigError("finetune_epochs: must be >= 0, or null for finetune.epochs")
         if self.tolerance <= 0:
-            raise ConfigError("prune.options.tolerance: must be > 0")
-        if self.criterion != "pls_vip":
-            criteria = _channel_criteria()
-            if self.criterion not in criteria:
-                raise ConfigError(
-                    f"prune.options.criterion: {self.criterion!r} is neither pls_vip nor a channel criterion "
-                    f"({', '.join(sorted(criteria.names()))})"
-                )
+            raise ConfigError("tolerance: must be > 0")
+        check_group_criterion(self.criterion)
+        # The PLS settings are checked by the criterion they configure; its messages start with the field.
+        build_criterion("pls_vip", "group", **self.pls_settings())
+
+    def pls_settings(self) -> dict[str, Any]:
+        """The options of the ``pls_vip`` criterion: ``{n_components: ..., ..., precision: ...}``."""
+        return {name: getattr(self, name) for name in _PLS_SETTINGS}
 
 
 def conv_filters(model: nn.Module) -> int:
@@ -182,74 +181,32 @@ def prunable_groups(
     return groups, skipped
 
 
-def _vip_group_scores(
-    ctx: MethodContext, model: nn.Module, groups: list[Any], options: PlsVipOptions
-) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Per-channel mean VIP of every group's producer filters, and timings."""
-    from prunelab.stats.features import collect_features
-    from prunelab.stats.pls import one_hot, pls_vip
+def _round_criterion(options: PlsVipOptions, seed: int, round_index: int) -> Any:
+    """A fresh criterion for one round: PLS re-fits on the smaller network, a seeded one redraws."""
+    from prunelab.criteria import CRITERIA
 
-    def members(group: Any) -> list[Any]:
-        # BN outputs expose dead channels (γ = 0: a constant, VIP 0); groups without BN use the conv.
-        return (group.bns() or group.producers()) if options.features_at == "bn" else group.producers()
-
-    layers: dict[str, nn.Module] = {}
-    for group in groups:
-        for member in members(group):
-            layers.setdefault(member.name, model.get_submodule(member.name))
-    started = time.perf_counter()
-    x, labels, columns = collect_features(
-        model,
-        ctx.data.train,
-        layers,
-        pooling=options.pooling,
-        num_samples=options.calibration_samples,
-        batch_size=options.calibration_batch_size,
-        seed=ctx.seed,
-    )
-    features_s = time.perf_counter() - started
-    started = time.perf_counter()
-    dtype = torch.float64 if options.precision == "float64" else torch.float32
-    y = one_hot(labels, int(ctx.data.num_classes), dtype=dtype)
-    vip = pls_vip(x, y, options.n_components, dtype=dtype).cpu()
-    del x
-    fit_s = time.perf_counter() - started
-    column = {key: j for j, key in enumerate(columns)}
-    scores: dict[str, Tensor] = {}
-    for group in groups:
-        total = torch.zeros(group.size, dtype=torch.float64)
-        count = torch.zeros(group.size, dtype=torch.float64)
-        for member in members(group):
-            for c, i in member.pairs:
-                total[c] += vip[column[(member.name, i)]]
-                count[c] += 1
-        # A coupled group is scored by the mean VIP of its member filters (one column per producer).
-        scores[group.name] = total / count.clamp_min(1)
-    return scores, {"features_s": features_s, "fit_s": fit_s, "samples": float(labels.numel())}
-
-
-def score_groups(
-    ctx: MethodContext,
-    model: nn.Module,
-    graph: Any,
-    groups: list[Any],
-    options: PlsVipOptions,
-    round_index: int,
-) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Per-channel scores (higher = keep) of the prunable ``groups`` under ``options.criterion``."""
     if options.criterion == "pls_vip":
-        return _vip_group_scores(ctx, model, groups, options)
-    fn = _channel_criteria().get(options.criterion)
-    if options.criterion == "random":
-        # A fresh draw every round, reproducible from the recipe seed.
-        all_scores = fn(model, graph, seed=ctx.seed * 1000 + round_index)
-    else:
-        all_scores = fn(model, graph)
-    return {g.name: all_scores[g.name].double().cpu() for g in groups}, {}
+        return build_criterion("pls_vip", "group", **options.pls_settings())
+    if "seed" in inspect.signature(CRITERIA.get(options.criterion)).parameters:
+        # A fresh draw every round (random), reproducible from the recipe seed.
+        return build_criterion(options.criterion, "group", seed=seed * 1000 + round_index)
+    return build_criterion(options.criterion, "group")
+
+
+def _round_scores(
+    ctx: MethodContext, model: nn.Module, graph: Any, names: list[str], criterion: Any
+) -> dict[str, Tensor]:
+    """Per-channel scores (float64, higher = keep) of the prunable groups ``names``."""
+    groups = [graph.by_name[n] for n in names]
+    # A criterion that fits (PLS) fits on the prunable groups only, as the official code does; the others
+    # score every group in graph order, so that a seeded draw does not depend on the layer rules.
+    scored = groups if callable(getattr(criterion, "fit_groups", None)) else graph.groups
+    scores = score_groups(criterion, scored, model, group_stats(ctx, model, criterion))
+    return {n: scores[n].double() for n in names}
 
 
 def select_filters(
-    scores: dict[str, Tensor], fraction: float, *, scope: str = "global", min_keep: int = 1
+    scores: Mapping[str, Tensor], fraction: float, *, scope: str = "global", min_keep: int = 1
 ) -> tuple[dict[str, Tensor], float | None]:
     """Keep masks: remove the channels scored ``≤ find_closer_th(scores, fraction)``, keeping ``min_keep`` per group.
 
@@ -258,7 +215,8 @@ def select_filters(
         fraction: ``p``, the share to remove, in (0, 1).
         scope: ``global`` (one threshold over every group, the official rule) or ``layer`` (the same rule
             within each group).
-        min_keep: channels every group keeps at least (its best-scored ones).
+        min_keep: channels every group keeps at least (its best-scored ones); at least 1, so no layer is
+            ever emptied.
 
     Returns:
         ``(keep masks, global threshold or None for scope layer)``.
@@ -271,20 +229,49 @@ def select_filters(
     keep: dict[str, Tensor] = {}
     for name, s in scores.items():
         th = threshold if threshold is not None else find_closer_th(s, fraction)
-        mask = s > th
-        need = min(max(1, min_keep), s.numel())
-        if int(mask.sum()) < need:
-            # Never empty a layer: keep its best channels (stable order for ties).
-            mask[torch.argsort(s, descending=True, stable=True)[:need]] = True
-        keep[name] = mask
+        keep[name] = guard_min_keep(s > th, s, max(1, min_keep))
     return keep, threshold
+
+
+def _recorder(
+    options: PlsVipOptions,
+    r: int,
+    threshold: float | None,
+    timing: Mapping[str, float],
+    names: list[str],
+    filters0: int,
+    prunable0: int,
+    dense: Mapping[str, int],
+) -> Record:
+    """The ``rounds.csv`` row of round ``r``: filters, parameters and MACs removed so far, the fit's timings."""
+
+    def record(model: nn.Module, report: Any, now: Mapping[str, int]) -> tuple[float, float, dict[str, Any]]:
+        filters = conv_filters(model)
+        prunable = sum(int(report.groups[n][1]) for n in names)
+        columns = {
+            "criterion": options.criterion,
+            "threshold": threshold if threshold is not None else "",
+            "filters_removed_round": report.channels_removed,
+            "filters": filters,
+            "filters_removed_percent": round(100.0 * (1 - filters / filters0), 4),
+            "prunable_removed_percent": round(100.0 * (1 - prunable / prunable0), 4),
+            "params": now["params_total"],
+            "params_removed_percent": round(100.0 * (1 - now["params_total"] / dense["params_total"]), 4),
+            "macs": now["macs_dense"],
+            "macs_removed_percent": round(100.0 * (1 - now["macs_dense"] / dense["macs_dense"]), 4),
+            "surgery_max_abs_diff": report.max_abs_diff,
+            "features_s": round(timing.get("features_s", 0.0), 3),
+            "fit_s": round(timing.get("fit_s", 0.0), 3),
+        }
+        return 1.0 - (1.0 - options.fraction) ** r, 1.0 - prunable / prunable0, columns
+
+    return record
 
 
 @register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False, reads={"exclude", "min_keep"})
 def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
     """PLS+VIP iterative filter pruning: fraction p per round, global threshold, surgery, fine-tune (Jordao et al. 2019)."""
-    from prunelab import distributed as dist
-    from prunelab.surgery import ChannelGraph, arch_spec, compact
+    from prunelab.surgery import arch_spec
 
     min_keep = max(1, ctx.min_keep)
     section = ctx.finetune
@@ -293,12 +280,9 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
     model = ctx.model
     dense = ctx.measure(model)
     filters0 = conv_filters(model)
-    graph = ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []))
+    graph = channel_graph(ctx, model)
     groups, skipped = prunable_groups(
-        ctx.model,
-        graph,
-        include_residual=options.include_residual,
-        exclude_last_conv=options.exclude_last_conv,
+        model, graph, include_residual=options.include_residual, exclude_last_conv=options.exclude_last_conv
     )
     if not groups:
         raise ConfigError(
@@ -312,54 +296,29 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
         f"{len(skipped)} groups kept whole; p={options.fraction}, {options.rounds} rounds"
     )
     result = MethodResult(model)
-    history = result.rounds
     report = None
     for r in range(1, options.rounds + 1):
         if r > 1:
-            graph = ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []))
-        groups = [graph.by_name[n] for n in names]
-        scores, timing = score_groups(ctx, model, graph, groups, options, r)
+            graph = channel_graph(ctx, model)
+        criterion = _round_criterion(options, ctx.seed, r)
+        scores = _round_scores(ctx, model, graph, names, criterion)
         keep, threshold = select_filters(scores, options.fraction, scope=options.scope, min_keep=min_keep)
-        # Identical decisions on every rank: rank 0's masks win (a no-op single-process).
-        keep = dist.broadcast_object({k: v.cpu() for k, v in keep.items()})
-        removed_now = sum(int((~k).sum()) for k in keep.values())
-        model, report = compact(
-            model, keep, ctx.input_shape, graph=graph, tolerance=options.tolerance, min_keep=min_keep
+        record = _recorder(
+            options, r, threshold, getattr(criterion, "timings", {}), names, filters0, prunable0, dense
         )
-        before = ctx.evaluate(model)
-        result.accuracy_before_finetune = before
-        ctx.train(model, section, f"finetune{r}", seed_offset=r)
-        after = ctx.evaluate(model) if section.epochs > 0 else before
-        now = ctx.measure(model)
-        filters = conv_filters(model)
-        prunable = sum(int(report.groups[n][1]) for n in names)
-        row = ctx.round_row(
-            model,
-            r,
-            1.0 - (1.0 - options.fraction) ** r,
-            1.0 - prunable / prunable0,
-            before,
-            after,
-            criterion=options.criterion,
-            threshold=threshold if threshold is not None else "",
-            filters_removed_round=removed_now,
-            filters=filters,
-            filters_removed_percent=round(100.0 * (1 - filters / filters0), 4),
-            prunable_removed_percent=round(100.0 * (1 - prunable / prunable0), 4),
-            params=now["params_total"],
-            params_removed_percent=round(100.0 * (1 - now["params_total"] / dense["params_total"]), 4),
-            macs=now["macs_dense"],
-            macs_removed_percent=round(100.0 * (1 - now["macs_dense"] / dense["macs_dense"]), 4),
-            surgery_max_abs_diff=report.max_abs_diff,
-            features_s=round(timing.get("features_s", 0.0), 3),
-            fit_s=round(timing.get("fit_s", 0.0), 3),
-        )
-        history.append(row)
+        done = structured_round(
+            ctx, model, graph, keep, index=r, tag=f"finetune{r}", section=section, seed_offset=r,
+            tolerance=options.tolerance, min_keep=min_keep, record=record,
+        )  # fmt: skip
+        model, report, row = done.model, done.report, done.row
+        result.accuracy_before_finetune = done.accuracy_before_finetune
+        result.rounds.append(row)
         ctx.log(
-            f"round {r}: removed {removed_now} filters ({row['filters_removed_percent']:.2f} % of all conv "
-            f"filters), MACs -{row['macs_removed_percent']:.2f} %, params -{row['params_removed_percent']:.2f} %"
+            f"round {r}: removed {row['filters_removed_round']} filters ({row['filters_removed_percent']:.2f} % "
+            f"of all conv filters), MACs -{row['macs_removed_percent']:.2f} %, "
+            f"params -{row['params_removed_percent']:.2f} %"
         )
-    final = history[-1]
+    final = result.rounds[-1]
     result.model = model
     result.surgery = arch_spec(model)
     result.summary["pls_vip"] = {

@@ -1,6 +1,6 @@
 r"""Network slimming, proximal network slimming and one-shot structured (L1-filter) pruning with surgery.
 
-Drivers (``prune.schedule``):
+Drivers (``prunelab list drivers``):
 
 * ``slimming`` — Z. Liu, J. Li, Z. Shen, G. Huang, S. Yan and C. Zhang, *Learning Efficient
   Convolutional Networks through Network Slimming*, ICCV 2017. Sparsity training with the ℓ1
@@ -14,27 +14,37 @@ Drivers (``prune.schedule``):
   with ξ = 0 are removed (``rule: xi``, default) or with γ = 0 (``rule: gamma``); no threshold, and
   fine-tuning is optional. ξ and γ differ: a channel whose output is the constant ReLU(β) keeps a
   non-zero γ although ξ = 0 (see ``docs/methods/slimming.md``); the rule used is recorded.
-* ``structured`` — one-shot channel pruning of the ``prune.sparsity`` share by the L1 norm of filters
-  (H. Li et al., *Pruning Filters for Efficient ConvNets*, ICLR 2017) or by BN scale, global or per
-  layer, then surgery and fine-tuning.
+* ``structured`` — one-shot channel pruning of the ``prune.sparsity`` share by any group-level
+  criterion (``prunelab list criteria``): the L1 norm of filters (H. Li et al., *Pruning Filters for
+  Efficient ConvNets*, ICLR 2017; the ``l1_filter`` method), BN scale, ..., global or per layer, then
+  surgery and fine-tuning.
 
-All three compact the network through :mod:`prunelab.surgery` (Torch-Pruning's DepGraph, Fang et al.,
-CVPR 2023, behind prunelab's interface), verify it against the masked model, store the architecture
-spec in the checkpoint and record channels/parameters/MACs removed and the measured speed-up.
+Channels are scored by the group-level criteria of :mod:`prunelab.criteria` (``bn_scale`` for both
+slimming methods) and selected by :func:`prunelab.core.selectors.select_channels` (top-k) or, for the
+proximal rule, by exact zeros guarded by :func:`prunelab.core.selectors.guard_min_keep`. All three then
+run the one structured round of :mod:`prunelab.methods.structured` (surgery through Torch-Pruning's
+DepGraph, Fang et al., CVPR 2023, behind prunelab's interface, verified against the masked model;
+evaluation; fine-tuning; measurement; the ``rounds.csv`` row) and record channels/parameters/MACs
+removed and the measured speed-up.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from prunelab.core.criterion import GroupMemberLike, MemberGroupCriterion, Stats, score_groups
+from prunelab.core.selectors import guard_min_keep, select_channels
+from prunelab.criteria import build_criterion
 from prunelab.dataclass_yaml import build_section
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
+from prunelab.methods.structured import channel_graph, check_group_criterion, group_stats, structured_round
 from prunelab.training.config import TrainSection
 
 __all__ = ["ProximalSlimmingOptions", "SlimmingOptions", "StructuredOptions"]
@@ -51,9 +61,8 @@ class _Common:
     """Options every structured driver shares.
 
     Attributes:
-        sparsity_train: the training stage with the regularizer (a ``train``-like section).
-        scope: ``global`` (one threshold over all groups) or ``layer``.
-        gamma_init: BN γ is set to this before sparsity training (official code: 0.5; null keeps it).
+        sparsity_train: the training stage before pruning (a ``train``-like section): with the
+            regularizer for the slimming methods, plain for ``structured``.
         speed_batch_sizes: batch sizes of the dense vs compact latency comparison ([] skips it).
         speed_repeats: interleaved timed passes per model and batch size.
         onnx: also time ONNX Runtime when installed.
@@ -61,8 +70,6 @@ class _Common:
     """
 
     sparsity_train: dict[str, Any] = field(default_factory=dict)
-    scope: Literal["global", "layer"] = "global"
-    gamma_init: float | None = 0.5
     speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
     speed_repeats: int = 20
     onnx: bool = True
@@ -72,16 +79,24 @@ class _Common:
         # Validate the nested section now, so a bad recipe fails before anything runs.
         _train_section(self.sparsity_train, "prune.options.sparsity_train")
         if self.speed_repeats < 1:
-            raise ConfigError("prune.options.speed_repeats: must be >= 1")
+            raise ConfigError("speed_repeats: must be >= 1")
         if self.tolerance <= 0:
-            raise ConfigError("prune.options.tolerance: must be > 0")
+            raise ConfigError("tolerance: must be > 0")
 
 
 @dataclass
 class SlimmingOptions(_Common):
-    """Network slimming options; ``lam`` is λ of the ℓ1 subgradient (official: 1e-4 VGG, 1e-5 ResNet/DenseNet)."""
+    """Network slimming options.
+
+    Attributes:
+        lam: λ of the ℓ1 subgradient (official: 1e-4 VGG, 1e-5 ResNet/DenseNet).
+        scope: ``global`` (one |γ| threshold over all groups, the paper) or ``layer``.
+        gamma_init: BN γ is set to this before sparsity training (official code: 0.5; null keeps it).
+    """
 
     lam: float = 1e-4
+    scope: Literal["global", "layer"] = "global"
+    gamma_init: float | None = 0.5
 
 
 @dataclass
@@ -94,6 +109,7 @@ class ProximalSlimmingOptions(_Common):
         xi_init: ξ ~ U(xi_init) (official: [0.47, 0.53]).
         rule: prune channels where ``xi`` = 0 (default) or where ``gamma`` = 0 (|γ| <= gamma_tol).
         gamma_tol: the |γ| threshold of ``rule: gamma``.
+        gamma_init: BN γ is set to this before proximal training (official code: 0.5; null keeps it).
     """
 
     lam: float = 0.0045
@@ -101,24 +117,53 @@ class ProximalSlimmingOptions(_Common):
     xi_init: list[float] = field(default_factory=lambda: [0.47, 0.53])
     rule: Literal["xi", "gamma"] = "xi"
     gamma_tol: float = 0.0
+    gamma_init: float | None = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.xi_init) != 2 or self.xi_init[0] > self.xi_init[1]:
+            raise ConfigError("xi_init: give [low, high] with low <= high")
 
 
 @dataclass
 class StructuredOptions(_Common):
-    """One-shot structured pruning options; ``criterion`` is ``l1_filter`` or ``bn_scale``."""
+    """One-shot structured pruning options.
+
+    Attributes:
+        criterion: a group-level criterion (``l1_filter``, ``bn_scale``, ...; ``prunelab list criteria``).
+        criterion_kwargs: its options (``{reduction: max}``, ``{p: 2}`` for l1_filter).
+        scope: ``global`` (one ranking over all groups) or ``layer`` (the same share in every group).
+    """
 
     criterion: str = "l1_filter"
-    gamma_init: float | None = None
+    criterion_kwargs: dict[str, Any] = field(default_factory=dict)
+    scope: Literal["global", "layer"] = "global"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_group_criterion(self.criterion, self.criterion_kwargs)
 
 
 #: Channel surgery reads these shared fields; ``include`` and ``reparam`` have no meaning for it.
 _READS = frozenset({"sparsity", "exclude", "min_keep"})
 
 
-def _graph(ctx: MethodContext) -> Any:
-    from prunelab.surgery import ChannelGraph
+class _XiScale(MemberGroupCriterion):
+    """|ξ| of the proximal auxiliary variable per BN channel, max over a group's BNs (as ``bn_scale`` for γ)."""
 
-    return ChannelGraph(ctx.model, ctx.input_shape, exclude=list(ctx.exclude or []))
+    default_reduction = "max"
+
+    def __init__(self, xi: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.xi = xi
+
+    def members(self, group: Any) -> Sequence[GroupMemberLike]:
+        """The group's BatchNorm members."""
+        return group.bns()
+
+    def member_scores(self, member: GroupMemberLike, model: nn.Module, stats: Stats) -> Tensor:
+        """``|ξ|`` of the BatchNorm ``member``."""
+        return self.xi[member.name].abs()
 
 
 def _group_bns(graph: Any) -> list[str]:
@@ -129,46 +174,46 @@ def _group_bns(graph: Any) -> list[str]:
     return list(seen)
 
 
-def _init_gamma(ctx: MethodContext, names: list[str], value: float | None) -> None:
+def _init_gamma(model: nn.Module, names: list[str], value: float | None) -> None:
     if value is None:
         return
     with torch.no_grad():
         for n in names:
-            ctx.model.get_submodule(n).weight.fill_(value)
+            model.get_submodule(n).weight.fill_(value)
+
+
+def _bn_scale(model: nn.Module, graph: Any) -> dict[str, Tensor]:
+    return score_groups(build_criterion("bn_scale", "group"), graph.groups, model)
 
 
 def _finish(
     ctx: MethodContext, graph: Any, keep: dict[str, Tensor], options: _Common, **extra: Any
 ) -> MethodResult:
-    """Compact, evaluate, fine-tune, measure and record (shared by every structured driver)."""
+    """The one structured round on the trained model, plus slimming's before/after summary and speed-up."""
     from prunelab.metrics.speed import compare_latency
-    from prunelab.surgery import arch_spec, compact
+    from prunelab.surgery import arch_spec
 
     before = ctx.measure(ctx.model)
     acc_trained = ctx.evaluate(ctx.model)
     dense_model = copy.deepcopy(ctx.model)
-    model, report = compact(
-        ctx.model,
-        keep,
-        ctx.input_shape,
-        graph=graph,
-        tolerance=options.tolerance,
-        min_keep=ctx.min_keep,
-    )
-    ctx.log(
-        f"surgery: removed {report.channels_removed}/{report.channels_before} channels, "
-        f"max |compact - masked| = {report.max_abs_diff:.2e} (tolerance {report.tolerance:g}), "
-        f"{len(report.folds_inexact)} inexact shift folds"
-    )
-    acc_pruned = ctx.evaluate(model)
-    ctx.train(model, ctx.finetune, "finetune", seed_offset=2)
-    acc_final = ctx.evaluate(model) if ctx.finetune.epochs > 0 else acc_pruned
-    after = ctx.measure(model)
-    share = report.channels_removed / max(report.channels_before, 1)
-    row = ctx.round_row(
-        model, 1, share, share, acc_pruned, acc_final,
-        channels_removed=report.channels_removed, params=after["params_total"], macs=after["macs_dense"],
+
+    def record(
+        model: nn.Module, report: Any, measures: Mapping[str, int]
+    ) -> tuple[float, float, dict[str, Any]]:
+        share = report.channels_removed / max(report.channels_before, 1)
+        columns = {
+            "channels_removed": report.channels_removed,
+            "params": measures["params_total"],
+            "macs": measures["macs_dense"],
+        }
+        return share, share, columns
+
+    done = structured_round(
+        ctx, ctx.model, graph, keep, index=1, tag="finetune", section=ctx.finetune, seed_offset=2,
+        tolerance=options.tolerance, min_keep=ctx.min_keep, record=record,
     )  # fmt: skip
+    model, report, after = done.model, done.report, done.measures
+    share = report.channels_removed / max(report.channels_before, 1)
     speed: dict[str, Any] = {}
     if options.speed_batch_sizes:
         speed = compare_latency(
@@ -181,14 +226,14 @@ def _finish(
         )
     return MethodResult(
         model,
-        rounds=[row],
-        accuracy_before_finetune=acc_pruned,
+        rounds=[done.row],
+        accuracy_before_finetune=done.accuracy_before_finetune,
         surgery=arch_spec(model),
         summary={
             "structured": {
                 "accuracy_after_sparsity_training": acc_trained,
-                "accuracy_after_pruning": acc_pruned,
-                "accuracy_after_finetune": acc_final,
+                "accuracy_after_pruning": done.accuracy_before_finetune,
+                "accuracy_after_finetune": done.accuracy_after_finetune,
                 "channels_total": report.channels_before,
                 "channels_removed": report.channels_removed,
                 "channels_removed_share": share,
@@ -212,12 +257,12 @@ def _finish(
 @register_driver("slimming", options=SlimmingOptions, reads=_READS)
 def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
     """Network slimming: L1 on BN γ during training, global |γ| threshold, surgery, fine-tune (Liu et al. 2017)."""
-    from prunelab.criteria.channels import channel_scores, select_channels
     from prunelab.regularizers import L1SubgradientHook
 
-    graph = _graph(ctx)
+    assert ctx.sparsity is not None  # validated: the driver uses the sparsity
+    graph = channel_graph(ctx, ctx.model)
     names = _group_bns(graph)
-    _init_gamma(ctx, names, options.gamma_init)
+    _init_gamma(ctx.model, names, options.gamma_init)
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
     ctx.log(f"sparsity training: {section.epochs} epochs, λ={options.lam} on {len(names)} BN layers")
     ctx.train(
@@ -227,12 +272,12 @@ def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
         hooks=[L1SubgradientHook(ctx.model, options.lam, names)],
         seed_offset=1,
     )
-    scores = channel_scores("bn_scale", ctx.model, graph)
+    scores = _bn_scale(ctx.model, graph)
     keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
     flat = torch.cat([s.flatten() for s in scores.values()])
     kept = torch.cat([scores[k][keep[k]] for k in scores])
     return _finish(ctx, graph, keep, options, lam=options.lam, threshold=float(kept.min()) if kept.numel() else 0.0,
-            gamma_zero_share=float((flat == 0).float().mean()))  # fmt: skip
+                   gamma_zero_share=float((flat == 0).float().mean()))  # fmt: skip
 
 
 @register_driver(
@@ -240,14 +285,11 @@ def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
 )
 def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) -> MethodResult:
     """Proximal network slimming: ξ/γ proximal updates, prune where ξ = 0, fine-tuning optional (Bui et al. 2023)."""
-    from prunelab.criteria.channels import channel_scores
     from prunelab.regularizers import ProximalSlimmingHook
 
-    if len(options.xi_init) != 2 or options.xi_init[0] > options.xi_init[1]:
-        raise ConfigError("prune.options.xi_init: give [low, high] with low <= high")
-    graph = _graph(ctx)
+    graph = channel_graph(ctx, ctx.model)
     names = _group_bns(graph)
-    _init_gamma(ctx, names, options.gamma_init)
+    _init_gamma(ctx.model, names, options.gamma_init)
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
     hook = ProximalSlimmingHook(
         ctx.model,
@@ -259,41 +301,30 @@ def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) 
     )
     ctx.log(f"proximal training: {section.epochs} epochs, λ={options.lam}, β={options.beta}, α=1/lr")
     ctx.train(ctx.model, section, "sparsity", hooks=[hook], seed_offset=1)
-    # A group channel is removed only if it is zero in every BN that normalises it.
-    gamma = channel_scores("bn_scale", ctx.model, graph)
-    keep: dict[str, Tensor] = {}
-    min_keep = ctx.min_keep
-    for group in graph.groups:
-        if options.rule == "xi":
-            s = torch.zeros(group.size)
-            for member in group.bns():
-                xi = hook.xi[member.name].abs().cpu()
-                for c, i in member.pairs:
-                    s[c] = torch.maximum(s[c], xi[i])
-            mask = s > 0
-        else:
-            mask = gamma[group.name] > options.gamma_tol
-        if int(mask.sum()) < min(min_keep, group.size):
-            # Keep the largest-|γ| channels rather than wiping the layer out.
-            top = torch.argsort(gamma[group.name], descending=True, stable=True)[: min(min_keep, group.size)]
-            mask[top] = True
-        keep[group.name] = mask
+    # A group channel is removed only if it is zero in every BN that normalises it (max over the BNs).
+    gamma = _bn_scale(ctx.model, graph)
+    zero_free = score_groups(_XiScale(hook.xi), graph.groups, ctx.model) if options.rule == "xi" else gamma
+    threshold = 0.0 if options.rule == "xi" else options.gamma_tol
+    # The exact-zero rule can empty a layer; the guard keeps its largest-|γ| channels instead.
+    keep = {
+        g.name: guard_min_keep(zero_free[g.name] > threshold, gamma[g.name], ctx.min_keep)
+        for g in graph.groups
+    }
     return _finish(ctx, graph, keep, options, lam=options.lam, beta=options.beta, rule=options.rule,
-            xi_zero_share=hook.zero_fraction(),
-            gamma_zero_share=float((torch.cat(list(gamma.values())) == 0).float().mean()))  # fmt: skip
+                   xi_zero_share=hook.zero_fraction(),
+                   gamma_zero_share=float((torch.cat(list(gamma.values())) == 0).float().mean()))  # fmt: skip
 
 
 @register_driver("structured", options=StructuredOptions, reads=_READS)
 def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResult:
-    """One-shot structured channel pruning (L1-filter or BN scale), surgery, fine-tune (Li et al. 2017)."""
-    from prunelab.criteria.channels import CHANNEL_CRITERIA, channel_scores, select_channels
+    """One-shot structured channel pruning by a group criterion (L1-filter, BN scale, ...), surgery, fine-tune."""
 
-    graph = _graph(ctx)
-    channel_scores("l1_filter", ctx.model, graph)  # registers the built-ins before the name check
-    CHANNEL_CRITERIA.get(options.criterion)
+    assert ctx.sparsity is not None
+    graph = channel_graph(ctx, ctx.model)
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
     ctx.train(ctx.model, section, "pretrain", seed_offset=1)
-    scores = channel_scores(options.criterion, ctx.model, graph)
+    criterion = build_criterion(options.criterion, "group", **options.criterion_kwargs)
+    scores = score_groups(criterion, graph.groups, ctx.model, group_stats(ctx, ctx.model, criterion))
     keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
     return _finish(ctx, graph, keep, options, criterion=options.criterion)
 
