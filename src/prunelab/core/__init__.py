@@ -9,7 +9,7 @@ schedules and the criterion protocol.
 - :mod:`~prunelab.core.cumulative`: the cumulative-mass selector (NN-relief);
 - :mod:`~prunelab.core.schedules`: when and how much (one-shot, iterative, AGP);
 - :mod:`~prunelab.core.criterion`: the criterion protocol at two levels (entries of a tensor, channels
-  of a coupled group) and the one criterion registry.
+  of a coupled group); the one criterion registry is :data:`prunelab.criteria.CRITERIA`.
 
 ``core`` imports only torch and the ground modules (:mod:`prunelab.errors`, :mod:`prunelab.registry`);
 the :class:`~prunelab.pruning.Pruner` that composes it with criteria and reparametrizations lives in
