@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from prunelab.core.masking import add_mask, update_mask
+from prunelab.core.targets import classifier_name
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.models import (
     PRETRAINED,
     build_model,
     build_pretrained,
-    classifier_name,
     find_pretrained,
     load_weights,
 )

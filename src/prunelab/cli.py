@@ -12,7 +12,7 @@ import datetime as _dt
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prunelab.errors import ConfigError, PrunelabError
 
@@ -194,18 +194,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``prunelab`` command."""
-    parser = argparse.ArgumentParser(
-        prog="prunelab",
-        description="Prune convolutional networks and measure what the pruning bought.",
-    )
-    from prunelab._version import __version__
-
-    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _add_demo(sub: Any) -> None:
+    """The ``prunelab demo`` subcommand."""
     p = sub.add_parser(
         "demo",
         help="offline demo: train a small CNN on digits, prune it at 3 sparsities",
@@ -216,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final table")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_run(sub: Any) -> None:
+    """The ``prunelab run`` subcommand."""
     p = sub.add_parser(
         "run",
         help="run one recipe",
@@ -242,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_run)
 
+
+def _add_sweep(sub: Any) -> None:
+    """The ``prunelab sweep`` subcommand."""
     p = sub.add_parser(
         "sweep",
         help="run a grid of recipes, resumably and in parallel",
@@ -259,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=cmd_sweep)
 
+
+def _add_validate(sub: Any) -> None:
+    """The ``prunelab validate`` subcommand."""
     p = sub.add_parser(
         "validate",
         help="check recipes without running them",
@@ -270,15 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied before validation")
     p.set_defaults(func=cmd_validate)
 
+
+def _add_list(sub: Any) -> None:
+    """The ``prunelab list`` subcommand."""
     p = sub.add_parser(
         "list",
         help="list registered components",
-        description="List registered models, datasets, methods, criteria, schedules, "
-        "granularities or pretrained weights.",
+        description="List registered models, datasets, methods (presets), drivers (their code), "
+        "criteria (with their level), sparsity schedules, granularities, reparametrizations or "
+        "pretrained weights.",
     )
     p.add_argument("kind", choices=LISTABLE)
     p.set_defaults(func=cmd_list)
 
+
+def _add_report(sub: Any) -> None:
+    """The ``prunelab report`` subcommand."""
     p = sub.add_parser(
         "report",
         help="write a markdown/HTML report over run directories or a sweep",
@@ -293,10 +299,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--group-by",
         help="comma-separated fields that define a line/group: summary keys, dotted recipe fields "
-        "(prune.scope) or sweep labels (init); default: method",
+        "(prune.options.scope) or sweep labels (init); default: method",
     )
     p.add_argument("--no-html", action="store_true", help="write only the markdown report")
     p.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``prunelab`` command."""
+    parser = argparse.ArgumentParser(
+        prog="prunelab",
+        description="Prune convolutional networks and measure what the pruning bought.",
+    )
+    from prunelab._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"prunelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_demo(sub)
+    _add_run(sub)
+    _add_sweep(sub)
+    _add_validate(sub)
+    _add_list(sub)
+    _add_report(sub)
     return parser
 
 

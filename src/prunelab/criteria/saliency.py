@@ -42,7 +42,7 @@ from prunelab.core.criterion import Stats, TargetView
 from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 
-__all__ = ["SNIP", "GraSP", "SynFlow"]
+__all__ = ["SNIP", "GraSP", "SynFlow", "scoring_mode"]
 
 _REQUIRES = frozenset({"model", "batches"})
 
@@ -67,10 +67,11 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _scoring_mode(model: nn.Module, train: bool) -> Iterator[None]:
+def scoring_mode(model: nn.Module, train: bool) -> Iterator[None]:
     """Set train/eval mode and restore it and every floating buffer (BN running statistics) afterwards.
 
-    Scoring must not leave traces: a train-mode forward would update the BN running statistics.
+    Scoring must not leave traces: a train-mode forward would update the BN running statistics. Every
+    gradient criterion (built-in or a plugin's) scores inside it.
     """
     was_training = model.training
     saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
@@ -120,7 +121,7 @@ class SNIP(_Precomputed):
         device = _device(model)
         grads = [torch.zeros_like(p) for p in params]
         n = sum(len(y) for _, y in batches)
-        with _scoring_mode(model, self.train_mode), torch.enable_grad():
+        with scoring_mode(model, self.train_mode), torch.enable_grad():
             for x, y in batches:
                 loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum") / n
                 for g, d in zip(grads, torch.autograd.grad(loss, params), strict=True):
@@ -157,7 +158,7 @@ class GraSP(_Precomputed):
         params = _params(model, views)
         device = _device(model)
         n = sum(len(y) for _, y in batches)
-        with _scoring_mode(model, self.train_mode), torch.enable_grad():
+        with scoring_mode(model, self.train_mode), torch.enable_grad():
             g = [torch.zeros_like(p) for p in params]
             for x, y in batches:
                 loss = (

@@ -33,8 +33,7 @@ score from the cached products.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,28 +49,13 @@ from prunelab.core.criterion import (
     TargetView,
 )
 from prunelab.criteria import CRITERIA
+from prunelab.criteria.saliency import scoring_mode
 from prunelab.errors import ConfigError
 
 __all__ = ["Taylor", "loss_gradients"]
 
 #: Member kinds whose output filters are scored at the group level.
 FILTER_KINDS = ("Conv2d", "Linear", "DepthwiseConv2d")
-
-
-@contextmanager
-def _scoring_mode(model: nn.Module, train: bool) -> Iterator[None]:
-    """Set train/eval mode and restore it, and every floating buffer (BN running statistics), afterwards."""
-    was_training = model.training
-    saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
-    model.train(train)
-    try:
-        yield
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in saved:
-                    b.copy_(saved[name])
 
 
 def loss_gradients(
@@ -91,7 +75,7 @@ def loss_gradients(
     device = ref.device if ref is not None else torch.device("cpu")
     grads = [torch.zeros_like(p) for p in params]
     n = sum(len(y) for _, y in batches)
-    with _scoring_mode(model, train_mode), torch.enable_grad():
+    with scoring_mode(model, train_mode), torch.enable_grad():
         for x, y in batches:
             loss = F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum") / n
             for acc, d in zip(grads, torch.autograd.grad(loss, list(params), allow_unused=True), strict=True):
