@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from prunelab.data import load_dataset
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
+from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, load_recipe_data, run_recipe
 from prunelab.experiments.schema import Recipe, recipe_from_dict
 from prunelab.methods import DRIVERS, METHODS
 from prunelab.metrics import count_parameters
@@ -189,16 +188,7 @@ def test_every_method_writes_the_run_directory_contract(method: str, tmp_path: P
     model = build_from_checkpoint(tmp_path)
     counts = count_parameters(model)
     assert (counts.total, counts.nonzero) == (total, nonzero)
-    d = recipe.data
-    data = load_dataset(
-        d.name,
-        val_fraction=d.val_fraction,
-        train_subset=d.train_subset,
-        test_subset=d.test_subset,
-        seed=recipe.seed,
-        augment=d.augment,
-        normalize=d.normalize,
-    )
+    data = load_recipe_data(recipe)
     rebuilt = evaluate(model, data.test, batch_size=recipe.eval.batch_size)["accuracy"]
     assert rebuilt == pytest.approx(on_disk["accuracy"], abs=1e-9)
 

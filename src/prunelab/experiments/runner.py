@@ -292,16 +292,12 @@ def _open_run_dir(recipe: Recipe, out: Path, resume: bool, echo: Callable[[str],
     return _Run(recipe, out, log, main, started)
 
 
-def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
-    """Load the data splits, build and initialise the model, move it to the run's device."""
+def load_recipe_data(recipe: Recipe, data_dir: str | None = None) -> Any:
+    """The dataset splits ``recipe.data`` names (the same splits for the same recipe seed)."""
     from prunelab.data import load_dataset
-    from prunelab.models import build_model
-    from prunelab.training import set_seed
 
-    recipe, log = run.recipe, run.log
-    set_seed(recipe.seed)
     d = recipe.data
-    run.data = load_dataset(
+    return load_dataset(
         d.name,
         data_dir=data_dir,
         val_fraction=d.val_fraction,
@@ -314,7 +310,16 @@ def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
         download=d.download,
         **d.kwargs,
     )
-    data = run.data
+
+
+def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
+    """Load the data splits, build and initialise the model, move it to the run's device."""
+    from prunelab.models import build_model
+    from prunelab.training import set_seed
+
+    recipe, log = run.recipe, run.log
+    set_seed(recipe.seed)
+    run.data = data = load_recipe_data(recipe, data_dir)
     log(
         f"data: {len(data.train)} train / {len(data.val) if data.val is not None else 0} val / "
         f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
