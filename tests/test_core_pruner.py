@@ -392,6 +392,102 @@ def test_gradual_hook_state_dict_restores_the_pruner() -> None:
         torch.testing.assert_close(fresh.pruner.masks()[fqn], mask, rtol=0, atol=0)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Companions: a tensor with one entry per output unit (the bias) competing in its unit's row
+
+
+def _biased_fc() -> nn.Linear:
+    """Rows of |w| [5, 3, 1] and [1, 1, 1]; biases 1 and 7: row totals 10 with the bias, 9 and 3 without."""
+    fc = nn.Linear(3, 2)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[5.0, -3.0, 1.0], [1.0, 1.0, -1.0]]))
+        fc.bias.copy_(torch.tensor([-1.0, 7.0]))
+    return fc
+
+
+def test_a_companion_competes_in_its_output_units_row() -> None:
+    fc = _biased_fc()
+    p = Pruner(fc, selector="cumulative_mass", companion="bias").prepare()
+    p.step(0.7)
+    # Row 0 [5, 3, 1 | 1]: 5 + 3 reach 7 of 10. Row 1 [1, 1, 1 | 7]: the bias alone carries 70 %.
+    assert masking.get_mask(fc, "weight").tolist() == [[True, True, False], [False, False, False]]
+    assert masking.get_mask(fc, "bias").tolist() == [False, True]
+    rows = torch.cat([fc.weight.detach().abs(), fc.bias.detach().abs().unsqueeze(1)], dim=1)
+    assert rows.ne(0).tolist() == cumulative.cumulative_mass_rows(rows, 0.7).tolist()
+    assert p.report().per_tensor == {"weight": 4 / 6}  # the report counts the targets only
+    assert set(p.masks()) == {"weight", "bias"}
+
+
+def test_an_unpruned_companion_counts_in_the_row_but_keeps_its_mask() -> None:
+    fc = _biased_fc()
+    Pruner(fc, selector="cumulative_mass", companion="bias", prune_companion=False).prepare().step(0.7)
+    assert masking.get_mask(fc, "weight").tolist() == [[True, True, False], [False, False, False]]
+    assert not masking.has_mask(fc, "bias") and fc.bias.tolist() == [-1.0, 7.0]
+    # Without the companion, row 1 [1, 1, 1] needs all three inputs to reach 70 % of its mass.
+    plain = _biased_fc()
+    Pruner(plain, selector="cumulative_mass").prepare().step(0.7)
+    assert masking.get_mask(plain, "weight").tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_a_companion_is_one_more_unit_for_topk() -> None:
+    fc = nn.Linear(2, 2)
+    _set(fc, torch.tensor([[4.0, 3.0], [2.0, 1.0]]))
+    with torch.no_grad():
+        fc.bias.copy_(torch.tensor([0.5, 10.0]))
+    Pruner(fc, companion="bias").prepare().step(0.5)  # 6 units, the 3 lowest go: 0.5, 1, 2
+    assert masking.get_mask(fc, "weight").tolist() == [[True, True], [False, False]]
+    assert masking.get_mask(fc, "bias").tolist() == [False, True]
+
+
+def test_default_pruner_has_no_companions_and_leaves_biases_alone() -> None:
+    model = UserNet()
+    p = Pruner(model).prepare()
+    p.step(0.5)
+    assert p.companions == {} and not masking.has_mask(model.fc, "bias")
+
+
+def test_layers_without_the_companion_tensor_have_none() -> None:
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2))
+    p = Pruner(model, selector="cumulative_mass", companion="bias").prepare()
+    assert {fqn: c.fqn for fqn, c in p.companions.items()} == {"1.weight": "1.bias"}
+    p.step(0.5)
+    assert masking.has_mask(model[1], "bias") and not masking.has_mask(model[0], "bias")
+
+
+def test_companion_misuse_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="must keep the output dimension"):
+        Pruner(_biased_fc(), granularity="channel", companion="bias")
+    with pytest.raises(ConfigError, match="has no attribute 'bais'"):
+        Pruner(_biased_fc(), companion="bais")
+    with pytest.raises(ConfigError, match=r"one entry per output unit of its target, shape \(2,\)"):
+        Pruner(_biased_fc(), companion="weight")
+    with pytest.raises(ConfigError, match="both a target and a companion"):
+        Pruner(UserNet(), targets=["fc.weight", "fc.bias"], companion="bias")
+
+
+def test_the_criterion_fits_on_and_scores_the_companions() -> None:
+    fc = nn.Linear(3, 2)
+    criterion = ActivationWeighted()
+    stats = {"input_abs_mean": {"weight": torch.ones(3), "bias": torch.ones(2)}}
+    Pruner(fc, criterion=criterion, companion="bias").prepare().step(0.5, stats=stats)
+    assert criterion.fitted_on == ["weight", "bias"]
+
+
+def test_companion_masks_survive_a_state_dict_round_trip_and_are_baked() -> None:
+    source = UserNet()
+    p = Pruner(source, criterion="random", granularity="kernel", companion="bias").prepare()
+    p.step(0.6)
+    assert {"conv.bias", "fc.bias"} <= set(p.masks())
+    restored = Pruner.from_state_dict(UserNet(), _round_trip(p.state_dict()))
+    assert restored.companion == "bias" and restored.prune_companion
+    for fqn, mask in p.masks().items():
+        torch.testing.assert_close(restored.masks()[fqn], mask, rtol=0, atol=0)
+    keep = masking.get_mask(source.fc, "bias").clone()
+    p.bake()
+    assert not parametrize.is_parametrized(source.fc, "bias")
+    assert bool((source.fc.bias.detach()[~keep] == 0).all())
+
+
 @pytest.mark.parametrize(
     "module",
     [

@@ -18,6 +18,7 @@ from torch import nn
 from prunelab.core import masking
 from prunelab.core.cumulative import cumulative_mass_rows, select_cumulative_mass
 from prunelab.core.selectors import SELECTORS
+from prunelab.core.targets import Target
 from prunelab.criteria.relief import relief_importance
 from prunelab.errors import ConfigError
 from prunelab.methods.relief import ReliefOptions, ReliefPruner, analyze
@@ -440,6 +441,78 @@ def test_relief_criterion_with_generic_pruner() -> None:
     conv_keep = masking.get_mask(model[0], "weight")[:, :, 0, 0]
     torch.testing.assert_close(conv_keep, cumulative_mass_rows(numerators["0.weight"], 0.8))
     assert 0.0 < pruner.sparsity() < 1.0
+
+
+def _reference_rule(model: nn.Module, stats: dict, layers: list[str], options: ReliefOptions) -> dict:
+    """The cumulative-mass step written out by hand: one row per unit, its inputs then its bias."""
+    scores, previous, alphas = {}, {}, {}
+    for name in layers:
+        layer = model.get_submodule(name)
+        weights, bias = relief_importance(layer, stats[name], options.variant)
+        mask = masking.get_mask(layer, "weight")
+        alive = mask if mask.dim() == 2 else mask.flatten(2).any(dim=2)
+        scores[name] = torch.cat([weights, bias.unsqueeze(1)], dim=1)
+        previous[name] = torch.cat([alive, masking.get_mask(layer, "bias").unsqueeze(1)], dim=1)
+        alphas[name] = options.alpha_fc if isinstance(layer, nn.Linear) else options.alpha_conv
+    return select_cumulative_mass(
+        scores, options.alpha_fc, previous=previous, rule=options.rule, alphas=alphas
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"rule": "code", "variant": "code"}, {"prune_bias": False, "alpha_conv": 0.6, "alpha_fc": 0.7}],
+)
+def test_step_is_the_cumulative_rule_over_weight_and_bias_rows(overrides: dict) -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 6))
+    options = ReliefOptions(remove_dead=False, backward=False, block_rule=False, **overrides)
+    pruner = ReliefPruner(model, options).prepare()
+    assert pruner.pruner.companions.keys() == {"0.weight", "3.weight"}
+    batches = [(torch.randn(8, 2, 5, 5), torch.zeros(8))]
+    for _ in range(2):
+        stats = pruner.collect(batches)
+        expected = _reference_rule(model, stats, ["0", "3"], options)
+        bias_before = {n: masking.get_mask(model.get_submodule(n), "bias").clone() for n in ("0", "3")}
+        pruner.step(stats)
+        assert 0 < pruner.pruner.sparsity() < 1  # the rule pruned, and not everything
+        for name in ("0", "3"):
+            layer = model.get_submodule(name)
+            mask = masking.get_mask(layer, "weight")
+            kernels = mask if mask.dim() == 2 else mask.flatten(2).all(dim=2)
+            assert torch.equal(kernels, expected[name][:, :-1]), name
+            bias = expected[name][:, -1] if options.prune_bias else bias_before[name]
+            assert torch.equal(masking.get_mask(layer, "bias"), bias), name
+
+
+def test_relief_criterion_scores_biases_and_sums_kernels_back_exactly() -> None:
+    from prunelab.core.criterion import TargetView
+    from prunelab.core.targets import find_targets
+    from prunelab.criteria import build_criterion
+    from prunelab.criteria.relief import relief_statistics
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    stats = collect(model, [(torch.randn(6, 3, 6, 6), torch.zeros(6))], {"0": model[0], "3": model[3]})
+    targets = find_targets(model)
+    numerators = relief_statistics(targets, stats)
+    assert sorted(numerators) == ["0.bias", "0.weight", "3.bias", "3.weight"]
+    relief = build_criterion("relief", "entry")
+    conv = model[0].weight.detach()
+    mask = torch.ones_like(conv, dtype=torch.bool)
+    mask[0, 0, 0, :2] = False  # a partly pruned kernel: its first live entry carries the score
+    scores = relief.score(TargetView(targets[0], conv, mask), {"relief": numerators})
+    # x + 0 + … + 0 = x: the kernel granularity gives back the numerators bit for bit.
+    assert torch.equal(scores.sum(dim=(2, 3)), numerators["0.weight"])
+    assert float(scores[0, 0, 0, 2]) == float(numerators["0.weight"][0, 0]) > 0
+    bias_view = TargetView(
+        Target.of(model, "0.bias"), model[0].bias.detach(), torch.ones(4, dtype=torch.bool)
+    )
+    assert torch.equal(relief.score(bias_view, {"relief": numerators}), numerators["0.bias"])
+    with pytest.raises(ConfigError, match=r"relief statistics of 0.bias have shape \(3,\); expected \(4,\)"):
+        relief.score(bias_view, {"relief": {"0.bias": torch.ones(3)}})
+    with pytest.raises(ConfigError, match="relief statistics lack 0.bias"):
+        relief.score(bias_view, {"relief": {}})
 
 
 def test_recipes_ship_both_sizes() -> None:

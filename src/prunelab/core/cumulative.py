@@ -11,10 +11,12 @@ neuron/filter with input scores ``ŝ_1 ≥ ŝ_2 ≥ … ≥ ŝ_m`` (sorted desce
   go too, and when ``p₀ = m`` the smallest input is still pruned.
 
 The rule is applied to each row (index along dim 0) of each score tensor independently, over all its
-remaining dimensions; ``scope`` therefore makes no difference. Already-pruned entries (``previous``
-false) count as score 0 and stay pruned. A row whose total is 0 carries no information and is left as
-it was (NN-relief removes such units through its dead-unit rule). ``min_keep`` ≥ 1 keeps the best
-remaining entry of a row that the code rule would empty.
+remaining dimensions; ``scope`` therefore makes no difference. NN-relief's driver appends each unit's
+bias to its row (the pruner's *companion* column), so that a row is a unit's inputs (kernels of a conv)
+followed by its bias and ``T`` is NN-relief's ``S_j``. Already-pruned entries (``previous`` false)
+count as score 0 and stay pruned. A row whose total is 0 carries no information and is left as it was
+(NN-relief removes such units through its dead-unit rule). ``min_keep`` ≥ 1 keeps the best remaining
+entry of a row that the code rule would empty.
 
 Sums use float64 and ``Σ ≥ α·T`` is tested with a relative tolerance of four ulps of the scores' own
 precision, so that ``[0.5, 0.3, 0.2]`` with α = 0.5 stops at the first entry even in float32.

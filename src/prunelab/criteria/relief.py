@@ -23,20 +23,24 @@ coincide. Here the *numerators* are returned (shape ``(c_out, c_in)`` for a conv
 each row by its total, which is ``S_j``.
 
 The registered criterion ``relief`` exposes the same scores at the entry level
-(:class:`~prunelab.core.criterion.EntryCriterion`: ``stats["relief"][fqn]`` holds the kernel-level
-numerators; a conv kernel's score is spread evenly over its ``k_h·k_w`` entries so that ``kernel``
-granularity sums it back), for use with :class:`~prunelab.pruning.pruner.Pruner`.
+(:class:`~prunelab.core.criterion.EntryCriterion`), for :class:`~prunelab.pruning.pruner.Pruner`:
+``stats["relief"]`` maps the fqn of every weight and bias to its numerators
+(:func:`relief_statistics`). The relief driver runs its cumulative-mass step exactly so: the ``relief``
+criterion, ``kernel`` granularity, the ``cumulative_mass`` selector with per-layer α, and each layer's
+bias as the weight's companion (one more entry of its unit's row, so that it counts in ``S_j``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from prunelab.core.criterion import Stats, TargetView
+from prunelab.core.targets import Target
 from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 from prunelab.stats.activations import LayerStats, conv_norms_grouped
@@ -94,14 +98,45 @@ def relief_importance(
     return weights, bias_score
 
 
-class Relief:
-    """NN-relief at the entry level: the importance numerators of each entry.
+def relief_statistics(
+    targets: Sequence[Target], stats: Mapping[str, LayerStats], variant: Variant = "paper"
+) -> dict[str, Tensor]:
+    """The ``stats["relief"]`` entry the :class:`Relief` criterion reads: numerators by tensor fqn.
 
-    ``stats["relief"]`` maps a target fqn to its kernel-level numerators (``(out, in)``, see
-    :func:`relief_importance`). The score of a Linear weight is its numerator; a conv kernel's numerator
-    is divided evenly over its ``k_h·k_w`` entries, so ``kernel`` granularity recovers it. Pair it with
-    the ``cumulative_mass`` selector for the paper's per-neuron rule (the relief driver does, and also
-    scores the biases, removes dead units and prunes backwards).
+    Args:
+        targets: the ``weight`` targets of the Linear/Conv2d layers to score; their biases are scored too.
+        stats: each layer's accumulated statistics, keyed by module name
+            (:func:`prunelab.stats.activations.collect`).
+        variant: ``"paper"`` or ``"code"`` (see :func:`relief_importance`).
+
+    Returns:
+        ``{weight fqn: (out, in) numerators, bias fqn: (out,) numerators}`` (no bias entry for a bias-free
+        layer), float64.
+
+    Raises:
+        ConfigError: as :func:`relief_importance`.
+    """
+    numerators: dict[str, Tensor] = {}
+    for t in targets:
+        weights, bias = relief_importance(t.module, stats[t.module_name], variant)
+        numerators[t.fqn] = weights
+        if bias is not None:
+            numerators[f"{t.module_name}.bias" if t.module_name else "bias"] = bias
+    return numerators
+
+
+class Relief:
+    """NN-relief at the entry level: the importance numerators of each entry of a weight or a bias.
+
+    ``stats["relief"]`` maps a tensor fqn to its numerators (:func:`relief_statistics`): ``(out, in)`` for
+    a Linear or conv weight (one per kernel), ``(out,)`` for a bias. A Linear weight's or a bias's score is
+    its numerator. A conv kernel's numerator scores the whole kernel, so it is put on the kernel's first
+    live entry and its other entries score 0: the ``kernel`` granularity's sum then gives back exactly
+    the numerator (``x + 0 = x``), whereas an even spread ``x / (k_h k_w)`` sums back only up to rounding,
+    and the cumulative-mass rule's cut compares running sums, so a last-ulp change can move it. Use it
+    with ``kernel`` (or ``filter``) granularity; at ``element`` granularity one entry per kernel carries
+    the score. Pair it with the ``cumulative_mass`` selector and ``companion="bias"`` for the paper's
+    per-neuron rule (the relief driver does, and also removes dead units and prunes backwards).
 
     Example:
         >>> import torch
@@ -116,16 +151,36 @@ class Relief:
     requires: frozenset[str] = frozenset({"relief"})
 
     def score(self, view: TargetView, stats: Stats) -> Tensor:
-        """Return the numerators broadcast to ``view.value``'s shape (non-negative)."""
+        """Return float64 scores of ``view.value``'s shape (non-negative; see the class docstring).
+
+        Raises:
+            ConfigError: ``stats["relief"]`` has no numerators for the view's tensor, or numerators of
+                the wrong shape.
+        """
         try:
             numerators = stats["relief"][view.fqn]
         except KeyError:
-            raise ConfigError(f"relief statistics lack {view.fqn}; collect them for every target") from None
+            raise ConfigError(
+                f"relief statistics lack {view.fqn}; collect them for every target and companion "
+                "(relief_statistics)"
+            ) from None
         value = view.value
-        if value.dim() == 2:
-            return numerators.to(device=value.device, dtype=torch.float64).reshape(value.shape)
-        per_entry = numerators.to(device=value.device, dtype=torch.float64) / math.prod(value.shape[2:])
-        return per_entry.reshape(*numerators.shape, *([1] * (value.dim() - 2))).expand(value.shape).clone()
+        expected = tuple(value.shape[:2])
+        if tuple(numerators.shape) != expected:
+            raise ConfigError(
+                f"relief statistics of {view.fqn} have shape {tuple(numerators.shape)}; expected {expected} "
+                "(one numerator per weight, kernel or bias entry)"
+            )
+        numerators = numerators.to(device=value.device, dtype=torch.float64)
+        if value.dim() <= 2:
+            return numerators.clone()
+        kernels = view.mask.to(device=value.device).flatten(2)
+        # argmax returns the first maximal index: the first live entry (entry 0 of a dead kernel, whose
+        # score the pruner zeroes anyway).
+        first = kernels.to(torch.uint8).argmax(dim=2, keepdim=True)
+        scores = torch.zeros(kernels.shape, dtype=torch.float64, device=value.device)
+        scores.scatter_(2, first, numerators.unsqueeze(2))
+        return scores.reshape(value.shape)
 
     def __repr__(self) -> str:
         return "Relief()"

@@ -15,7 +15,10 @@ One round of the ``relief`` driver:
    the total importance flowing into ``j`` (:mod:`prunelab.criteria.relief`);
 3. **cumulative-mass rule**: per neuron/filter keep the fewest inputs (kernels for a conv) and bias
    whose scores reach ``α`` of ``S_j`` — ``α_fc`` for Linear, ``α_conv`` for Conv2d layers
-   (:mod:`prunelab.core.cumulative`);
+   (:mod:`prunelab.core.cumulative`). Steps 2–3 are one step of the generic
+   :class:`~prunelab.pruning.pruner.Pruner` (the one pruner path): the ``relief`` criterion, ``kernel``
+   granularity, the ``cumulative_mass`` selector with per-layer α, and each layer's bias as its weight's
+   companion, scored in the same row and pruned only with ``prune_bias``;
 4. **dead units**: a neuron/filter whose mean activation (the next layer's mean |input| on its
    channel) is 0 loses all its weights, bias and BN affine parameters;
 5. **residual block rule** (CIFAR ResNets): output channel ``c`` of a block's second conv is removed
@@ -42,11 +45,12 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.core import masking
-from prunelab.core.cumulative import check_alpha, select_cumulative_mass
-from prunelab.core.targets import find_targets
-from prunelab.criteria.relief import relief_importance
+from prunelab.core.cumulative import check_alpha
+from prunelab.core.targets import Target, find_targets
+from prunelab.criteria.relief import relief_statistics
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
+from prunelab.pruning.pruner import Pruner
 from prunelab.stats.activations import LayerStats, collect
 
 __all__ = [
@@ -155,6 +159,8 @@ class Structure:
         links: producer → consumer chain links (dead-unit and backward rules).
         blocks: residual blocks (block rule).
         note: why dead-unit/backward rules do not apply to part of the model ("" if they do).
+        weights: the targeted layers' weights as :class:`~prunelab.core.targets.Target` objects, in the
+            order of ``targets`` (what the cumulative-mass step prunes).
     """
 
     targets: list[str]
@@ -163,6 +169,7 @@ class Structure:
     links: list[Link] = field(default_factory=list)
     blocks: list[ResidualBlock] = field(default_factory=list)
     note: str = ""
+    weights: list[Target] = field(default_factory=list)
 
 
 def _width_in(layer: Layer) -> int:
@@ -226,7 +233,7 @@ def analyze(
             and module.num_features == _width_out(layers[last])
         ):
             bns[last] = module
-    structure = Structure(targets=targets, layers=layers, bns={k: v for k, v in bns.items()})
+    structure = Structure(targets=targets, layers=layers, bns={k: v for k, v in bns.items()}, weights=found)
     bn_names = {id(m): n for n, m in model.named_modules()}
     blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, BasicBlock)]
     if blocks:
@@ -272,11 +279,6 @@ def _outgoing_alive(consumer: Layer, link: Link) -> Tensor:
     return mask.any(dim=0).flatten(1).any(dim=1)
 
 
-def _kernel_alive(layer: Layer) -> Tensor:
-    mask = masking.get_mask(layer, "weight")
-    return mask if mask.dim() == 2 else mask.flatten(2).any(dim=2)
-
-
 def remaining_weights(structure: Structure) -> dict[str, tuple[int, int]]:
     """``{layer: (non-zero, total)}`` of the targeted layers' weights + biases (the paper's count)."""
     counts: dict[str, tuple[int, int]] = {}
@@ -295,13 +297,19 @@ class ReliefPruner:
     """Applies NN-relief rounds to a model: masks on weights, biases and BN affine parameters.
 
     Attach the masks (:meth:`prepare`) before an optimizer is built; then each :meth:`step` with
-    freshly collected statistics shrinks them.
+    freshly collected statistics shrinks them. The cumulative-mass rule runs through :attr:`pruner`, a
+    :class:`~prunelab.pruning.pruner.Pruner` over the targets' weights with their biases as companions;
+    this class adds what is relief's own: the statistics, the structural rules and the BN masks.
 
     Args:
         model: the network (pruned in place).
-        options: the driver options (α's, variant, rules).
+        options: the driver options (α's, variant, rules), read at construction.
         include: glob(s) over module names to score (default: every Linear/Conv2d).
         exclude: glob(s) over module names to leave dense.
+
+    Attributes:
+        structure: the scored layers and how they connect (:func:`analyze`).
+        pruner: the generic pruner of the cumulative-mass step.
     """
 
     def __init__(
@@ -314,12 +322,30 @@ class ReliefPruner:
         self.model = model
         self.options = options or ReliefOptions()
         self.structure = analyze(model, include, exclude)
+        o = self.options
+        targets = self.structure.weights
+        alphas = {t.fqn: o.alpha_fc if isinstance(t.module, nn.Linear) else o.alpha_conv for t in targets}
+        # One row per neuron/filter: its inputs (kernels of a conv) and its bias. The biases are always
+        # scored, as they count in S_j; prune_bias only decides whether the rule may mask them.
+        self.pruner = Pruner(
+            model,
+            criterion="relief",
+            granularity="kernel",
+            scope="layer",
+            min_keep=1,
+            targets=targets,
+            selector="cumulative_mass",
+            selector_kwargs={"rule": o.rule, "alphas": alphas},
+            companion="bias",
+            prune_companion=o.prune_bias,
+        )
 
     def prepare(self) -> ReliefPruner:
         """Attach masks to every target's weight and bias and to their BatchNorms (idempotent)."""
+        self.pruner.prepare()
         for name in self.structure.targets:
             layer = self.structure.layers[name]
-            masking.add_mask(layer, "weight")
+            # The structural rules mask biases even when the cumulative rule may not (prune_bias false).
             if layer.bias is not None:
                 masking.add_mask(layer, "bias")
             bn = self.structure.bns.get(name)
@@ -380,31 +406,9 @@ class ReliefPruner:
         """One pruning round from ``stats`` (see the module docstring); returns counts of what each rule did."""
         o = self.options
         targets = set(self.structure.targets)
-        scores: dict[str, Tensor] = {}
-        previous: dict[str, Tensor] = {}
-        alphas: dict[str, float] = {}
-        for name in self.structure.targets:
-            layer = self.structure.layers[name]
-            weights, bias = relief_importance(layer, stats[name], o.variant)
-            alive = _kernel_alive(layer).to(weights.device)
-            if bias is not None:
-                weights = torch.cat([weights, bias.unsqueeze(1)], dim=1)
-                bias_alive = masking.get_mask(layer, "bias").to(weights.device)
-                alive = torch.cat([alive, bias_alive.unsqueeze(1)], dim=1)
-            scores[name] = weights
-            previous[name] = alive
-            alphas[name] = o.alpha_fc if isinstance(layer, nn.Linear) else o.alpha_conv
-        keep = select_cumulative_mass(scores, o.alpha_fc, previous=previous, rule=o.rule, alphas=alphas)
-        for name in self.structure.targets:
-            layer = self.structure.layers[name]
-            k = keep[name]
-            if layer.bias is not None:
-                if o.prune_bias:
-                    masking.update_mask(layer, "bias", k[:, -1])
-                k = k[:, :-1]
-            if layer.weight.dim() > 2:
-                k = k.reshape(*k.shape, *([1] * (layer.weight.dim() - 2))).expand_as(layer.weight)
-            masking.update_mask(layer, "weight", k)
+        numerators = relief_statistics(self.pruner.targets, stats, o.variant)
+        # The level is α_fc; the selector's per-layer alphas give the conv layers α_conv.
+        self.pruner.step(o.alpha_fc, stats={"relief": numerators})
         counts = {"dead_units": 0, "block_channels": 0, "backward_units": 0, "silenced_outputs": 0}
         if o.remove_dead:
             for link in self.structure.links:

@@ -14,6 +14,18 @@ Masks therefore only shrink, whatever the criterion proposes. Sparsity means the
 targeted tensors' units removed (units are entries for ``element`` granularity); the report also gives
 the fraction of entries, which is what parameter counts see.
 
+Companions. A target may carry a *companion*: a 1-D tensor of the same module with one entry per output
+unit, such as the bias ``b`` of a Linear or conv weight (``companion="bias"``). Its entries compete in
+their output unit's row. Step 2 scores it with the same criterion (``S_b``, 0 where already pruned) and
+appends it as one more column of the target's units, one row per output unit ``j``,
+
+    U'_j = [U_j,1, …, U_j,n, S_b,j],        P'_j = [P_j,1, …, P_j,n, M_b,j],
+
+the selector keeps or removes the entries of ``U'`` (so the bias counts in the row's total, as NN-relief's
+``S_j`` does), and step 4 also updates ``M_b`` from the last column. With ``prune_companion=False`` the
+companion is scored but its mask is never touched. The granularity must keep the output dimension
+(``element``, ``kernel`` or ``filter``), since the rows are indexed by it.
+
 :class:`GradualPruningHook` runs the same step on a schedule from inside a training loop, and
 :func:`prune` is the one-shot convenience exported as ``prunelab.prune``.
 """
@@ -45,6 +57,8 @@ STATE_VERSION = 1
 @dataclass(frozen=True)
 class PruneReport:
     """What one pruning step left behind, over the targeted tensors only.
+
+    Companion tensors are not counted: units are the granularity's units of the targets.
 
     Attributes:
         requested: the level asked for (the cumulative target sparsity for top-k).
@@ -96,6 +110,65 @@ def _resolve_targets(
     return resolved
 
 
+def _companion_of(target: Target, name: str) -> Target | None:
+    """The tensor ``name`` of the target's module as a companion target (``None``: the module sets it to None).
+
+    Raises:
+        ConfigError: the module has no attribute ``name`` (a typo, not a bias-free layer), or the tensor is
+            not 1-D with one entry per output unit of the target.
+    """
+    if not hasattr(target.module, name):
+        raise ConfigError(
+            f"companion {name!r}: module {target.module_name or '<root>'} ({type(target.module).__name__}) has "
+            f"no attribute {name!r}; a companion is a tensor of the target's own module, such as 'bias'"
+        )
+    tensor = getattr(target.module, name)
+    if tensor is None:  # a layer built with bias=False: the target has no companion
+        return None
+    units = getattr(target.module, target.param).shape[0]
+    if not isinstance(tensor, Tensor) or tensor.dim() != 1 or tensor.shape[0] != units:
+        shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise ConfigError(
+            f"companion {name!r} of {target.fqn} is {shape}; a companion holds one entry per output unit "
+            f"of its target, shape ({units},)"
+        )
+    fqn = f"{target.module_name}.{name}" if target.module_name else name
+    return Target(fqn=fqn, module_name=target.module_name, module=target.module, param=name)
+
+
+def _resolve_companions(
+    targets: Sequence[Target], name: str | None, granularity: Granularity
+) -> dict[str, Target]:
+    """``{target fqn: companion target}`` for the targets whose module has the tensor ``name``."""
+    if name is None:
+        return {}
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"companion must be the name of a tensor of each target's module ('bias'), got {name!r}"
+        )
+    companions: dict[str, Target] = {}
+    for t in targets:
+        ndim = getattr(t.module, t.param).dim()
+        if 0 in granularity.summed_dims(ndim):
+            raise ConfigError(
+                f"companion {name!r} joins its output unit's row, so the granularity must keep the output "
+                f"dimension (element, kernel or filter), not {granularity.name}"
+            )
+        companion = _companion_of(t, name)
+        if companion is not None:
+            companions[t.fqn] = companion
+    clash = sorted({c.fqn for c in companions.values()} & {t.fqn for t in targets})
+    if clash:
+        raise ConfigError(f"{clash[0]} is both a target and a companion; make it one or the other")
+    return companions
+
+
+def _append_column(units: Tensor, column: Tensor) -> Tensor:
+    """``units`` as ``(out, units per output unit)`` with ``column`` (one entry per output unit) appended."""
+    rows = units.reshape(units.shape[0], -1)
+    return torch.cat([rows, column.reshape(-1, 1).to(device=rows.device, dtype=rows.dtype)], dim=1)
+
+
 class Pruner:
     """Masks the targeted tensors of a model by criterion, granularity and selector.
 
@@ -123,10 +196,18 @@ class Pruner:
             :data:`prunelab.reparam.REPARAMS` (``"interspace"``: the coefficients of a trainable filter
             basis, attached to the targets it applies to by :meth:`prepare`; the others keep SP).
         reparam_kwargs: options of the reparametrization (``{"init": "dct"}``).
+        companion: the name of a 1-D tensor of each target's module with one entry per output unit
+            (``"bias"``) that competes in its output unit's row (see the module docstring); a module
+            that sets it to ``None`` (``bias=False``) gives its target no companion. ``None``: no
+            companions (the default, plain pruning of the targets).
+        prune_companion: update the companions' masks from the selection (``True``) or only let their
+            scores count in their rows (``False``; their masks are read, never changed).
 
     Raises:
         ConfigError: for an unknown component or option, a criterion without the entry level (a
-            group-level criterion such as ``bn_scale``), or targets the granularity cannot split.
+            group-level criterion such as ``bn_scale``), targets the granularity cannot split, or a
+            companion that is missing, of the wrong shape, itself a target, or used with a granularity
+            that sums over the output dimension (``channel``).
 
     Example:
         >>> import torch
@@ -155,6 +236,8 @@ class Pruner:
         layer_types: Sequence[str] = ("conv", "linear"),
         reparam: str | None = None,
         reparam_kwargs: Mapping[str, Any] | None = None,
+        companion: str | None = None,
+        prune_companion: bool = True,
     ) -> None:
         check_scope(scope)
         check_min_keep(min_keep)
@@ -172,6 +255,10 @@ class Pruner:
         for t in self.targets:
             # Fail at construction, not mid-training, if a target cannot be split into units.
             self.granularity.unit_shape(getattr(t.module, t.param).shape)
+        self.companion = companion
+        self.prune_companion = bool(prune_companion)
+        #: ``{target fqn: companion target}`` for the targets that have one.
+        self.companions = _resolve_companions(self.targets, companion, self.granularity)
         self.history: list[float] = []
         self.reparam = None if reparam in (None, "none") else reparam
         self.reparam_kwargs = dict(reparam_kwargs or {})
@@ -194,17 +281,21 @@ class Pruner:
             )
         return criterion
 
+    def _masked(self) -> list[Target]:
+        """The tensors whose masks this pruner owns: its targets and the companions it prunes."""
+        return self.targets + (list(self.companions.values()) if self.prune_companion else [])
+
     @property
     def requires(self) -> frozenset[str]:
         """The statistics :meth:`step` needs in ``stats`` (the criterion's ``requires``)."""
         return frozenset(getattr(self.criterion, "requires", frozenset()))
 
     def prepare(self) -> Pruner:
-        """Attach an all-ones mask to every target (idempotent); returns ``self``.
+        """Attach an all-ones mask to every target and pruned companion (idempotent); returns ``self``.
 
         Call it before building the optimizer (see the class docstring).
         """
-        for t in self.targets:
+        for t in self._masked():
             masking.add_mask(t.module, t.param)
         if self.reparam is not None:
             from prunelab.reparam import attach_reparam
@@ -214,7 +305,7 @@ class Pruner:
         return self
 
     def _check_prepared(self) -> None:
-        missing = [t.fqn for t in self.targets if not masking.has_mask(t.module, t.param)]
+        missing = [t.fqn for t in self._masked() if not masking.has_mask(t.module, t.param)]
         if missing:
             raise ConfigError(
                 f"{missing[0]} has no mask; call Pruner.prepare() before step() and before building "
@@ -251,7 +342,8 @@ class Pruner:
         Args:
             sparsity: the level handed to the selector, in [0, 1]; for top-k, the fraction of units
                 removed in total (not an increment). Units already pruned stay pruned.
-            stats: statistics the criterion requires (:attr:`requires`), ``{name: {fqn: tensor}}``.
+            stats: statistics the criterion requires (:attr:`requires`), ``{name: {fqn: tensor}}``; a
+                criterion scores the companions too, so per-tensor statistics must cover them.
 
         Returns:
             A :class:`PruneReport` of the state after the step.
@@ -270,15 +362,20 @@ class Pruner:
                 "calibration set and pass stats= to step()"
             )
         views = [self._view(t) for t in self.targets]
+        companions = {fqn: self._view(c) for fqn, c in self.companions.items()}
         fit = getattr(self.criterion, "fit", None)
         if callable(fit):
-            fit(views, stats)
+            fit(views + list(companions.values()), stats)
         unit_scores: dict[str, Tensor] = {}
         previous: dict[str, Tensor] = {}
         for view in views:
             scores = self._score(view, stats)
             unit_scores[view.fqn] = self.granularity.reduce(scores)
             previous[view.fqn] = self.granularity.reduce(view.mask.to(scores.dtype)) > 0
+            companion = companions.get(view.fqn)
+            if companion is not None:
+                unit_scores[view.fqn] = _append_column(unit_scores[view.fqn], self._score(companion, stats))
+                previous[view.fqn] = _append_column(previous[view.fqn], companion.mask)
         keep = self.selector(
             unit_scores,
             sparsity,
@@ -288,7 +385,14 @@ class Pruner:
             **self.selector_kwargs,
         )
         for view in views:
-            full = self.granularity.expand(keep[view.fqn], view.value.shape)
+            unit_keep = keep[view.fqn]
+            companion = companions.get(view.fqn)
+            if companion is not None:
+                rows = unit_keep.reshape(unit_keep.shape[0], -1)
+                if self.prune_companion:
+                    masking.update_mask(companion.target.module, companion.target.param, rows[:, -1])
+                unit_keep = rows[:, :-1].reshape(self.granularity.unit_shape(view.value.shape))
+            full = self.granularity.expand(unit_keep, view.value.shape)
             masking.update_mask(view.target.module, view.target.param, full)
         self.history.append(sparsity)
         return self.report(requested=sparsity)
@@ -322,16 +426,17 @@ class Pruner:
         return self.report().sparsity
 
     def masks(self) -> dict[str, Tensor]:
-        """``{fqn: bool keep-mask}`` copies for every target (all ones where no mask is attached)."""
-        return {t.fqn: masking.get_mask(t.module, t.param).detach().clone() for t in self.targets}
+        """``{fqn: bool keep-mask}`` copies for every target and pruned companion (all ones where no mask
+        is attached)."""
+        return {t.fqn: masking.get_mask(t.module, t.param).detach().clone() for t in self._masked()}
 
     def bake(self) -> nn.Module:
         """Replace each target's parametrization by a plain parameter holding ``W₀ ⊙ M``; returns the model.
 
-        Parameters are new objects afterwards: rebuild the optimizer. Masks of tensors that are not
-        this pruner's targets are left alone.
+        Pruned companions are baked too. Parameters are new objects afterwards: rebuild the optimizer.
+        Masks of tensors that are neither this pruner's targets nor companions it prunes are left alone.
         """
-        for t in self.targets:
+        for t in self._masked():
             if masking.has_mask(t.module, t.param):
                 masking._own_class(t.module)  # a deep copy's bake must not touch the original's class
                 parametrize.remove_parametrizations(t.module, t.param, leave_parametrized=True)
@@ -354,6 +459,8 @@ class Pruner:
                 "targets": [t.fqn for t in self.targets],
                 "reparam": self.reparam,
                 "reparam_kwargs": dict(self.reparam_kwargs),
+                "companion": self.companion,
+                "prune_companion": self.prune_companion,
             },
             "masks": self.masks(),
             "criterion_state": state_fn() if callable(state_fn) else {},
@@ -373,12 +480,13 @@ class Pruner:
         if int(state.get("version", 0)) > STATE_VERSION:
             raise CheckpointError("pruner state written by a newer prunelab; upgrade prunelab to load it")
         masks = dict(state.get("masks", {}))
-        ours = {t.fqn for t in self.targets}
+        ours = {t.fqn for t in self._masked()}
         foreign = sorted(set(masks) - ours)
         if foreign:
             raise CheckpointError(
-                f"pruner state has masks for {foreign[:3]}, which are not targets of this pruner; "
-                "build the pruner with the same targets (or use Pruner.from_state_dict)"
+                f"pruner state has masks for {foreign[:3]}, which are not targets or pruned companions of "
+                "this pruner; build the pruner with the same targets and companion (or use "
+                "Pruner.from_state_dict)"
             )
         self.prepare()
         masking.load_masks(self.model, masks)
@@ -417,6 +525,9 @@ class Pruner:
                 targets=list(config["targets"]),
                 reparam=config.get("reparam"),
                 reparam_kwargs=config.get("reparam_kwargs"),
+                # States saved before companions existed have neither key: no companions.
+                companion=config.get("companion"),
+                prune_companion=bool(config.get("prune_companion", True)),
             )
         except ConfigError as exc:
             raise CheckpointError(f"pruner state does not fit this model: {exc}") from None
