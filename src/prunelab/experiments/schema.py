@@ -193,7 +193,9 @@ def _resolve_prune(prune: dict[str, Any]) -> dict[str, Any]:
 
     for key, new in MOVED_KEYS.items():
         if key in prune:
-            raise ConfigError(f"prune.{key}: moved to {new} (a method's own settings live under prune.options)")
+            raise ConfigError(
+                f"prune.{key}: moved to {new} (a method's own settings live under prune.options)"
+            )
     if "schedule" in prune:
         raise ConfigError(
             "prune.schedule: removed; the method names its driver, so pick a method "

@@ -47,6 +47,7 @@ __all__ = [
     "reparam_spec",
 ]
 
+
 @dataclass(frozen=True)
 class Reparametrization:
     """A registered reparametrization: how to attach it and what its inference form costs.
