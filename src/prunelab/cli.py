@@ -131,6 +131,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = [(name, " + ".join(levels), text) for name, levels, text in describe_criteria()]
         level_width = max((len(levels) for _, levels, _ in rows), default=0)
         entries = [(name, f"{levels:<{level_width}}  {text}") for name, levels, text in rows]
+    elif args.kind == "models":
+        from prunelab.models import describe_sources
+
+        # The zoo, then the sources beyond it (torchvision, timm, the user's own callables).
+        entries = [*_registry("models").describe(), ("", ""), *describe_sources()]
     else:
         entries = _registry(args.kind).describe()
     width = max((len(name) for name, _ in entries), default=0)

@@ -5,6 +5,10 @@ registered in :data:`MODELS`. :func:`build_model` checks the option *names* agai
 signature before calling it, and the builders check the option *values* (through the ``check_*`` helpers
 below), so a typo in a recipe fails with a one-line :class:`~prunelab.errors.ConfigError` instead of a
 ``TypeError`` deep inside a constructor.
+
+Names with a ``:`` come from outside the zoo (:mod:`prunelab.models.external`): ``torchvision:<name>``,
+``timm:<name>`` and ``package.module:callable``; :func:`build_model`, :func:`model_options` and
+:func:`check_model_name` accept both kinds.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from prunelab.errors import ConfigError
+from prunelab.models import external
 from prunelab.registry import Registry
 
 __all__ = [
@@ -25,9 +30,11 @@ __all__ = [
     "check_choice",
     "check_input_shape",
     "check_min_size",
+    "check_model_name",
     "check_num_classes",
     "check_width",
     "init_weights",
+    "is_model_name",
     "scale_channels",
 ]
 
@@ -46,10 +53,11 @@ def build_model(
     input_shape: Sequence[int] = (3, 32, 32),
     **kwargs: Any,
 ) -> nn.Module:
-    """Build the architecture registered as ``name``.
+    """Build the architecture registered as ``name``, or an external model.
 
     Args:
-        name: a key of :data:`MODELS`, e.g. ``"resnet20"``.
+        name: a key of :data:`MODELS`, e.g. ``"resnet20"``; or ``torchvision:<name>``, ``timm:<name>`` or
+            ``package.module:callable`` (see :func:`prunelab.models.external.build_external`).
         num_classes: size of the classifier output.
         input_shape: ``(C, H, W)`` of one input image; the channel count sets the first layer's input
             width, and models with a flattening classifier (LeNets) size it from ``H`` and ``W``.
@@ -59,8 +67,12 @@ def build_model(
         A freshly initialised ``nn.Module`` in training mode.
 
     Raises:
-        ConfigError: for an unknown model name, an option the model does not take, or an invalid value.
+        ConfigError: for an unknown model name, an option the model does not take, or an invalid value;
+            for an external name also when its package is missing or fails to import, or its constructor
+            fails or does not return an ``nn.Module``.
     """
+    if external.is_external_name(name):
+        return external.build_external(name, num_classes=num_classes, input_shape=input_shape, **kwargs)
     builder = MODELS.get(name)
     options = model_options(name)
     for key in kwargs:
@@ -73,11 +85,44 @@ def build_model(
 def model_options(name: str) -> list[str]:
     """The model-specific option names that ``build_model(name, ...)`` accepts, in signature order.
 
+    For an external name see :func:`prunelab.models.external.external_options` (torchvision and timm
+    forward any option to the constructor, so theirs are ``[]``).
+
     Raises:
         ConfigError: for an unknown model name.
     """
+    if external.is_external_name(name):
+        return external.external_options(name)
     params = inspect.signature(MODELS.get(name)).parameters
     return [p for p in params if p not in _COMMON_ARGS]
+
+
+def check_model_name(name: Any) -> None:
+    """Check that ``name`` names a model, without building it (for recipe validation).
+
+    A zoo name must be in :data:`MODELS`; an external name is resolved (its package imported, the
+    torchvision/timm model or the callable looked up), which is cheap.
+
+    Raises:
+        ConfigError: one line naming the problem and the fix (close matches for an unknown name).
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"a model name must be a string, got {name!r}")
+    if external.is_external_name(name):
+        external.resolve_external(name)
+    elif name not in MODELS:
+        raise ConfigError(
+            f"{MODELS.unknown_message(name)} (or torchvision:<name>, timm:<name>, package.module:callable)"
+        )
+
+
+def is_model_name(name: Any) -> bool:
+    """Whether :func:`check_model_name` accepts ``name``."""
+    try:
+        check_model_name(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def check_num_classes(num_classes: Any) -> int:
