@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab._io import atomic_write_json
-from prunelab.core.targets import classifier_name
+from prunelab.core.targets import find_head
 from prunelab.data import load_dataset
 from prunelab.dataclass_yaml import build_section
 from prunelab.experiments.schema import load_recipe
@@ -73,7 +73,7 @@ def main() -> None:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d) and opts.gamma_init is not None:
                 m.weight.fill_(float(opts.gamma_init))
-    head = model.get_submodule(classifier_name(model))
+    head = model.get_submodule(find_head(model, shape))
     example = torch.zeros(1, *shape)
     pruner = tp.pruner.BNScalePruner(
         model, example, importance=tp.importance.BNScaleImportance(), reg=float(opts.lam),

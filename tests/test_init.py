@@ -60,9 +60,9 @@ def test_local_weights_file_same_and_different_head(tmp_path: Path) -> None:
     other = _small_cnn(5, seed=2)  # a 5-class head: a new 10-class head is initialised instead
     torch.save({"state_dict": other.state_dict()}, tmp_path / "five.pt")
     state, _ = _run(tmp_path / "five", str(tmp_path / "five.pt"))
-    from prunelab.core.targets import classifier_name
+    from prunelab.core.targets import find_head
 
-    head = classifier_name(other)
+    head = find_head(other, DIGITS_SHAPE)
     for key, value in other.state_dict().items():
         if key.startswith(f"{head}."):
             assert state[key].shape[0] == 10
@@ -71,10 +71,10 @@ def test_local_weights_file_same_and_different_head(tmp_path: Path) -> None:
 
 
 def test_run_checkpoint_with_masks_and_another_class_count(tmp_path: Path) -> None:
-    from prunelab.core.targets import classifier_name
+    from prunelab.core.targets import find_head
 
     source = _small_cnn(5, seed=3)
-    head = classifier_name(source)
+    head = find_head(source, DIGITS_SHAPE)
     body = next(name for name, m in source.named_modules() if isinstance(m, torch.nn.Conv2d))
     masking.add_mask(source.get_submodule(body), "weight")
     masking.add_mask(source.get_submodule(head), "weight")
@@ -98,7 +98,7 @@ def test_run_checkpoint_with_masks_and_another_class_count(tmp_path: Path) -> No
 
 def test_compacted_checkpoint_with_another_class_count(tmp_path: Path) -> None:
     """A physically pruned 5-class network initialises a 10-class run: narrow body, 10-way head."""
-    from prunelab.core.targets import classifier_name
+    from prunelab.core.targets import find_head
     from prunelab.surgery import ChannelGraph, arch_spec, compact
 
     source = _small_cnn(5, seed=4).eval()
@@ -112,7 +112,7 @@ def test_compacted_checkpoint_with_another_class_count(tmp_path: Path) -> None:
 
     state, log = _run(tmp_path / "dst", str(tmp_path / "src"))
     assert "(new head)" in log
-    head = classifier_name(small)
+    head = find_head(small, DIGITS_SHAPE)
     assert state[f"{head}.weight"].shape == (10, small.get_submodule(head).in_features)
     for key, value in small.state_dict().items():
         if not key.startswith(f"{head}."):

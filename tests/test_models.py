@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunelab.core.targets import classifier_name
+from prunelab.core.targets import find_head
 from prunelab.errors import ConfigError
 from prunelab.models import MODELS, build_model, model_options
 from prunelab.models.mobilenet_v1 import TFSamePad2d
@@ -85,7 +85,7 @@ def test_forward_backward(name: str) -> None:
 def test_classifier_name_is_the_layer_producing_the_logits(name: str) -> None:
     shape = _input_shape(name)
     model = build_model(name, num_classes=5, input_shape=shape, **FAST_KWARGS.get(name, {})).eval()
-    head = dict(model.named_modules())[classifier_name(model)]
+    head = dict(model.named_modules())[find_head(model, shape)]
     seen: list[torch.Tensor] = []
     head.register_forward_hook(lambda _m, _i, out: seen.append(out))
     with torch.no_grad():

@@ -12,11 +12,14 @@ head.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunelab.errors import ConfigError, UnsupportedModelError
 
@@ -143,18 +146,126 @@ def find_targets(
     return targets
 
 
-def classifier_name(model: nn.Module) -> str:
-    """Qualified name of the model's classifier: its last registered ``nn.Linear``.
+def _has_unit_weights(module: nn.Module) -> bool:
+    """Whether ``module`` owns a tensor with output units: a parameter (or ``weight``) of 2+ dimensions.
 
-    Every model of the zoo registers its head last, so this is the layer whose output is the logits.
-    It lives with the targets because the head is the one layer whose outputs pruning must keep.
+    Normalisation layers (1-D scales) pass their channels through and are never the head; a masked
+    layer's ``weight`` is a parametrisation, so it is read through the attribute as well.
+    """
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, Tensor) and weight.dim() >= 2:
+        return True
+    return any(p.dim() >= 2 for p in module.parameters(recurse=False))
+
+
+def _head_candidates(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules that can be a head, by name: layers with unit weights, outside parametrisations."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if _has_unit_weights(module)
+        and not isinstance(module, parametrize.ParametrizationList)
+        and ".parametrizations." not in f".{name}."
+    }
+
+
+def _tensors(value: object) -> list[Tensor]:
+    """Every tensor in a (nested) forward output: a tensor, tuple, list or dict."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _reaching(outputs: list[Tensor]) -> set[object]:
+    """The autograd nodes the model's outputs were computed from."""
+    seen: set[object] = set()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return seen
+
+
+def find_head(model: nn.Module, input_shape: Sequence[int], head: str | None = None) -> str:
+    """Qualified name of the model's classifier head: ``head`` when given, else found from the graph.
+
+    The default is the last module with unit weights (a Linear, a convolution, a custom layer; not a
+    normalisation layer) that runs in one forward pass and whose output reaches the model's output:
+    the layer producing the logits, whatever order the modules were registered in. A 1×1 conv followed
+    by global pooling (SqueezeNet) is a head too. The pass runs once, in eval mode, on a zero batch of
+    one input on the model's device (the meta device for a model built there), so it costs one
+    batch-1 forward; the model's mode is restored.
+
+    Args:
+        model: the network.
+        input_shape: ``(C, H, W)`` (or any shape) of one input; unused when ``head`` is given.
+        head: the head's qualified module name, to name it explicitly (checked, not traced).
+
+    Returns:
+        The head's qualified module name.
 
     Raises:
-        UnsupportedModelError: if the model has no ``nn.Linear``.
+        ConfigError: ``head`` is not a module of ``model`` with unit weights (close matches named), or
+            the model cannot run on an input of ``input_shape``.
+        UnsupportedModelError: no layer with weights reaches the model's output.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+        >>> find_head(model, (3, 3, 3))
+        '3'
     """
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} has no nn.Linear classifier; give the head's module name explicitly"
-        )
-    return names[-1]
+    candidates = _head_candidates(model)
+    if head is not None:
+        if head not in candidates:
+            close = difflib.get_close_matches(str(head), candidates, n=3, cutoff=0.5)
+            known = close or list(candidates)[-3:]
+            raise ConfigError(
+                f"model.head: {head!r} is not a module with weights of {type(model).__name__}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
+        return head
+    order: list[tuple[str, object]] = []
+
+    def record(name: str) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            order.extend((name, t.grad_fn) for t in _tensors(output))
+
+        return hook
+
+    handles = [m.register_forward_hook(record(n)) for n, m in candidates.items()]
+    was_training = model.training
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else None
+    try:
+        model.eval()
+        x = torch.zeros(1, *(int(s) for s in input_shape), device=device, requires_grad=True)
+        with torch.enable_grad():
+            out = model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{type(model).__name__} cannot run on an input of shape {tuple(input_shape)} to find its "
+            f"classifier head ({first_line}); give the model's input shape or name the head (model.head)"
+        ) from None
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    reaching = _reaching(_tensors(out))
+    for name, node in reversed(order):
+        if node is not None and node in reaching:
+            return name
+    if order and not reaching:  # no autograd graph (e.g. under inference mode): the last one ran
+        return order[-1][0]
+    raise UnsupportedModelError(
+        f"{type(model).__name__} has no layer with weights whose output reaches the model output; "
+        "name the classifier head explicitly (model.head / head=)"
+    )

@@ -118,19 +118,23 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
     return model
 
 
-def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
+def _apply_surgery(model: nn.Module, arch: dict[str, Any], head: str | None = None) -> None:
+    """Resize ``model`` to the checkpoint architecture ``arch`` (surgery widths, reparam bases), in place.
+
+    ``head`` is the model's classifier (default: the one ``arch`` recorded, else found from the graph);
+    the model was built for the current data, so the head keeps that class count.
+    """
     # A structurally pruned run stores its per-layer widths under arch["surgery"] (prunelab.surgery).
     if arch.get("surgery") is not None:
-        from prunelab.core.targets import classifier_name
+        from prunelab.core.targets import find_head
         from prunelab.errors import UnsupportedModelError
         from prunelab.surgery import apply_arch_spec
 
-        # The model was built for the current data: its classifier keeps that class count.
         try:
-            head: tuple[str, ...] = (classifier_name(model),)
+            keep: tuple[str, ...] = (find_head(model, arch["input_shape"], head or arch.get("head")),)
         except UnsupportedModelError:
-            head = ()
-        apply_arch_spec(model, arch["surgery"], keep_outputs=head)
+            keep = ()
+        apply_arch_spec(model, arch["surgery"], keep_outputs=keep)
     # An interspace run's bases must exist before its coefficients, bases and masks are loaded.
     if arch.get("reparam") is not None:
         from prunelab.reparam import apply_reparam_spec
@@ -142,9 +146,10 @@ def _apply_surgery(model: nn.Module, arch: dict[str, Any]) -> None:
 # Stages
 
 
-def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: RunLog) -> dict[str, Any] | None:
-    """Initialise ``model`` in place; returns the architecture spec of a compacted init checkpoint, if any."""
-    from prunelab.core.targets import classifier_name
+def _init_model(
+    recipe: Recipe, model: nn.Module, head: str, data_dir: str | None, log: RunLog
+) -> dict[str, Any] | None:
+    """Initialise ``model`` (classifier ``head``) in place; returns a compacted init checkpoint's spec, if any."""
     from prunelab.models import PRETRAINED, find_pretrained, load_weights
 
     init = recipe.model.init
@@ -153,9 +158,10 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
     if init == "pretrained":
         entry = PRETRAINED.get(recipe.model.pretrained)  # validated already
         path = find_pretrained(recipe.model.pretrained, data_dir=data_dir, download=recipe.data.download)
-        head = model.get_submodule(classifier_name(model))
-        reset = getattr(head, "out_features", None) != getattr(entry, "num_classes", None)
-        load_weights(model, path, strict=True, reset_head=reset)
+        layer = model.get_submodule(head)
+        classes = getattr(layer, "out_features", getattr(layer, "out_channels", None))
+        reset = classes != getattr(entry, "num_classes", None)
+        load_weights(model, path, strict=True, reset_head=reset, head=head)
         expected = getattr(entry, "normalize", None)
         if expected and expected != recipe.data.normalize:
             log(
@@ -169,8 +175,8 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
     payload = load_checkpoint(path) if path.is_dir() else safe_torch_load(path) if path.is_file() else None
     if payload is not None and _is_prunelab_checkpoint(payload):
         _check_version(payload, path)
-        _apply_surgery(model, payload["arch"])
-        new_head = _keep_fresh_head(model, payload["state_dict"], payload["masks"])
+        _apply_surgery(model, payload["arch"], head)
+        new_head = _keep_fresh_head(model, head, payload["state_dict"], payload["masks"])
         masking.load_masks(model, payload["masks"])
         masking.load_plain_state_dict(model, payload["state_dict"])
         log(
@@ -180,7 +186,7 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
         return payload["arch"].get("surgery")
     if payload is not None:
         # reset_head only skips a classifier whose shape differs, so a same-size head is still loaded.
-        load_weights(model, payload, strict=True, reset_head=True)
+        load_weights(model, payload, strict=True, reset_head=True, head=head)
         log(f"init: weights file {path}")
         return None
     raise ConfigError(
@@ -188,19 +194,12 @@ def _init_model(recipe: Recipe, model: nn.Module, data_dir: str | None, log: Run
     )
 
 
-def _keep_fresh_head(model: nn.Module, state: dict[str, Any], masks: dict[str, Any]) -> bool:
-    """Where a checkpoint's classifier has another class count, keep the model's fresh one (in place).
+def _keep_fresh_head(model: nn.Module, head: str, state: dict[str, Any], masks: dict[str, Any]) -> bool:
+    """Where a checkpoint's classifier ``head`` has another class count, keep the model's fresh one (in place).
 
     The stored head's tensors are replaced by the model's freshly initialised ones and its mask is
     dropped, so the strict load still checks every other tensor. Returns whether the head was replaced.
     """
-    from prunelab.core.targets import classifier_name
-    from prunelab.errors import UnsupportedModelError
-
-    try:
-        head = classifier_name(model)
-    except UnsupportedModelError:
-        return False
     current = masking.plain_state_dict(model)
     replaced = False
     for key in (f"{head}.weight", f"{head}.bias"):
@@ -314,6 +313,7 @@ def load_recipe_data(recipe: Recipe, data_dir: str | None = None) -> Any:
 
 def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
     """Load the data splits, build and initialise the model, move it to the run's device."""
+    from prunelab.core.targets import find_head
     from prunelab.models import build_model
     from prunelab.training import set_seed
 
@@ -328,7 +328,9 @@ def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
     run.model = build_model(
         recipe.model.name, num_classes=data.num_classes, input_shape=run.input_shape, **recipe.model.kwargs
     )
-    surgery_spec = _init_model(recipe, run.model, data_dir, log)
+    # The head is found once, on the fresh model (one batch-1 pass), unless the recipe names it.
+    head = find_head(run.model, run.input_shape, recipe.model.head)
+    surgery_spec = _init_model(recipe, run.model, head, data_dir, log)
     run.device = run_device(recipe.device)
     run.model.to(run.device)
     log(f"device: {run.device}")
@@ -337,6 +339,7 @@ def _load_data_and_model(run: _Run, data_dir: str | None) -> None:
         "kwargs": dict(recipe.model.kwargs),
         "num_classes": int(data.num_classes),
         "input_shape": list(run.input_shape),
+        "head": head,
         **({"surgery": surgery_spec} if surgery_spec is not None else {}),
     }
 
@@ -358,6 +361,7 @@ def _method_context(run: _Run, driver: Driver, resume: bool, progress: bool) -> 
         include=p.include,
         exclude=p.exclude,
         min_keep=p.min_keep,
+        head=run.arch["head"],
         reparam=p.reparam,
         dense_epochs=recipe.train.epochs,
         eval_batch_size=recipe.eval.batch_size,

@@ -40,12 +40,16 @@ class ModelSection:
         init: ``scratch``; ``pretrained`` (the registered weights named by ``pretrained``); or a path to
             a weights file or to a run directory whose ``checkpoint.pt`` is loaded.
         pretrained: the registered pretrained weights used when ``init: pretrained``.
+        head: the classifier head's module name (its outputs, the classes, are never pruned and are
+            re-initialised for another class count); ``null`` = found from the graph, the last layer
+            with weights producing the output (:func:`~prunelab.core.targets.find_head`).
     """
 
     name: str = "lenet300_100"
     kwargs: dict[str, Any] = field(default_factory=dict)
     init: str = "scratch"
     pretrained: str | None = None
+    head: str | None = None
 
 
 @dataclass
@@ -262,18 +266,22 @@ def check_names(recipe: Recipe) -> None:
 
 
 def _check_model_kwargs(recipe: Recipe) -> None:
+    """Check ``model.kwargs`` and ``model.head`` on the model built on the meta device."""
     import torch
 
+    from prunelab.core.targets import find_head
     from prunelab.models import build_model
 
     # Building on the meta device checks the options without allocating or initialising weights.
     with torch.device("meta"):
         try:
-            build_model(recipe.model.name, **recipe.model.kwargs)
+            model = build_model(recipe.model.name, **recipe.model.kwargs)
         except ConfigError as exc:
             raise ConfigError(f"model.kwargs: {exc}") from None
         except TypeError as exc:
             raise ConfigError(f"model.kwargs: {exc}") from None
+    if recipe.model.head is not None:
+        find_head(model, (), recipe.model.head)  # a named head is checked, not traced
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -215,6 +215,8 @@ class MethodContext:
         include: ``prune.include`` module globs.
         exclude: ``prune.exclude`` module globs.
         min_keep: ``prune.min_keep``, the units every layer keeps at least.
+        head: the classifier head's module name (``model.head``, else found from the graph); its
+            outputs, the classes, are never pruned. ``None`` = find it from the graph where needed.
         reparam: ``prune.reparam``, what the masks act on.
         dense_epochs: epochs of the dense training that preceded the method.
         eval_batch_size: batch size of test evaluations.
@@ -234,6 +236,7 @@ class MethodContext:
     include: list[str] | None = None
     exclude: list[str] | None = None
     min_keep: int = 1
+    head: str | None = None
     reparam: ReparamConfig = field(default_factory=ReparamConfig)
     dense_epochs: int = 0
     eval_batch_size: int = 256

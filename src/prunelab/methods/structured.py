@@ -63,7 +63,7 @@ def channel_graph(ctx: MethodContext, model: nn.Module) -> Any:
     """The coupled channel groups of ``model`` (:class:`prunelab.surgery.ChannelGraph`), minus ``prune.exclude``."""
     from prunelab.surgery import ChannelGraph
 
-    return ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []))
+    return ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []), head=ctx.head)
 
 
 def check_group_criterion(name: str, kwargs: Mapping[str, Any] | None = None) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab._io import download_url, file_digest, safe_torch_load
-from prunelab.core.targets import classifier_name
+from prunelab.core.targets import find_head
 from prunelab.errors import CheckpointError, DataNotFoundError
 from prunelab.models.base import build_model
 from prunelab.registry import Registry
@@ -259,6 +259,8 @@ def load_weights(
     *,
     strict: bool = True,
     reset_head: bool = False,
+    head: str | None = None,
+    input_shape: Sequence[int] = (3, 32, 32),
 ) -> nn.Module:
     """Load weights into ``model`` (in place), checking every key and shape first.
 
@@ -274,12 +276,17 @@ def load_weights(
             always errors.
         reset_head: keep the model's (freshly initialised) classifier where the file's classifier has a
             different shape, e.g. to fine-tune ImageNet weights on 10 classes.
+        head: the classifier's module name for ``reset_head``; ``None`` = found from the graph
+            (:func:`~prunelab.core.targets.find_head`).
+        input_shape: ``(C, H, W)`` of one input, to find the head from the graph (the zoo's default
+            ``(3, 32, 32)`` unless given); unused when ``head`` is given or ``reset_head`` is off.
 
     Returns:
         ``model``.
 
     Raises:
         CheckpointError: unreadable file, or a key/shape mismatch (the message names the first bad key).
+        ConfigError: ``head`` is not a layer of ``model`` (see :func:`~prunelab.core.targets.find_head`).
     """
     if isinstance(path_or_state, Mapping):
         source = "state_dict"
@@ -291,7 +298,7 @@ def load_weights(
 
     skipped: set[str] = set()
     if reset_head:
-        head = classifier_name(model)
+        head = find_head(model, input_shape, head)
         for key in (f"{head}.weight", f"{head}.bias"):
             if key in state and key in expected and tuple(state[key].shape) != expected[key]:
                 skipped.add(key)
@@ -364,4 +371,6 @@ def build_pretrained(
         spec.model, num_classes=classes, input_shape=input_shape or spec.input_shape, **options
     )
     path = find_pretrained(name, data_dir=data_dir, download=download)
-    return load_weights(model, path, reset_head=classes != spec.num_classes)
+    return load_weights(
+        model, path, reset_head=classes != spec.num_classes, input_shape=input_shape or spec.input_shape
+    )

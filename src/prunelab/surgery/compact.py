@@ -266,6 +266,7 @@ def compact(
     tolerance: float = DEFAULT_TOLERANCE,
     fold_shifts: bool = True,
     min_keep: int = 1,
+    head: str | None = None,
 ) -> tuple[nn.Module, SurgeryReport]:
     """Physically remove the masked channels of ``model`` and verify the result.
 
@@ -278,6 +279,8 @@ def compact(
         tolerance: maximum accepted output difference to the reference model.
         fold_shifts: fold removed channels' constant BN shifts into the consumers.
         min_keep: channels every group keeps at least.
+        head: the classifier head's module name (its outputs, the classes, stay); ``None`` = the
+            ``graph``'s head, or found from the graph (:func:`~prunelab.core.targets.find_head`).
 
     Returns:
         ``(compacted model, report)``.
@@ -289,7 +292,10 @@ def compact(
     work = copy.deepcopy(model)
     # Torch-Pruning edits the modules its graph was traced on, so the graph used for pruning is traced
     # on the copy; a caller's graph (traced on `model`, same module names) is only used for checking.
-    wgraph = ChannelGraph(work, input_shape, exclude=list(graph.excluded) if graph is not None else ())
+    if graph is not None:
+        wgraph = ChannelGraph(work, input_shape, exclude=list(graph.excluded), head=head or graph.head)
+    else:
+        wgraph = ChannelGraph(work, input_shape, head=head)
     graph = graph or wgraph
     removed = _removed(graph, keep, min_keep)
     was_training = model.training

@@ -153,13 +153,24 @@ class ChannelGraph:
         input_shape: ``(C, H, W)`` of one input.
         exclude: module names whose output channels must stay (the classifier head is always
             excluded: its outputs are the classes).
+        head: the classifier head's module name; ``None`` = found from the graph (the last layer with
+            weights producing the output, :func:`~prunelab.core.targets.find_head`). Kept as
+            :attr:`head`.
 
     Raises:
         UnsupportedModelError: for a layer type the surgery cannot resize (named, with the fix).
+        ConfigError: ``head`` is not a layer of ``model``.
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], exclude: Sequence[str] = ()) -> None:
-        from prunelab.core.targets import classifier_name
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        exclude: Sequence[str] = (),
+        *,
+        head: str | None = None,
+    ) -> None:
+        from prunelab.core.targets import find_head
 
         self.model = model
         self.input_shape = tuple(int(s) for s in input_shape)
@@ -176,8 +187,8 @@ class ChannelGraph:
                     f"layer {name!r} is a grouped conv (groups={module.groups}) that is not depthwise; "  # type: ignore[union-attr]
                     "only groups=1 and depthwise convs are supported by the channel surgery"
                 )
-        head = classifier_name(model)
-        self.excluded: dict[str, str] = {head: "classifier head: its outputs are the classes"}
+        self.head = find_head(model, self.input_shape, head)
+        self.excluded: dict[str, str] = {self.head: "classifier head: its outputs are the classes"}
         for name in exclude:
             self.excluded.setdefault(name, "excluded by the caller")
         was_training = model.training
