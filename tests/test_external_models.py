@@ -205,14 +205,7 @@ def _recipe(model: dict) -> object:
         "prune": {"method": "magnitude", "sparsity": 0.5},
         "eval": {"latency_batch_sizes": [1], "latency_repeats": 1},
     }
-    try:
-        return recipe_from_dict(raw)
-    except ConfigError as exc:
-        # Recipe validation accepts external names once experiments/schema.py's check_names calls
-        # prunelab.models.check_model_name instead of testing `name in MODELS`.
-        if str(exc).startswith("model.name: unknown model") and ":" in model["name"]:
-            pytest.skip("experiments/schema.py check_names does not accept external model names yet")
-        raise
+    return recipe_from_dict(raw)
 
 
 def test_run_recipe_with_a_user_model(mypkg: Path, tmp_path: Path) -> None:
@@ -229,7 +222,7 @@ def test_run_recipe_with_a_user_model(mypkg: Path, tmp_path: Path) -> None:
 
 
 def test_recipe_validation_reports_external_errors(mypkg: Path) -> None:
-    _recipe({"name": "mypkg.mod:build"})  # skips until schema.py accepts external names
+    _recipe({"name": "mypkg.mod:build"})
     with pytest.raises(ConfigError, match=r"model\.name: .*has no attribute 'biuld'"):
         _recipe({"name": "mypkg.mod:biuld"})
     with pytest.raises(ConfigError, match=r"model\.kwargs: .*'depth'"):

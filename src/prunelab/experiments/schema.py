@@ -246,14 +246,20 @@ def check_names(recipe: Recipe) -> None:
     """Resolve every registry name and model/data option of ``recipe`` (cheap: nothing is trained)."""
     from prunelab.data import DATASETS
     from prunelab.methods import DRIVERS
-    from prunelab.models import MODELS, PRETRAINED
+    from prunelab.models import PRETRAINED, check_model_name
 
-    for path, registry, name in [
-        ("model.name", MODELS, recipe.model.name),
-        ("data.name", DATASETS, recipe.data.name),
-    ]:
-        if name not in registry:
-            raise ConfigError(f"{path}: {registry.unknown_message(name)}")
+    # A zoo name, torchvision:<name>, timm:<name> or package.module:callable (prunelab.models.external).
+    try:
+        check_model_name(recipe.model.name)
+    except ConfigError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
+    reserved = sorted({"num_classes", "input_shape"} & set(recipe.model.kwargs))
+    if reserved:
+        raise ConfigError(
+            f"model.kwargs.{reserved[0]}: set by the data (its classes and input shape); remove it"
+        )
+    if recipe.data.name not in DATASETS:
+        raise ConfigError(f"data.name: {DATASETS.unknown_message(recipe.data.name)}")
     if recipe.model.init == "pretrained":
         if recipe.model.pretrained is None:
             raise ConfigError("model.pretrained: required with init: pretrained (e.g. resnet20_cifar10)")
