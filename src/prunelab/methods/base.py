@@ -43,6 +43,7 @@ from prunelab.registry import Registry
 from prunelab.reparam import ReparamConfig
 
 __all__ = [
+    "CALIBRATION",
     "DRIVERS",
     "METHODS",
     "SHARED_FIELDS",
@@ -55,6 +56,10 @@ __all__ = [
     "register_driver",
     "register_method",
 ]
+
+#: ``(samples, batch size)`` of the calibration draw for criteria that read ``stats["batches"]`` (SNIP,
+#: GraSP, Taylor) when a method has no calibration options of its own.
+CALIBRATION: tuple[int, int] = (256, 128)
 
 #: The ``prune`` fields every method shares; each driver declares which of them it reads.
 SHARED_FIELDS: frozenset[str] = frozenset({"sparsity", "include", "exclude", "min_keep", "reparam"})
@@ -312,6 +317,23 @@ class MethodContext:
         from prunelab.stats import calibration_batches
 
         return calibration_batches(self.data.train, num_samples, batch_size, seed=self.seed)
+
+    def statistics(self, model: nn.Module, requires: frozenset[str] | set[str]) -> dict[str, Any]:
+        """The standard statistics (:data:`prunelab.core.criterion.STANDARD_STATS`) for a criterion.
+
+        Cheap ones are always there (the model, the training split, the classes, the seed);
+        calibration batches (:data:`CALIBRATION` samples, seeded) are drawn only when ``requires``
+        names them. Accumulated statistics (relief's) are a method's own business.
+        """
+        stats: dict[str, Any] = {
+            "model": model,
+            "data": self.data.train,
+            "num_classes": int(self.data.num_classes),
+            "seed": self.seed,
+        }
+        if "batches" in requires:
+            stats["batches"] = self.calibration(*CALIBRATION)
+        return stats
 
     def round_row(
         self,

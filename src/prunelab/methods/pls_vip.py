@@ -63,7 +63,6 @@ from prunelab.methods.structured import (
     Record,
     channel_graph,
     check_group_criterion,
-    group_stats,
     structured_round,
 )
 
@@ -201,7 +200,9 @@ def _round_scores(
     # A criterion that fits (PLS) fits on the prunable groups only, as the official code does; the others
     # score every group in graph order, so that a seeded draw does not depend on the layer rules.
     scored = groups if callable(getattr(criterion, "fit_groups", None)) else graph.groups
-    scores = score_groups(criterion, scored, model, group_stats(ctx, model, criterion))
+    scores = score_groups(
+        criterion, scored, model, ctx.statistics(model, getattr(criterion, "requires", frozenset()))
+    )
     return {n: scores[n].double() for n in names}
 
 

@@ -44,7 +44,7 @@ from prunelab.criteria import build_criterion
 from prunelab.dataclass_yaml import build_section
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
-from prunelab.methods.structured import channel_graph, check_group_criterion, group_stats, structured_round
+from prunelab.methods.structured import channel_graph, check_group_criterion, structured_round
 from prunelab.training.config import TrainSection
 
 __all__ = ["ProximalSlimmingOptions", "SlimmingOptions", "StructuredOptions"]
@@ -324,7 +324,12 @@ def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResu
     section = _train_section(options.sparsity_train, "prune.options.sparsity_train")
     ctx.train(ctx.model, section, "pretrain", seed_offset=1)
     criterion = build_criterion(options.criterion, "group", **options.criterion_kwargs)
-    scores = score_groups(criterion, graph.groups, ctx.model, group_stats(ctx, ctx.model, criterion))
+    scores = score_groups(
+        criterion,
+        graph.groups,
+        ctx.model,
+        ctx.statistics(ctx.model, getattr(criterion, "requires", frozenset())),
+    )
     keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
     return _finish(ctx, graph, keep, options, criterion=options.criterion)
 

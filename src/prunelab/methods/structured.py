@@ -11,8 +11,8 @@ is the same sequence for all of them, written here once:
    section, evaluated again if it trained, measured, and its ``rounds.csv`` row is recorded.
 
 Also here, for the same methods: the channel graph of the recipe's model (:func:`channel_graph`), the
-group-level criterion a method's options name (:func:`check_group_criterion`) and the standard
-statistics it requires (:func:`group_stats`).
+group-level criterion a method's options name (:func:`check_group_criterion`); the statistics a
+criterion requires come from :meth:`prunelab.methods.base.MethodContext.statistics`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,7 @@ from prunelab.criteria import build_criterion
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext
 
-__all__ = ["StructuredRound", "channel_graph", "check_group_criterion", "group_stats", "structured_round"]
-
-#: Calibration draw for group criteria that need ``stats["batches"]`` (gradient criteria such as
-#: Taylor): the same size as the mask drivers' saliency statistics.
-_BATCHES = (256, 128)
+__all__ = ["StructuredRound", "channel_graph", "check_group_criterion", "structured_round"]
 
 #: What a method records for a round: ``(target, sparsity, extra rounds.csv columns)`` from the compacted,
 #: fine-tuned model, the surgery report and the model's measures (``MethodContext.measure``).
@@ -78,23 +74,6 @@ def check_group_criterion(name: str, kwargs: Mapping[str, Any] | None = None) ->
         build_criterion(name, "group", **dict(kwargs or {}))
     except ConfigError as exc:
         raise ConfigError(f"criterion: {exc}") from None
-
-
-def group_stats(ctx: MethodContext, model: nn.Module, criterion: Any) -> dict[str, Any]:
-    """The standard statistics (:data:`prunelab.core.criterion.STANDARD_STATS`) ``criterion`` requires.
-
-    Cheap ones are always there (the model, the training split, the classes, the seed); calibration
-    batches are drawn only for a criterion that reads them.
-    """
-    stats: dict[str, Any] = {
-        "model": model,
-        "data": ctx.data.train,
-        "num_classes": int(ctx.data.num_classes),
-        "seed": ctx.seed,
-    }
-    if "batches" in getattr(criterion, "requires", frozenset()):
-        stats["batches"] = ctx.calibration(*_BATCHES)
-    return stats
 
 
 def structured_round(

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from torch import nn
-
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 
@@ -115,13 +113,6 @@ class AGPOptions(MaskOptions):
             raise ConfigError("frequency: must be >= 1")
 
 
-def saliency_stats(ctx: MethodContext, model: nn.Module, pruner: Any, samples: int, batch_size: int) -> Any:
-    """``{"model", "batches"}`` for gradient criteria (SNIP, GraSP, SynFlow); ``None`` for data-free ones."""
-    if not pruner.requires or not pruner.requires <= {"model", "batches"}:
-        return None
-    return {"model": model, "batches": ctx.calibration(samples, batch_size)}
-
-
 def prune_rounds(
     ctx: MethodContext, options: MaskOptions, targets: Sequence[float], rewind: bool = False
 ) -> MethodResult:
@@ -132,7 +123,7 @@ def prune_rounds(
     pruner = ctx.make_pruner(model, options)
     result = MethodResult(model)
     for index, target in enumerate(targets, start=1):
-        report = pruner.step(target, saliency_stats(ctx, model, pruner, 256, 128))
+        report = pruner.step(target, ctx.statistics(model, pruner.requires))
         before = ctx.evaluate(model)
         result.accuracy_before_finetune = before
         if rewind:
