@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from prunelab._io import atomic_write_json
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint
+from prunelab.checkpoint import build_from_checkpoint, load_checkpoint
 from prunelab.metrics import dense_macs
 from prunelab.metrics.speed import compare_latency
 from prunelab.models import build_model

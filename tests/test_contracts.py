@@ -4,7 +4,7 @@ Every method preset in :data:`prunelab.methods.METHODS` runs end to end on a sec
 through :func:`~prunelab.experiments.runner.run_recipe` and must leave the whole run-directory contract
 behind: ``config.yaml`` (which validates again, to the same recipe), ``summary.json`` with the documented
 keys and consistent values, ``layers.csv``, ``metrics.jsonl``, ``rounds.csv`` (for drivers that record
-rounds), ``log.txt`` and a ``checkpoint.pt`` that :func:`~prunelab.experiments.runner.build_from_checkpoint`
+rounds), ``log.txt`` and a ``checkpoint.pt`` that :func:`~prunelab.checkpoint.build_from_checkpoint`
 rebuilds into the run's final model (same parameter counts, same test accuracy).
 
 Each driver gets its small settings from :data:`SETUPS`; a method whose driver is not in the table fails,
@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, load_recipe_data, run_recipe
+from prunelab.checkpoint import build_from_checkpoint, load_checkpoint
+from prunelab.experiments.runner import load_recipe_data, run_recipe
 from prunelab.experiments.schema import Recipe, recipe_from_dict
 from prunelab.methods import DRIVERS, METHODS
 from prunelab.metrics import count_parameters

@@ -16,9 +16,10 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.checkpoint import build_from_checkpoint
 from prunelab.cli import main
 from prunelab.errors import ConfigError
-from prunelab.experiments.runner import build_from_checkpoint, run_recipe
+from prunelab.experiments.runner import run_recipe
 from prunelab.experiments.schema import recipe_from_dict
 from prunelab.models import build_model, check_model_name, is_model_name, model_options
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from prunelab.checkpoint import build_from_checkpoint, load_checkpoint
 from prunelab.core.targets import find_head
 from prunelab.errors import ConfigError
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
+from prunelab.experiments.runner import run_recipe
 from prunelab.experiments.schema import recipe_from_dict
 from prunelab.models import MODELS, build_model
 from prunelab.surgery import ChannelGraph, compact

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
+from prunelab.checkpoint import build_from_checkpoint
 from prunelab.core import masking
 from prunelab.data import load_dataset
-from prunelab.experiments.runner import build_from_checkpoint, run_recipe
+from prunelab.experiments.runner import run_recipe
 from prunelab.experiments.schema import load_recipe, recipe_from_dict
 from prunelab.models import build_model
 from prunelab.pruning.pruner import Pruner

@@ -35,6 +35,7 @@ FLOORS: dict[str, int] = {
     "surgery": 5,
     "training": 5,
     "regularizers": 6,
+    "checkpoint": 6,
     "methods": 7,
     "experiments": 8,
     "cli": 9,

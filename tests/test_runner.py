@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
+from prunelab.checkpoint import build_from_checkpoint, load_checkpoint
 from prunelab.cli import main
 from prunelab.core import masking
 from prunelab.errors import CheckpointError, ConfigError
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_device, run_recipe
+from prunelab.experiments.runner import run_device, run_recipe
 from prunelab.experiments.schema import recipe_from_dict
 
 REQUIRED = [

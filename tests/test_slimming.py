@@ -8,12 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from prunelab.checkpoint import build_from_checkpoint, load_checkpoint
 from prunelab.core.criterion import score_groups
 from prunelab.core.selectors import select_channels
 from prunelab.criteria import build_criterion
 from prunelab.data import load_dataset
 from prunelab.errors import ConfigError
-from prunelab.experiments.runner import build_from_checkpoint, load_checkpoint, run_recipe
+from prunelab.experiments.runner import run_recipe
 from prunelab.experiments.schema import recipe_from_dict
 from prunelab.models import build_model
 from prunelab.regularizers import L1SubgradientHook, ProximalSlimmingHook, soft_threshold

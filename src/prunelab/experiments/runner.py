@@ -29,20 +29,23 @@ import yaml
 from torch import nn
 
 from prunelab._io import (
-    atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     safe_torch_load,
 )
 from prunelab._version import __version__
+from prunelab.checkpoint import (
+    apply_arch,
+    check_version,
+    is_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from prunelab.core import masking
-from prunelab.errors import CheckpointError, ConfigError
+from prunelab.errors import ConfigError
 from prunelab.experiments.schema import Recipe
 from prunelab.methods.base import Driver, MethodContext, MethodResult
-
-CHECKPOINT_FORMAT = "prunelab.checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class RunLog:
@@ -61,85 +64,6 @@ class RunLog:
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(path: Path, model: nn.Module, arch: dict[str, Any]) -> None:
-    """Save ``model`` as a plain state_dict plus its masks and the architecture needed to rebuild it."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "arch": arch,
-        "state_dict": masking.plain_state_dict(model),
-        "masks": masking.masks_state_dict(model),
-    }
-    atomic_torch_save(payload, path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a prunelab checkpoint (``weights_only=True``) and check its format.
-
-    Raises:
-        CheckpointError: if the file is not a prunelab checkpoint or is corrupted.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    payload = safe_torch_load(path)
-    if not _is_prunelab_checkpoint(payload):
-        raise CheckpointError(f"{path} is not a prunelab checkpoint; pass a run directory or checkpoint.pt")
-    return _check_version(payload, path)
-
-
-def _check_version(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} was written by a newer prunelab; upgrade prunelab to read it")
-    return payload
-
-
-def build_from_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild the model stored in a prunelab checkpoint, masks included."""
-    from prunelab.models import build_model
-
-    payload = load_checkpoint(path)
-    arch = payload["arch"]
-    model = build_model(
-        arch["model"],
-        num_classes=arch["num_classes"],
-        input_shape=tuple(arch["input_shape"]),
-        **arch["kwargs"],
-    )
-    _apply_surgery(model, arch)
-    masking.load_masks(model, payload["masks"])
-    masking.load_plain_state_dict(model, payload["state_dict"])
-    return model
-
-
-def _apply_surgery(model: nn.Module, arch: dict[str, Any], head: str | None = None) -> None:
-    """Resize ``model`` to the checkpoint architecture ``arch`` (surgery widths, reparam bases), in place.
-
-    ``head`` is the model's classifier (default: the one ``arch`` recorded, else found from the graph);
-    the model was built for the current data, so the head keeps that class count.
-    """
-    # A structurally pruned run stores its per-layer widths under arch["surgery"] (prunelab.surgery).
-    if arch.get("surgery") is not None:
-        from prunelab.core.targets import find_head
-        from prunelab.errors import UnsupportedModelError
-        from prunelab.surgery import apply_arch_spec
-
-        try:
-            keep: tuple[str, ...] = (find_head(model, arch["input_shape"], head or arch.get("head")),)
-        except UnsupportedModelError:
-            keep = ()
-        apply_arch_spec(model, arch["surgery"], keep_outputs=keep)
-    # An interspace run's bases must exist before its coefficients, bases and masks are loaded.
-    if arch.get("reparam") is not None:
-        from prunelab.reparam import apply_reparam_spec
-
-        apply_reparam_spec(model, arch["reparam"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,9 +97,9 @@ def _init_model(
     path = Path(init)
     # A file is read once: it is either a prunelab checkpoint or a plain weights file.
     payload = load_checkpoint(path) if path.is_dir() else safe_torch_load(path) if path.is_file() else None
-    if payload is not None and _is_prunelab_checkpoint(payload):
-        _check_version(payload, path)
-        _apply_surgery(model, payload["arch"], head)
+    if payload is not None and is_checkpoint(payload):
+        check_version(payload, path)
+        apply_arch(model, payload["arch"], head)
         new_head = _keep_fresh_head(model, head, payload["state_dict"], payload["masks"])
         masking.load_masks(model, payload["masks"])
         masking.load_plain_state_dict(model, payload["state_dict"])
@@ -208,10 +132,6 @@ def _keep_fresh_head(model: nn.Module, head: str, state: dict[str, Any], masks: 
             masks.pop(key, None)
             replaced = True
     return replaced
-
-
-def _is_prunelab_checkpoint(payload: Any) -> bool:
-    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
 
 
 def _targeted_sparsity(model: nn.Module) -> float:

@@ -1,15 +1,26 @@
-"""Versioned JSON description of a compacted network's per-layer widths.
+"""Versioned JSON description of a compacted network's shapes, for any module class.
 
-A compacted model is the zoo model with some layers narrowed, so it is stored as the zoo recipe
-(``model``, ``kwargs``) plus this spec and an ordinary ``state_dict``: no pickled modules, loadable
-with ``torch.load(weights_only=True)``. :func:`apply_arch_spec` rebuilds the narrowed layers in place.
+A compacted model is the original model with some layers narrowed, so it is stored as the builder
+(model name and kwargs) plus this spec and an ordinary ``state_dict``: no pickled modules, loadable
+with ``torch.load(weights_only=True)``. :func:`apply_arch_spec` resizes a freshly built model in place.
+
+Version 2 (written now) is generic: for every module it records the shape of each of its own
+parameters and buffers and its integer configuration attributes (``in_channels``, ``num_features``,
+``normalized_shape``, ``groups``, …). Loading resizes those tensors and sets those attributes on the
+module the builder made, so every class survives the round trip with its own behaviour — a timm
+``BatchNormAct2d`` keeps its activation, a LayerNorm its ``eps``, a user's layer its code — and bare
+parameters are covered like any other. Channel-mapping layers
+(:class:`~prunelab.surgery.layers.ChannelMappingLayer`) additionally keep their own entry
+(``arch_entry``/``load_arch_entry``) for state that is not a tensor. Version 1 (Conv2d, Linear,
+BatchNorm and channel-mapping entries only) is still read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from prunelab.errors import CheckpointError
@@ -18,30 +29,90 @@ from prunelab.surgery.layers import ChannelMappingLayer
 __all__ = ["ARCH_FORMAT", "ARCH_VERSION", "apply_arch_spec", "arch_spec"]
 
 ARCH_FORMAT = "prunelab.arch"
-ARCH_VERSION = 1
+ARCH_VERSION = 2
+
+#: Attributes never recorded: state flags, not shapes.
+_SKIP_ATTRS = frozenset({"training"})
+
+
+def _shape_attrs(module: nn.Module) -> dict[str, Any]:
+    """The module's public integer (or integer-tuple) attributes: its configuration, surgery-edited ones included."""
+    attrs: dict[str, Any] = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key in _SKIP_ATTRS:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            attrs[key] = value
+        elif (
+            isinstance(value, (tuple, list))
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            attrs[key] = list(value)
+    return attrs
 
 
 def arch_spec(model: nn.Module) -> dict[str, Any]:
-    """The per-layer widths of every Conv2d, Linear, BatchNorm and channel-mapping layer of ``model``.
+    """The shapes of ``model``: per module, its own tensors' shapes and its integer configuration.
 
     A channel-mapping layer (:class:`~prunelab.surgery.layers.ChannelMappingLayer`, e.g. the option-A
-    shortcut ``PadShortcut``) is stored as ``{"type": its class name, **layer.arch_entry()}``.
+    shortcut ``PadShortcut``) also stores ``layer.arch_entry()`` under ``"entry"``.
     """
     layers: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            layers[name] = {
-                "type": "Conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
-                "groups": m.groups, "bias": m.bias is not None,
-            }  # fmt: skip
-        elif isinstance(m, nn.Linear):
-            layers[name] = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
-                            "bias": m.bias is not None}  # fmt: skip
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            layers[name] = {"type": type(m).__name__, "num_features": m.num_features}
-        elif isinstance(m, ChannelMappingLayer):
-            layers[name] = {"type": type(m).__name__, **m.arch_entry()}
+        entry: dict[str, Any] = {"type": type(m).__name__, "attrs": _shape_attrs(m)}
+        tensors = {k: list(t.shape) for k, t in m._parameters.items() if t is not None}
+        tensors.update({k: list(t.shape) for k, t in m._buffers.items() if t is not None})
+        if tensors:
+            entry["tensors"] = tensors
+        if isinstance(m, ChannelMappingLayer):
+            entry["entry"] = m.arch_entry()
+        layers[name] = entry
     return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "layers": layers}
+
+
+def _resize(module: nn.Module, key: str, shape: Sequence[int]) -> None:
+    """Replace tensor ``key`` of ``module`` by an uninitialised one of ``shape`` (the state_dict fills it)."""
+    if key in module._parameters and module._parameters[key] is None:
+        # The surgery added it (a shift folded into a bias-free consumer): create it.
+        like = next(iter(module.parameters()), torch.empty(0))
+        module._parameters[key] = nn.Parameter(torch.empty(tuple(shape), dtype=like.dtype, device=like.device))
+        return
+    old = module._parameters.get(key)
+    if old is not None:
+        if tuple(old.shape) != tuple(shape):
+            module._parameters[key] = nn.Parameter(
+                torch.empty(tuple(shape), dtype=old.dtype, device=old.device), requires_grad=old.requires_grad
+            )
+        return
+    buf = module._buffers.get(key)
+    if buf is not None and tuple(buf.shape) != tuple(shape):
+        module._buffers[key] = torch.empty(tuple(shape), dtype=buf.dtype, device=buf.device)
+
+
+def _apply_v2(model: nn.Module, layers: Mapping[str, Any], keep_outputs: Sequence[str]) -> None:
+    modules = dict(model.named_modules())
+    for name, entry in layers.items():
+        module = modules.get(name)
+        if module is None:
+            raise CheckpointError(f"architecture spec names layer {name!r}, which the model lacks; "
+                                  "rebuild with the same model and kwargs")  # fmt: skip
+        if entry["type"] != type(module).__name__:
+            raise CheckpointError(f"architecture spec layer {name!r} is a {entry['type']}, the model has "
+                                  f"{type(module).__name__}; rebuild with the same model")  # fmt: skip
+        if isinstance(module, ChannelMappingLayer) and "entry" in entry:
+            module.load_arch_entry(entry["entry"])
+        keep = name in keep_outputs
+        for key, value in entry.get("attrs", {}).items():
+            if keep and key in ("out_features", "out_channels"):
+                continue  # the classifier keeps the class count of the model it is loaded into
+            if hasattr(module, key) and not callable(getattr(module, key)):
+                setattr(module, key, tuple(value) if isinstance(getattr(module, key), tuple) else value)
+        for key, shape in entry.get("tensors", {}).items():
+            current = getattr(module, key, None)
+            if keep and isinstance(current, torch.Tensor) and current.dim() > 0:
+                shape = [current.shape[0], *shape[1:]]
+            _resize(module, key, shape)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -51,10 +122,10 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequence[str] = ()) -> nn.Module:
-    """Narrow the layers of a freshly built zoo ``model`` to the widths in ``spec`` (in place).
+    """Resize the layers of a freshly built ``model`` to the shapes in ``spec`` (in place).
 
     Args:
-        model: the zoo model, built with the same name and kwargs as the one the spec describes.
+        model: the model, built with the same builder and kwargs as the one the spec describes.
         spec: the architecture spec (``arch["surgery"]`` of a checkpoint).
         keep_outputs: layers whose output size stays the model's own: the classifier when a compacted
             network is fine-tuned on a dataset with another class count (its inputs still narrow).
@@ -68,7 +139,16 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequen
         raise CheckpointError(
             "architecture spec was written by a newer prunelab; upgrade prunelab to read it"
         )
-    for name, layer in spec["layers"].items():
+    if int(spec.get("version", 0)) >= 2:
+        _apply_v2(model, spec["layers"], keep_outputs)
+        return model
+    _apply_v1(model, spec["layers"], keep_outputs)
+    return model
+
+
+def _apply_v1(model: nn.Module, layers: Mapping[str, Any], keep_outputs: Sequence[str]) -> None:
+    """Version-1 specs: Conv2d, Linear, BatchNorm widths and channel-mapping entries, by replacement."""
+    for name, layer in layers.items():
         try:
             old = model.get_submodule(name)
         except AttributeError as exc:
@@ -100,4 +180,3 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequen
             raise CheckpointError(f"architecture spec layer {name!r} is a {kind}, the model has "
                                   f"{type(old).__name__}; rebuild with the same model")  # fmt: skip
         _replace(model, name, new)
-    return model
