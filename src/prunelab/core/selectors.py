@@ -323,7 +323,12 @@ def guard_min_keep(
 
 
 def select_channels(
-    scores: Mapping[str, Tensor], amount: float, *, scope: str = "global", min_keep: int = 1
+    scores: Mapping[str, Tensor],
+    amount: float,
+    *,
+    scope: str = "global",
+    min_keep: int = 1,
+    divisions: Mapping[str, int] | None = None,
 ) -> dict[str, Tensor]:
     """Keep masks over coupled channel groups, removing ``round(amount · channels)`` lowest-scored channels.
 
@@ -336,6 +341,10 @@ def select_channels(
         scope: ``"global"`` (one ranking over all groups — network slimming's global percentile
             threshold) or ``"layer"`` (the same share in every group).
         min_keep: channels every group keeps at least.
+        divisions: ``{group: blocks}`` for groups whose channels go in periodic sets (a grouped conv's
+            or GroupNorm's groups, :attr:`prunelab.surgery.ChannelGroup.divisions`): channel ``p`` of
+            every block is scored by the blocks' mean and kept or removed together (kept when the
+            ranking splits a set).
 
     Example:
         >>> import torch
@@ -343,4 +352,11 @@ def select_channels(
         >>> keep["a"].tolist(), keep["b"].tolist()
         ([True, False], [True, False])
     """
-    return select_topk({k: v.float() for k, v in scores.items()}, amount, scope=scope, min_keep=min_keep)
+    blocks = {k: int(d) for k, d in (divisions or {}).items() if int(d) > 1 and k in scores}
+    tiled = {k: v.float() for k, v in scores.items()}
+    for k, d in blocks.items():
+        tiled[k] = tiled[k].reshape(d, -1).mean(dim=0).repeat(d)
+    keep = select_topk(tiled, amount, scope=scope, min_keep=min_keep)
+    for k, d in blocks.items():
+        keep[k] = keep[k].reshape(d, -1).any(dim=0).repeat(d)
+    return keep

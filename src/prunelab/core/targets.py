@@ -16,11 +16,13 @@ import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunelab.core.inputs import call_model, describe_inputs, is_shape
 from prunelab.errors import ConfigError, UnsupportedModelError
 
 #: Layer kinds that :func:`find_targets` understands, mapped to the module classes they cover.
@@ -193,45 +195,10 @@ def _reaching(outputs: list[Tensor]) -> set[object]:
     return seen
 
 
-def find_head(model: nn.Module, input_shape: Sequence[int], head: str | None = None) -> str:
-    """Qualified name of the model's classifier head: ``head`` when given, else found from the graph.
-
-    The default is the last module with unit weights (a Linear, a convolution, a custom layer; not a
-    normalisation layer) that runs in one forward pass and whose output reaches the model's output:
-    the layer producing the logits, whatever order the modules were registered in. A 1×1 conv followed
-    by global pooling (SqueezeNet) is a head too. The pass runs once, in eval mode, on a zero batch of
-    one input on the model's device (the meta device for a model built there), so it costs one
-    batch-1 forward; the model's mode is restored.
-
-    Args:
-        model: the network.
-        input_shape: ``(C, H, W)`` (or any shape) of one input; unused when ``head`` is given.
-        head: the head's qualified module name, to name it explicitly (checked, not traced).
-
-    Returns:
-        The head's qualified module name.
-
-    Raises:
-        ConfigError: ``head`` is not a module of ``model`` with unit weights (close matches named), or
-            the model cannot run on an input of ``input_shape``.
-        UnsupportedModelError: no layer with weights reaches the model's output.
-
-    Example:
-        >>> from torch import nn
-        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
-        >>> find_head(model, (3, 3, 3))
-        '3'
-    """
-    candidates = _head_candidates(model)
-    if head is not None:
-        if head not in candidates:
-            close = difflib.get_close_matches(str(head), candidates, n=3, cutoff=0.5)
-            known = close or list(candidates)[-3:]
-            raise ConfigError(
-                f"model.head: {head!r} is not a module with weights of {type(model).__name__}; "
-                f"known: {', '.join(known) or 'none'}"
-            )
-        return head
+def _run_order(
+    model: nn.Module, example: Any, candidates: dict[str, nn.Module]
+) -> tuple[list[tuple[str, object]], list[Tensor]]:
+    """``[(layer name, output grad_fn), ...]`` in run order, and the model's output tensors."""
     order: list[tuple[str, object]] = []
 
     def record(name: str) -> Callable[[nn.Module, object, object], None]:
@@ -242,30 +209,119 @@ def find_head(model: nn.Module, input_shape: Sequence[int], head: str | None = N
 
     handles = [m.register_forward_hook(record(n)) for n, m in candidates.items()]
     was_training = model.training
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else None
     try:
         model.eval()
-        x = torch.zeros(1, *(int(s) for s in input_shape), device=device, requires_grad=True)
         with torch.enable_grad():
-            out = model(x)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            out = call_model(model, _needing_grad(example))
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"{type(model).__name__} cannot run on an input of shape {tuple(input_shape)} to find its "
-            f"classifier head ({first_line}); give the model's input shape or name the head (model.head)"
+            f"{type(model).__name__} cannot run on {_what(example)} to find its "
+            f"classifier head ({first_line}); give inputs the model accepts or name the head (model.head / head=)"
         ) from None
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    reaching = _reaching(_tensors(out))
-    for name, node in reversed(order):
-        if node is not None and node in reaching:
-            return name
-    if order and not reaching:  # no autograd graph (e.g. under inference mode): the last one ran
-        return order[-1][0]
-    raise UnsupportedModelError(
-        f"{type(model).__name__} has no layer with weights whose output reaches the model output; "
-        "name the classifier head explicitly (model.head / head=)"
-    )
+    return order, _tensors(out)
+
+
+def _what(example: Any) -> str:
+    kind = "an input of shape" if is_shape(example) else "example inputs"
+    return f"{kind} {describe_inputs(example)}"
+
+
+def _needing_grad(example: Any) -> Any:
+    """Example inputs whose floating tensors require grad, so every output has an autograd graph."""
+    if is_shape(example):
+        return example
+    if isinstance(example, Tensor):
+        return example.detach().requires_grad_(True) if example.is_floating_point() else example
+    if isinstance(example, dict):
+        return {k: _needing_grad(v) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(_needing_grad(v) for v in example)
+    return example
+
+
+def check_head_name(model: nn.Module, head: str) -> str:
+    """``head`` if it names a module of ``model`` with unit weights, else a one-line ConfigError with close matches."""
+    candidates = _head_candidates(model)
+    if head not in candidates:
+        close = difflib.get_close_matches(str(head), candidates, n=3, cutoff=0.5)
+        known = close or list(candidates)[-3:]
+        raise ConfigError(
+            f"model.head: {head!r} is not a module with weights of {type(model).__name__}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
+    return head
+
+
+def output_layers(model: nn.Module, example: Any) -> list[str]:
+    """For every output tensor of ``model``, the last layer with weights it was computed from (in output order).
+
+    These layers' output channels are the model's outputs (the classes of each head, a decoder's image
+    channels, an embedding returned beside the logits), so structured pruning keeps them. Duplicates
+    are dropped; the first entry is the default classifier head (:func:`find_head`).
+
+    Args:
+        model: the network.
+        example: example inputs (:mod:`prunelab.core.inputs`: a tensor, a tuple, a dict or a shape).
+
+    Raises:
+        ConfigError: the model cannot run on ``example``.
+        UnsupportedModelError: no layer with weights reaches any output.
+    """
+    candidates = _head_candidates(model)
+    order, outputs = _run_order(model, example, candidates)
+    found: list[str] = []
+    for out in outputs:
+        reaching = _reaching([out])
+        for name, node in reversed(order):
+            if node is not None and node in reaching:
+                if name not in found:
+                    found.append(name)
+                break
+    if not found and order and not any(o.grad_fn is not None for o in outputs):
+        found.append(order[-1][0])  # no autograd graph (e.g. under inference mode): the last one ran
+    if not found:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no layer with weights whose output reaches the model output; "
+            "name the classifier head explicitly (model.head / head=)"
+        )
+    return found
+
+
+def find_head(model: nn.Module, example: Any, head: str | None = None) -> str:
+    """Qualified name of the model's classifier head: ``head`` when given, else found from the graph.
+
+    The default is the last module with unit weights (a Linear, a convolution, a custom layer; not a
+    normalisation layer) that runs in one forward pass and whose output reaches the model's (first)
+    output: the layer producing the logits, whatever order the modules were registered in. A 1×1 conv
+    followed by global pooling (SqueezeNet) is a head too. The pass runs once, in eval mode, on the
+    example inputs (a shape gives a zero batch of one) on the model's device, so it costs one forward;
+    the model's mode is restored.
+
+    Args:
+        model: the network.
+        example: example inputs (:mod:`prunelab.core.inputs`) or the shape ``(C, H, W)`` of one input;
+            unused when ``head`` is given.
+        head: the head's qualified module name, to name it explicitly (checked, not traced).
+
+    Returns:
+        The head's qualified module name.
+
+    Raises:
+        ConfigError: ``head`` is not a module of ``model`` with unit weights (close matches named), or
+            the model cannot run on ``example``.
+        UnsupportedModelError: no layer with weights reaches the model's output.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+        >>> find_head(model, (3, 3, 3))
+        '3'
+    """
+    if head is not None:
+        return check_head_name(model, head)
+    return output_layers(model, example)[0]

@@ -33,13 +33,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
-from prunelab.errors import ConfigError, PrunelabError
-from prunelab.surgery.graph import ChannelGraph, ChannelGroup
+from prunelab.core.inputs import ExampleInputs, as_call, output_tensors, random_like
+from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
+from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
 from prunelab.surgery.layers import ChannelMappingLayer
 
-__all__ = ["SurgeryMismatchError", "SurgeryReport", "check_equivalence", "compact", "zero_channels"]
+__all__ = [
+    "ChannelRemovalError",
+    "SurgeryMismatchError",
+    "SurgeryReport",
+    "check_equivalence",
+    "compact",
+    "zero_channels",
+]
 
 #: Maximum absolute output difference accepted between the compacted and the reference model.
 DEFAULT_TOLERANCE = 1e-4
@@ -47,6 +57,25 @@ DEFAULT_TOLERANCE = 1e-4
 
 class SurgeryMismatchError(PrunelabError):
     """The compacted network does not reproduce the masked one (a surgery bug, never silently accepted)."""
+
+
+class ChannelRemovalError(UnsupportedModelError):
+    """Some channel groups cannot be removed from this model; :attr:`groups` maps each to why.
+
+    Found by compacting the groups one at a time after a joint compaction failed: a group whose removal
+    breaks the model's forward pass, or changes its outputs, passes through a construct Torch-Pruning
+    cannot map channels through (a split or slice of constant width, a channel shuffle, a reshape over
+    the channels). Excluding those groups (``exclude=[...]``) prunes the rest.
+    """
+
+    def __init__(self, groups: Mapping[str, str]) -> None:
+        self.groups = dict(groups)
+        first, why = next(iter(self.groups.items()))
+        more = f" (and {len(self.groups) - 1} more group(s))" if len(self.groups) > 1 else ""
+        super().__init__(
+            f"channels of group {first!r} cannot be removed: {why}{more}; exclude them: "
+            f"exclude={sorted(self.groups)!r}"
+        )
 
 
 @dataclass
@@ -106,6 +135,14 @@ def _removed(graph: ChannelGraph, keep: Mapping[str, Tensor], min_keep: int = 1)
                 f"channel mask for {name!r} keeps {int(mask.sum())} channels; keep at least {min_keep}"
             )
         gone = torch.nonzero(~mask).flatten().tolist()
+        if group.divisions > 1 and gone != group.periodic(
+            sorted({c % (group.size // group.divisions) for c in gone})
+        ):
+            raise ConfigError(
+                f"channel mask for {name!r} must remove the same positions in each of its {group.divisions} "
+                "blocks (a grouped conv or GroupNorm); remove channel p of every block together "
+                "(select_channels(..., divisions=...) does)"
+            )
         if gone:
             removed[name] = gone
     return removed
@@ -125,40 +162,177 @@ def zero_channels(
         model: a model with the same module names as the one the groups were traced on.
         groups: the channel groups.
         removed: ``{group: channels to mask}``.
-        keep_shift: ``True`` gives the γ-masked model (producers' filters and BN γ zeroed, BN β kept);
-            ``False`` zeroes every member entry so that the channel is exactly 0 everywhere.
+        keep_shift: ``True`` gives the γ-masked model (producers' filters and norm scales zeroed, their
+            shifts kept); ``False`` zeroes every member entry so that the channel is exactly 0 everywhere.
+
+    Raises:
+        UnsupportedModelError: a member layer of a type the surgery cannot mask.
     """
     by_name = {g.name: g for g in groups}
+    params = dict(model.named_parameters())
     for name, channels in removed.items():
         for member in by_name[name].members:
             idx = member.indices(channels)
             if not idx:
                 continue
-            module = model.get_submodule(member.name)
             ix = torch.tensor(idx, dtype=torch.long)
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                module.weight[ix] = 0.0
-                if not keep_shift:
-                    module.bias[ix] = 0.0
-            elif isinstance(module, (nn.Conv2d, nn.Linear)):
-                if member.role == "out":
-                    module.weight[ix] = 0.0
-                    if module.bias is not None and not keep_shift:
-                        module.bias[ix] = 0.0
-                elif not keep_shift:
-                    module.weight[:, ix] = 0.0
-            elif isinstance(module, ChannelMappingLayer) and not keep_shift:
-                if member.role == "out":
-                    module.zero_outputs(idx)
+            if member.kind == "Parameter":
+                param = params[member.name]
+                param.index_fill_(int(member.dim or 0) % param.dim(), ix.to(param.device), 0.0)
+                continue
+            _zero_module(model.get_submodule(member.name), member.role, ix, keep_shift)
+
+
+def _zero_module(module: nn.Module, role: str, ix: Tensor, keep_shift: bool) -> None:
+    """Zero what channels ``ix`` of ``module`` contribute (``role`` "out": its outputs, "in": its inputs)."""
+    ix = ix.to(next(iter(module.parameters()), torch.empty(0)).device)
+    if isinstance(module, ChannelMappingLayer):
+        if not keep_shift:
+            (module.zero_outputs if role == "out" else module.zero_inputs)(ix.tolist())
+        return
+    if isinstance(module, (nn.modules.batchnorm._NormBase, *CROSS_CHANNEL_NORMS)):
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        # LayerNorm's parameters run along its normalized (last) dims; the others' along the channels.
+        dim = -1 if isinstance(module, nn.LayerNorm) else 0
+        if weight is not None:
+            weight.index_fill_(dim, ix, 0.0)
+        if bias is not None and not keep_shift:
+            bias.index_fill_(dim, ix, 0.0)
+        return
+    if isinstance(module, nn.modules.conv._ConvNd):
+        _zero_conv(module, role, ix, keep_shift)
+        return
+    if isinstance(module, nn.Linear):
+        if role == "out":
+            module.weight[ix] = 0.0
+            if module.bias is not None and not keep_shift:
+                module.bias[ix] = 0.0
+        elif not keep_shift:
+            module.weight[:, ix] = 0.0
+        return
+    if isinstance(module, nn.PReLU):
+        return  # PReLU(0) = 0: a zero channel stays zero
+    raise UnsupportedModelError(
+        f"layer {type(module).__name__} is coupled to a channel group but the surgery cannot mask it; "
+        "implement prunelab.surgery.ChannelMappingLayer for it or exclude the group"
+    )
+
+
+def _zero_conv(conv: nn.modules.conv._ConvNd, role: str, ix: Tensor, keep_shift: bool) -> None:
+    """Zero channels ``ix`` of a (grouped, depthwise, transposed) convolution's outputs or inputs."""
+    w, groups = conv.weight, conv.groups
+    depthwise = groups > 1 and groups == conv.in_channels == conv.out_channels
+    if role == "out" or depthwise:
+        if not conv.transposed:
+            w[ix] = 0.0  # rows are output channels, for every groups value
+        else:
+            # Transposed weight: (in, out/groups, k...); output o is column o % (out/groups) of its group's rows.
+            per_out, per_in = conv.out_channels // groups, conv.in_channels // groups
+            for o in ix.tolist():
+                g, p = divmod(o, per_out)
+                w[g * per_in : (g + 1) * per_in, p] = 0.0
+        if conv.bias is not None and not keep_shift:
+            conv.bias[ix] = 0.0
+        return
+    if keep_shift:
+        return
+    if conv.transposed:
+        w[ix] = 0.0  # rows are input channels
+        return
+    # Weight (out, in/groups, k...): input c is column c % (in/groups) of its group's output rows.
+    per_in, per_out = conv.in_channels // groups, conv.out_channels // groups
+    for c in ix.tolist():
+        g, p = divmod(c, per_in)
+        w[g * per_out : (g + 1) * per_out, p] = 0.0
+
+
+class _KeptStatistics(TorchFunctionMode):
+    """Inside it, LayerNorm / GroupNorm calls on the given weights normalise over the kept channels only.
+
+    A removed channel is absent from the compacted model's norm statistics; zeroing it in the reference
+    would still count it in the mean and variance. This mode makes the reference compute what removal
+    means: the norm of the kept channels (the removed ones output 0).
+    """
+
+    def __init__(self, kept: Mapping[int, Tensor]) -> None:
+        super().__init__()
+        self.kept = kept
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func is F.layer_norm or func is F.group_norm:
+            names = (
+                ("input", "normalized_shape", "weight", "bias", "eps")
+                if func is F.layer_norm
+                else ("input", "num_groups", "weight", "bias", "eps")
+            )
+            bound = dict(zip(names, args, strict=False)) | kwargs
+            weight = bound.get("weight")
+            keep = self.kept.get(id(weight)) if weight is not None else None
+            if keep is not None:
+                x, bias, eps = bound["input"], bound.get("bias"), bound.get("eps", 1e-5)
+                out = torch.zeros_like(x)
+                b = None if bias is None else bias[keep]
+                if func is F.layer_norm:
+                    out[..., keep] = F.layer_norm(x[..., keep], (len(keep),), weight[keep], b, eps)
                 else:
-                    module.zero_inputs(idx)
+                    out[:, keep] = F.group_norm(x[:, keep], bound["num_groups"], weight[keep], b, eps)
+                return out
+        return func(*args, **kwargs)
 
 
-def _batch(input_shape: Sequence[int], batch: Tensor | None, device: torch.device) -> Tensor:
-    if batch is not None:
-        return batch.to(device)
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(8, *input_shape, generator=gen).to(device)
+class _Reference(nn.Module):
+    """The reference model: ``model`` with channels zeroed, its cross-channel norms over kept channels only."""
+
+    def __init__(self, model: nn.Module, kept: Mapping[int, Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._kept = dict(kept)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped model's forward under :class:`_KeptStatistics`."""
+        if not self._kept:
+            return self.model(*args, **kwargs)
+        with _KeptStatistics(self._kept):
+            return self.model(*args, **kwargs)
+
+
+def _norm_keeps(
+    model: nn.Module, groups: Sequence[ChannelGroup], removed: Mapping[str, Sequence[int]]
+) -> dict:
+    """``{id(norm weight): kept channel indices}`` for the cross-channel norms that lose channels."""
+    by_name = {g.name: g for g in groups}
+    gone: dict[str, set[int]] = {}
+    for name, channels in removed.items():
+        for member in by_name[name].members:
+            module = None if member.kind == "Parameter" else model.get_submodule(member.name)
+            if isinstance(module, CROSS_CHANNEL_NORMS):
+                gone.setdefault(member.name, set()).update(member.indices(channels))
+    kept: dict[int, Tensor] = {}
+    for name, idx in gone.items():
+        norm = model.get_submodule(name)
+        if norm.weight is None:
+            raise UnsupportedModelError(
+                f"norm {name!r} has no affine weight; the surgery cannot verify removing its channels"
+            )
+        size = int(norm.weight.shape[-1] if isinstance(norm, nn.LayerNorm) else norm.weight.shape[0])
+        kept[id(norm.weight)] = torch.tensor(
+            [c for c in range(size) if c not in idx], dtype=torch.long, device=norm.weight.device
+        )
+    return kept
+
+
+def _batch(example: ExampleInputs, batch: ExampleInputs | None) -> ExampleInputs:
+    """The verification inputs: ``batch`` if given, else seeded standard-normal inputs like ``example``.
+
+    A shape gives 8 inputs; tensors keep their shapes (:func:`_call` moves them to the model's device).
+    """
+    return random_like(example, batch=8, seed=0) if batch is None else batch
+
+
+def _call(model: nn.Module, x: ExampleInputs) -> Any:
+    args, kwargs = as_call(x, model)
+    return model(*args, **kwargs)
 
 
 @torch.no_grad()
@@ -167,7 +341,7 @@ def _fold_shifts(
     masked: nn.Module,
     groups: Sequence[ChannelGroup],
     removed: Mapping[str, Sequence[int]],
-    x: Tensor,
+    x: ExampleInputs,
 ) -> tuple[list[str], dict[str, str]]:
     # Consumer inputs of removed channels, observed on the γ-masked model.
     wanted: dict[str, list[int]] = {}
@@ -185,7 +359,7 @@ def _fold_shifts(
 
         handles.append(masked.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        masked(x)
+        _call(masked, x)
     finally:
         for h in handles:
             h.remove()
@@ -193,8 +367,11 @@ def _fold_shifts(
     inexact: dict[str, str] = {}
     for name, idx in wanted.items():
         idx = sorted(set(idx))
-        inp = seen[name][:, idx]
-        flat = inp.transpose(0, 1).reshape(len(idx), -1)
+        layer = work.get_submodule(name)
+        # A Linear reads its features from the last dim (also over channels-last maps), a conv from dim 1.
+        dim = -1 if isinstance(layer, nn.Linear) else 1
+        inp = seen[name].index_select(dim, torch.tensor(idx, device=seen[name].device))
+        flat = inp.movedim(dim, 0).reshape(len(idx), -1)
         const = flat.mean(dim=1)
         spread = (flat - const[:, None]).abs().amax() if flat.numel() else torch.tensor(0.0)
         if float(spread) > 1e-5 * (1.0 + float(const.abs().max())):
@@ -204,7 +381,6 @@ def _fold_shifts(
             continue
         if float(const.abs().max()) == 0.0:
             continue
-        layer = work.get_submodule(name)
         ix = torch.tensor(idx, dtype=torch.long)
         if isinstance(layer, nn.Linear):
             delta = layer.weight[:, ix] @ const
@@ -227,12 +403,18 @@ def _fold_shifts(
 
 
 def check_equivalence(
-    reference: nn.Module, candidate: nn.Module, x: Tensor, tolerance: float = DEFAULT_TOLERANCE
+    reference: nn.Module, candidate: nn.Module, x: ExampleInputs, tolerance: float = DEFAULT_TOLERANCE
 ) -> float:
-    """Max absolute output difference of two models on ``x`` (eval mode).
+    """Max absolute output difference of two models on inputs ``x`` (eval mode), over every output tensor.
+
+    Args:
+        reference, candidate: the two models.
+        x: inputs in any form of :mod:`prunelab.core.inputs` (a tensor, a tuple, a dict); outputs may be
+            tensors, tuples, lists or dicts.
+        tolerance: the accepted maximum.
 
     Raises:
-        SurgeryMismatchError: if the difference exceeds ``tolerance``.
+        SurgeryMismatchError: if the difference exceeds ``tolerance`` or the outputs differ in number or shape.
     """
     modes = (reference.training, candidate.training)
     reference.eval()
@@ -243,11 +425,18 @@ def check_equivalence(
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         with torch.no_grad():
-            diff = float((reference(x) - candidate(x)).abs().max())
+            want, got = output_tensors(_call(reference, x)), output_tensors(_call(candidate, x))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    reference.train(modes[0])
-    candidate.train(modes[1])
+        reference.train(modes[0])
+        candidate.train(modes[1])
+    shapes = [tuple(t.shape) for t in want], [tuple(t.shape) for t in got]
+    if shapes[0] != shapes[1]:
+        raise SurgeryMismatchError(
+            f"compacted model's outputs have shapes {shapes[1]}, the masked model's {shapes[0]}; "
+            "a model output lost channels (name that layer as the head or exclude it)"
+        )
+    diff = max((float((a - b).abs().max()) for a, b in zip(want, got, strict=True) if a.numel()), default=0.0)
     if not diff <= tolerance:
         raise SurgeryMismatchError(
             f"compacted model differs from the masked model by {diff:.3g} > tolerance {tolerance:g}; "
@@ -259,10 +448,10 @@ def check_equivalence(
 def compact(
     model: nn.Module,
     keep: Mapping[str, Tensor],
-    input_shape: Sequence[int],
+    example_inputs: ExampleInputs,
     *,
     graph: ChannelGraph | None = None,
-    batch: Tensor | None = None,
+    batch: ExampleInputs | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     fold_shifts: bool = True,
     min_keep: int = 1,
@@ -273,9 +462,11 @@ def compact(
     Args:
         model: the network (left unchanged).
         keep: ``{group name: bool keep mask of the group's channels}``; groups not named keep all.
-        input_shape: ``(C, H, W)`` of one input.
+        example_inputs: what the model is called with (:mod:`prunelab.core.inputs`: a tensor, a tuple,
+            a dict of keyword tensors) or the shape ``(C, H, W)`` of one input.
         graph: a :class:`ChannelGraph` of ``model`` (built when not given).
-        batch: verification inputs (default: 8 standard-normal inputs, seed 0).
+        batch: verification inputs, of the same form as ``example_inputs`` (default: seeded
+            standard-normal inputs like them; 8 inputs for a shape).
         tolerance: maximum accepted output difference to the reference model.
         fold_shifts: fold removed channels' constant BN shifts into the consumers.
         min_keep: channels every group keeps at least.
@@ -286,37 +477,92 @@ def compact(
         ``(compacted model, report)``.
 
     Raises:
-        ConfigError: a mask names an unknown group, has the wrong length or keeps too few channels.
+        ConfigError: a mask names an unknown group, has the wrong length, keeps too few channels, or
+            breaks the periodic structure of a grouped conv / GroupNorm group.
+        ChannelRemovalError: some groups cannot be removed from this model (named, each with why).
         SurgeryMismatchError: the compacted model does not match the reference.
     """
+    graph = graph or ChannelGraph(model, example_inputs, head=head)
+    removed = _removed(graph, keep, min_keep)
+    x = _batch(example_inputs, batch)
+    try:
+        return _compact(model, graph, removed, example_inputs, x, tolerance, fold_shifts, head)
+    except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+        if len(removed) < 2 and not isinstance(exc, SurgeryMismatchError):
+            bad = {name: _why(exc, graph, name) for name in removed}
+            raise ChannelRemovalError(bad) from None
+        bad = _diagnose(model, graph, removed, example_inputs, x, tolerance, fold_shifts, head)
+        if not bad:
+            raise
+        raise ChannelRemovalError(bad) from None
+
+
+def _why(exc: BaseException, graph: ChannelGraph, name: str) -> str:
+    """Why removing group ``name`` failed, in words: the error, and the graph ops its channels pass through."""
+    ops = graph.graph_ops(name)
+    through = f"; its channels pass through {', '.join(ops)}, which Torch-Pruning cannot map" if ops else ""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SurgeryMismatchError):
+        text = text.split(";")[0]
+    return f"{text[:160]}{through}"
+
+
+def _diagnose(
+    model: nn.Module,
+    graph: ChannelGraph,
+    removed: Mapping[str, Sequence[int]],
+    example: ExampleInputs,
+    x: ExampleInputs,
+    tolerance: float,
+    fold_shifts: bool,
+    head: str | None,
+) -> dict[str, str]:
+    """The groups whose removal fails on its own (compacting one group at a time), each with why."""
+    bad: dict[str, str] = {}
+    for name, channels in removed.items():
+        try:
+            _compact(model, graph, {name: channels}, example, x, tolerance, fold_shifts, head)
+        except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+            bad[name] = _why(exc, graph, name)
+    return bad
+
+
+def _compact(
+    model: nn.Module,
+    graph: ChannelGraph,
+    removed: Mapping[str, Sequence[int]],
+    example: ExampleInputs,
+    x: ExampleInputs,
+    tolerance: float,
+    fold_shifts: bool,
+    head: str | None,
+) -> tuple[nn.Module, SurgeryReport]:
     work = copy.deepcopy(model)
     # Torch-Pruning edits the modules its graph was traced on, so the graph used for pruning is traced
-    # on the copy; a caller's graph (traced on `model`, same module names) is only used for checking.
-    if graph is not None:
-        wgraph = ChannelGraph(work, input_shape, exclude=list(graph.excluded), head=head or graph.head)
-    else:
-        wgraph = ChannelGraph(work, input_shape, head=head)
-    graph = graph or wgraph
-    removed = _removed(graph, keep, min_keep)
+    # on the copy; the caller's graph (traced on `model`, same module names) is only used for checking.
+    wgraph = ChannelGraph(work, example, exclude=list(graph.excluded), head=head or graph.head)
     was_training = model.training
     work.eval()
-    device = next(model.parameters()).device
-    x = _batch(input_shape, batch, device)
     masked = copy.deepcopy(work)
     zero_channels(masked, graph.groups, removed, keep_shift=True)
     exact: list[str] = []
     inexact: dict[str, str] = {}
     if fold_shifts and removed:
         exact, inexact = _fold_shifts(work, masked, graph.groups, removed, x)
-    reference = copy.deepcopy(work)
-    zero_channels(reference, graph.groups, removed, keep_shift=False)
+    zeroed = copy.deepcopy(work)
+    zero_channels(zeroed, graph.groups, removed, keep_shift=False)
+    reference = _Reference(zeroed, _norm_keeps(zeroed, graph.groups, removed))
     sizes = {g.name: [g.size, g.size] for g in graph.groups}
     for name, channels in removed.items():
         wgraph.prune(name, channels)
         sizes[name][1] = graph.by_name[name].size - len(channels)
     diff = check_equivalence(reference, work, x, tolerance)
     with torch.no_grad():
-        shift = float((masked(x) - work(x)).abs().max())
+        got = output_tensors(_call(work, x))
+        shift = max(
+            (float((a - b).abs().max()) for a, b in zip(output_tensors(_call(masked, x)), got, strict=True)),
+            default=0.0,
+        )
     work.train(was_training)
     report = SurgeryReport(
         channels_before=sum(g.size for g in graph.groups),

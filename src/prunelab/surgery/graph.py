@@ -14,23 +14,43 @@ Layers that map channels by a fixed map, such as the option-A shortcut of the CI
 map), cannot be traced through by Torch-Pruning. Surgery recognises them by the channel-mapping protocol
 (:class:`~prunelab.surgery.layers.ChannelMappingLayer`) and registers :class:`ShortcutPruner` for each
 such module type found in the model: their input and output channels are pruned independently (like a
-parameter-free 1×1 selection conv).
+parameter-free 1×1 selection conv), or together when the layer sets ``couples_channels = True``.
+
+What the graph reaches, the adapter reaches: ordinary, grouped and depthwise convolutions, transposed
+convolutions, Linear layers (also over channels-last tensors), BatchNorm (and its subclasses, e.g. timm's
+``BatchNormAct2d``), LayerNorm/GroupNorm over channels, PReLU, bare ``nn.Parameter`` s used in
+``forward`` (pruned along the channel dimension Torch-Pruning infers), concatenations, residual
+additions, a flatten into a Linear, models with several inputs (a tuple or dict of example inputs) and
+several outputs (every output layer keeps its outputs). Grouped convolutions and GroupNorm constrain a
+group: its channels can only be removed in *periodic* sets — the same position in each of the
+:attr:`ChannelGroup.divisions` blocks — so every conv group or norm group keeps the same width.
+A model Torch-Pruning cannot trace, and a layer type it couples but the surgery cannot verify
+(embeddings, recurrent and attention layers), give a one-line :class:`~prunelab.errors.UnsupportedModelError`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
+from prunelab.core.inputs import ExampleInputs, as_call
+from prunelab.core.targets import check_head_name, output_layers
 from prunelab.errors import UnsupportedModelError
 from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
 
-__all__ = ["ChannelGraph", "ChannelGroup", "GroupMember", "ShortcutPruner"]
+__all__ = [
+    "PRODUCER_KINDS",
+    "ChannelGraph",
+    "ChannelGroup",
+    "CoupledShortcutPruner",
+    "GroupMember",
+    "ShortcutPruner",
+]
 
 
 class ShortcutPruner(tp.pruner.BasePruningFunc):
@@ -61,6 +81,22 @@ class ShortcutPruner(tp.pruner.BasePruningFunc):
         return int(_mapping(layer).channel_counts()[0])
 
 
+class CoupledShortcutPruner(ShortcutPruner):
+    """Torch-Pruning handler for channel-mapping layers with ``couples_channels = True``.
+
+    Input channel ``i`` is output channel ``i`` (a per-channel layer, like BatchNorm): removing one
+    removes both, so the graph couples the layer's input and output groups.
+    """
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        """Remove channels ``idxs`` (inputs and outputs)."""
+        _mapping(layer).prune_inputs(list(idxs))
+        _mapping(layer).prune_outputs(list(idxs))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
 def _mapping(layer: nn.Module) -> ChannelMappingLayer:
     """``layer`` as a channel-mapping layer (Torch-Pruning only hands this pruner such layers)."""
     assert isinstance(layer, ChannelMappingLayer)
@@ -72,13 +108,16 @@ class GroupMember:
     """One layer touched by a channel group.
 
     Attributes:
-        name: qualified module name.
-        kind: ``Conv2d``, ``DepthwiseConv2d``, ``Linear``, ``BatchNorm2d``, ``BatchNorm1d``, or the class
-            name of a channel-mapping layer (e.g. ``PadShortcut``).
-        role: ``"out"`` (output channels / features / BN channels) or ``"in"`` (input channels).
+        name: qualified module name (for a bare parameter: the parameter's qualified name).
+        kind: the layer's class name (``Conv2d``, ``ConvTranspose2d``, ``Linear``, ``BatchNorm2d``,
+            ``BatchNormAct2d``, ``LayerNorm``, ``GroupNorm``, ``PReLU``, a channel-mapping layer's class),
+            ``DepthwiseConv2d`` / ``GroupedConv2d`` for a ``Conv2d`` with ``groups > 1``, ``Parameter``
+            for a bare parameter.
+        role: ``"out"`` (output channels / features / per-channel entries) or ``"in"`` (input channels).
         pairs: ``(group channel, member index)`` pairs; a group channel may map to several member
             indices (a flatten into a Linear maps one channel to ``H·W`` inputs).
         channel_map: whether the layer is a :class:`~prunelab.surgery.layers.ChannelMappingLayer`.
+        dim: for a bare parameter, the dimension its entries are removed along.
     """
 
     name: str
@@ -86,6 +125,7 @@ class GroupMember:
     role: str
     pairs: list[tuple[int, int]]
     channel_map: bool = False
+    dim: int | None = None
 
     def indices(self, channels: Sequence[int]) -> list[int]:
         """Member indices of the given group channels."""
@@ -102,22 +142,32 @@ class ChannelGroup:
         size: number of channels.
         members: every layer the group touches.
         coupling: ``"plain"``, ``"residual"`` (several producers summed), ``"concat"`` (offset into a
-            concatenation), ``"depthwise"`` (passes through a depthwise conv) — possibly several,
+            concatenation), ``"depthwise"`` (passes through a depthwise conv), ``"grouped"`` (a grouped
+            conv or GroupNorm), ``"norm"`` (a LayerNorm/GroupNorm over the channels) — possibly several,
             joined by ``+``.
+        divisions: the channels form ``divisions`` equal blocks (a grouped conv's or GroupNorm's
+            groups) and can only be removed in periodic sets: channel ``p`` of one block together with
+            channel ``p`` of every other block (1 = no constraint).
     """
 
     name: str
     size: int
     members: list[GroupMember] = field(default_factory=list)
     coupling: str = "plain"
+    divisions: int = 1
 
     def bns(self) -> list[GroupMember]:
         """The BatchNorm members (their scale γ is the network-slimming score)."""
         return [m for m in self.members if m.kind.startswith("BatchNorm")]
 
     def producers(self) -> list[GroupMember]:
-        """Conv/Linear members whose output channels are the group."""
-        return [m for m in self.members if m.role == "out" and m.kind in ("Conv2d", "Linear")]
+        """Conv/Linear members whose output channels are the group (:data:`PRODUCER_KINDS`)."""
+        return [m for m in self.members if m.role == "out" and m.kind in PRODUCER_KINDS]
+
+    def periodic(self, positions: Sequence[int]) -> list[int]:
+        """The group channels of block positions ``positions`` in every one of the :attr:`divisions` blocks."""
+        block = self.size // self.divisions
+        return sorted(int(p) + b * block for b in range(self.divisions) for p in positions)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (used by the prunability report)."""
@@ -130,14 +180,28 @@ class ChannelGroup:
             "consumers": [m.name for m in self.members if m.role == "in"],
             "depthwise": [m.name for m in self.members if m.kind == "DepthwiseConv2d"],
             "shortcuts": [m.name for m in self.members if m.channel_map],
+            "divisions": self.divisions,
         }
 
 
-#: The layers the surgery can resize: the standard ones, and any layer implementing the protocol.
-_KNOWN_LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, ChannelMappingLayer)
+#: Member kinds whose output channels a group is made of (the layers that produce the channels).
+PRODUCER_KINDS = frozenset(
+    {"Conv2d", "GroupedConv2d", "ConvTranspose2d", "Conv1d", "ConvTranspose1d", "Linear"}
+)
+
+#: Module types whose output channels root a group.
+PRODUCER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+#: Layer types the graph may couple that the surgery cannot verify or resize (not CNN channel layers).
+_REFUSED_TYPES = (nn.Embedding, nn.EmbeddingBag, nn.RNNBase, nn.MultiheadAttention)
+
+#: Norms whose statistics run over the channels: removing a channel changes the others' outputs.
+CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 
 def _kind(module: nn.Module) -> str:
+    if isinstance(module, nn.Parameter):
+        return "Parameter"
     if isinstance(module, nn.Conv2d) and module.groups > 1:
         if module.groups == module.in_channels == module.out_channels:
             return "DepthwiseConv2d"
@@ -145,79 +209,143 @@ def _kind(module: nn.Module) -> str:
     return type(module).__name__
 
 
+def _owner(member: GroupMember) -> str:
+    """The module a member belongs to (a bare parameter's owner module)."""
+    return member.name.rpartition(".")[0] if member.kind == "Parameter" else member.name
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _tp_input(model: nn.Module, example: ExampleInputs) -> Any:
+    """Example inputs in the form Torch-Pruning calls the model with (a tensor, a tuple, or a dict)."""
+    args, kwargs = as_call(example, model)
+    if kwargs:
+        return kwargs
+    return args[0] if len(args) == 1 else args
+
+
 class ChannelGraph:
-    """The channel groups of ``model`` (traced once on a zero batch of ``input_shape``).
+    """The channel groups of ``model``, traced once on its example inputs.
 
     Args:
         model: the network (not modified by building the graph).
-        input_shape: ``(C, H, W)`` of one input.
-        exclude: module names whose output channels must stay (the classifier head is always
-            excluded: its outputs are the classes).
+        example_inputs: what the model is called with (:mod:`prunelab.core.inputs`): a tensor, a tuple
+            of tensors, a dict of keyword tensors, or the shape ``(C, H, W)`` of one input (a zero
+            batch of one is traced).
+        exclude: module names whose output channels must stay (the classifier head and every other
+            layer producing a model output are always excluded).
         head: the classifier head's module name; ``None`` = found from the graph (the last layer with
-            weights producing the output, :func:`~prunelab.core.targets.find_head`). Kept as
+            weights producing the first output, :func:`~prunelab.core.targets.find_head`). Kept as
             :attr:`head`.
 
+    Attributes:
+        groups: the prunable :class:`ChannelGroup` s, in module order; :attr:`by_name` maps names to them.
+        excluded: ``{module name: why its output channels stay}``.
+        refused: ``{group name: why its channels cannot be removed}`` — groups the surgery found it
+            cannot remove (see :meth:`refuse`); they are no longer in :attr:`groups`.
+
     Raises:
-        UnsupportedModelError: for a layer type the surgery cannot resize (named, with the fix).
-        ConfigError: ``head`` is not a layer of ``model``.
+        UnsupportedModelError: Torch-Pruning cannot trace the model, or a layer type it couples is not a
+            CNN channel layer (named, with the fix).
+        ConfigError: ``head`` is not a layer of ``model``; the model cannot run on ``example_inputs``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        input_shape: Sequence[int],
+        example_inputs: ExampleInputs,
         exclude: Sequence[str] = (),
         *,
         head: str | None = None,
     ) -> None:
-        from prunelab.core.targets import find_head
-
         self.model = model
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.example_inputs = example_inputs
         self._names = {m: n for n, m in model.named_modules()}
+        self._param_names = {p: n for n, p in model.named_parameters()}
         for name, module in model.named_modules():
-            has_params = any(True for _ in module.parameters(recurse=False))
-            if has_params and not isinstance(module, _KNOWN_LEAVES):
+            if isinstance(module, _REFUSED_TYPES):
                 raise UnsupportedModelError(
-                    f"layer {name!r} ({type(module).__name__}) has parameters the channel surgery cannot resize; "
-                    "use Conv2d/Linear/BatchNorm layers or exclude the model from structured pruning"
+                    f"layer {name!r} is a {type(module).__name__}, which the channel surgery does not handle; "
+                    "exclude it from structured pruning (exclude=[...]) or prune the model with masks"
                 )
-            if _kind(module) == "GroupedConv2d":
-                raise UnsupportedModelError(
-                    f"layer {name!r} is a grouped conv (groups={module.groups}) that is not depthwise; "  # type: ignore[union-attr]
-                    "only groups=1 and depthwise convs are supported by the channel surgery"
-                )
-        self.head = find_head(model, self.input_shape, head)
+        outputs = output_layers(model, example_inputs)
+        self.head = check_head_name(model, head) if head is not None else outputs[0]
         self.excluded: dict[str, str] = {self.head: "classifier head: its outputs are the classes"}
+        for name in outputs:
+            self.excluded.setdefault(name, "produces a model output: its channels are part of the output")
         for name in exclude:
             self.excluded.setdefault(name, "excluded by the caller")
+        self.refused: dict[str, str] = {}
         was_training = model.training
         model.eval()
-        device = next(model.parameters()).device
-        example = torch.zeros(1, *self.input_shape, device=device)
-        self.dg = tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=example,
-            customized_pruners=dict.fromkeys(channel_mapping_types(model), ShortcutPruner()),
-        )
-        model.train(was_training)
-        ignored = [model.get_submodule(n) for n in self.excluded]
+        pruners = {
+            t: (CoupledShortcutPruner() if getattr(t, "couples_channels", False) else ShortcutPruner())
+            for t in channel_mapping_types(model)
+        }
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=_tp_input(model, example_inputs),
+                customized_pruners=pruners,
+                verbose=False,
+            )
+            ignored = [model.get_submodule(n) for n in self.excluded if n in dict(model.named_modules())]
+            raw = list(self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES))
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
+            raise UnsupportedModelError(
+                f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__} "
+                f"({type(exc).__name__}: {_one_line(exc)}); prune it with masks, or report the construct"
+            ) from None
+        finally:
+            model.train(was_training)
         self.groups: list[ChannelGroup] = []
         self._roots: dict[str, nn.Module] = {}
-        for group in self.dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv2d, nn.Linear)):
+        self._ops: dict[str, list[str]] = {}
+        for group in raw:
             parsed = self._parse(group)
-            if parsed is not None:
+            if parsed is not None and parsed.name not in self._roots:
                 self.groups.append(parsed)
+                self._roots[parsed.name] = model.get_submodule(parsed.name)
         order = {n: i for i, n in enumerate(self._names.values())}
         self.groups.sort(key=lambda g: order[g.name])
         self.by_name = {g.name: g for g in self.groups}
 
+    def _member(self, item: Any) -> tuple[str, str, str, bool, int | None] | None:
+        """``(name, kind, role, channel_map, dim)`` of one Torch-Pruning group item, or None for graph ops."""
+        target = item.dep.target
+        module = target.module
+        role = "out" if self.dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+        if isinstance(module, nn.Parameter):
+            name = self._param_names.get(module)
+            if name is None:
+                return None
+            return name, "Parameter", "out", False, int(getattr(target, "pruning_dim", -1))
+        if not isinstance(module, nn.Module) or module not in self._names:
+            return None
+        channel_map = isinstance(module, ChannelMappingLayer)
+        owns = any(True for _ in module.parameters(recurse=False)) or any(
+            True for _ in module.buffers(recurse=False)
+        )
+        if not channel_map and not owns:
+            return None
+        kind = _kind(module)
+        pruner = self.dg.get_pruner_of_module(module)
+        single = pruner is not None and getattr(pruner.prune_in_channels, "__func__", None) is getattr(
+            pruner.prune_out_channels, "__func__", 0
+        )
+        if single:
+            role = "out"  # one channel dimension (a norm, a depthwise conv): in and out are the same
+        return self._names[module], kind, role, channel_map, None
+
     def _parse(self, group: Any) -> ChannelGroup | None:
         members: dict[tuple[str, str], GroupMember] = {}
-        root_module = group[0].dep.target.module
-        root_name = self._names[root_module]
-        adds = concat = False
+        adds = concat = norm = False
         out_producers = 0
+        ops: list[str] = []
+        divisions = 1
         for item in group.items:
             module = item.dep.target.module
             type_name = type(module).__name__
@@ -225,29 +353,34 @@ class ChannelGraph:
                 adds = True
             if "Concat" in type_name:
                 concat = True
-            if (
-                not isinstance(module, nn.Module)
-                or module not in self._names
-                or not isinstance(module, _KNOWN_LEAVES)
-            ):
+            for op in ("Split", "Slice", "Reshape", "Unbind", "Expand"):
+                if op in type_name and op.lower() not in ops:
+                    ops.append(op.lower())
+            parsed = self._member(item)
+            if parsed is None:
                 continue
-            name = self._names[module]
-            role = "out" if self.dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            kind = _kind(module)
-            if kind.startswith("BatchNorm") or kind == "DepthwiseConv2d":
-                role = "out"  # one channel dimension: in and out are the same
-            channel_map = isinstance(module, ChannelMappingLayer)
-            if role == "out" and (kind in ("Conv2d", "Linear") or channel_map):
+            name, kind, role, channel_map, dim = parsed
+            if isinstance(module, CROSS_CHANNEL_NORMS):
+                norm = True
+            if isinstance(module, nn.GroupNorm):
+                divisions = math.lcm(divisions, int(module.num_groups))
+            if (
+                isinstance(module, nn.modules.conv._ConvNd)
+                and module.groups > 1
+                and kind != "DepthwiseConv2d"
+            ):
+                divisions = math.lcm(divisions, int(module.groups))  # type: ignore[union-attr]
+            if role == "out" and (kind in PRODUCER_KINDS or channel_map):
                 out_producers += 1
             key = (name, role)
             pairs = list(zip((int(r) for r in item.root_idxs), (int(i) for i in item.idxs), strict=True))
             if key in members:
                 members[key].pairs = sorted(set(members[key].pairs) | set(pairs))
             else:
-                members[key] = GroupMember(name, kind, role, sorted(pairs), channel_map)
+                members[key] = GroupMember(name, kind, role, sorted(pairs), channel_map, dim)
         # The first producer in module order names the group (stable across rebuilds).
         order = {n: i for i, n in enumerate(self._names.values())}
-        producers = [m for m in members.values() if m.role == "out" and m.kind in ("Conv2d", "Linear")]
+        producers = [m for m in members.values() if m.role == "out" and m.kind in PRODUCER_KINDS]
         if not producers:
             return None
         name = min((m.name for m in producers), key=lambda n: order[n])
@@ -258,36 +391,65 @@ class ChannelGraph:
             coupling.append("concat")
         if any(m.kind == "DepthwiseConv2d" for m in members.values()):
             coupling.append("depthwise")
+        if divisions > 1:
+            coupling.append("grouped")
+        if norm:
+            coupling.append("norm")
         size = len(group[0].idxs)
+        root_name = self._names.get(group[0].dep.target.module)
         if name != root_name:
             # Re-express the pairs relative to the named producer's channel order.
             named = next(m for m in producers if m.name == name)
             to_named = {r: i for r, i in named.pairs}
             for m in members.values():
-                m.pairs = sorted((to_named[r], i) for r, i in m.pairs)
-        self._roots[name] = self.model.get_submodule(name)
+                m.pairs = sorted((to_named[r], i) for r, i in m.pairs if r in to_named)
+        if size % divisions:
+            divisions = 1  # cannot happen for a traced model (each block divides the channels)
+        self._ops[name] = ops
         return ChannelGroup(
             name,
             size,
-            sorted(members.values(), key=lambda m: (order[m.name], m.role)),
+            sorted(members.values(), key=lambda m: (order.get(_owner(m), 0), m.role)),
             "+".join(coupling) or "plain",
+            divisions,
         )
 
+    def graph_ops(self, name: str) -> list[str]:
+        """The channel-remapping graph operations group ``name`` passes through (``split``, ``slice``, ``reshape``…)."""
+        return list(self._ops.get(name, []))
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Take group ``name`` out of the prunable groups (its channels stay), recording ``reason``."""
+        group = self.by_name.pop(name, None)
+        if group is not None:
+            self.groups.remove(group)
+        self.refused[name] = reason
+
     def prune(self, name: str, channels: Sequence[int]) -> None:
-        """Physically remove ``channels`` (indices in the group's current channel order) of group ``name``."""
+        """Physically remove ``channels`` (indices in the group's current channel order) of group ``name``.
+
+        Raises:
+            UnsupportedModelError: Torch-Pruning fails on this group (one line, naming it).
+        """
         if not channels:
             return
         root = self._roots[name]
         fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-        group = self.dg.get_pruning_group(root, fn, sorted(int(c) for c in channels))
-        group.prune()
+        try:
+            group = self.dg.get_pruning_group(root, fn, sorted(int(c) for c in channels))
+            group.prune()
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
+            raise UnsupportedModelError(
+                f"Torch-Pruning cannot remove channels of group {name!r} ({type(exc).__name__}: {_one_line(exc)}); "
+                f"exclude it (exclude=[{name!r}])"
+            ) from None
 
     def report(self) -> dict[str, Any]:
-        """The prunability report: coupled groups, excluded layers and why, layers in no group."""
+        """The prunability report: coupled groups, excluded layers and why, layers in no group, refused groups."""
         grouped = {m.name for g in self.groups for m in g.members}
         untouched = []
         for name, module in self.model.named_modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in grouped:
+            if isinstance(module, PRODUCER_TYPES) and name not in grouped and name not in self.refused:
                 untouched.append(name)
         excluded = dict(self.excluded)
         for name in untouched:
@@ -296,6 +458,7 @@ class ChannelGraph:
         return {
             "groups": [g.to_dict() for g in self.groups],
             "excluded": excluded,
+            "refused": dict(self.refused),
             "groups_without_batchnorm": no_bn,
             "notes": {
                 name: "BN-scale criteria cannot score this group (no BatchNorm); L1-filter can"

@@ -1,0 +1,141 @@
+"""Example inputs of any model: one tensor, several positional tensors, or keyword tensors.
+
+Structured pruning traces the model once and verifies the result on a batch, so it must call models
+the way their ``forward`` wants. Everything that calls a user's model with example inputs goes through
+here: :func:`as_call` turns the three accepted forms (and the legacy ``(C, H, W)`` shape of one image)
+into ``(args, kwargs)``; :func:`output_tensors` flattens what came back (a tensor, a tuple or list, a
+dict, nested), so outputs of any structure can be compared.
+
+The forms:
+
+* a tensor ``x`` → ``model(x)``;
+* a tuple or list of tensors ``(x, y)`` → ``model(x, y)``;
+* a dict ``{"image": x, "mask": m}`` → ``model(image=x, mask=m)``;
+* a shape ``(C, H, W)`` (a sequence of ints) → ``model(x)`` with ``x`` of shape ``(batch, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import ConfigError
+
+__all__ = [
+    "ExampleInputs",
+    "as_call",
+    "call_model",
+    "describe_inputs",
+    "is_shape",
+    "output_tensors",
+    "random_like",
+]
+
+#: A tensor, a tuple/list of tensors, a dict of keyword tensors, or the shape ``(C, H, W)`` of one input.
+ExampleInputs = Any
+
+
+def is_shape(value: object) -> bool:
+    """Whether ``value`` is a shape (a non-empty sequence of ints), not example tensors."""
+    return (
+        isinstance(value, (tuple, list, torch.Size))
+        and len(value) > 0
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    )
+
+
+def _device(model: nn.Module | None) -> torch.device | None:
+    first = None if model is None else next(iter(model.parameters()), None)
+    return None if first is None else first.device
+
+
+def _to(value: Any, device: torch.device | None) -> Any:
+    if isinstance(value, Tensor):
+        return value if device is None or value.device.type == "meta" else value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def as_call(
+    example: ExampleInputs, model: nn.Module | None = None, *, batch: int = 1
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``(args, kwargs)`` to call a model with, from example inputs in any accepted form.
+
+    Args:
+        example: a tensor, a tuple/list of tensors, a dict of keyword tensors, or a shape ``(C, H, W)``.
+        model: the model the inputs are for; tensors are moved to its device.
+        batch: the batch size of the zero batch built for a shape.
+
+    Raises:
+        ConfigError: ``example`` is none of the accepted forms.
+    """
+    device = _device(model)
+    if is_shape(example):
+        return (torch.zeros(batch, *(int(s) for s in example), device=device),), {}
+    if isinstance(example, Tensor):
+        return (_to(example, device),), {}
+    if isinstance(example, Mapping) and example and all(isinstance(k, str) for k in example):
+        return (), {k: _to(v, device) for k, v in example.items()}
+    if isinstance(example, (tuple, list)) and example:
+        return tuple(_to(v, device) for v in example), {}
+    raise ConfigError(
+        f"example inputs must be a tensor, a tuple of tensors, a dict of keyword tensors or a shape (C, H, W); "
+        f"got {type(example).__name__}"
+    )
+
+
+def call_model(model: nn.Module, example: ExampleInputs) -> Any:
+    """``model`` applied to ``example`` (any accepted form; a shape gives a zero batch of one)."""
+    args, kwargs = as_call(example, model)
+    return model(*args, **kwargs)
+
+
+def output_tensors(value: object) -> list[Tensor]:
+    """Every tensor in a (nested) forward output: a tensor, tuple, list or dict (in order)."""
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in output_tensors(item)]
+    return []
+
+
+def random_like(example: ExampleInputs, *, batch: int = 8, seed: int = 0) -> ExampleInputs:
+    """Seeded standard-normal inputs of the same form as ``example`` (a verification batch).
+
+    A shape gives ``batch`` inputs of that shape; floating tensors are redrawn with their own shapes
+    (their batch size kept); other tensors (indices, masks of ints) and non-tensors are kept as they are.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if is_shape(example):
+        return torch.randn(batch, *(int(s) for s in example), generator=gen)
+
+    def draw(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return torch.randn(value.shape, generator=gen, dtype=value.dtype).to(value.device)
+        if isinstance(value, dict):
+            return {k: draw(v) for k, v in value.items()}
+        if isinstance(value, (tuple, list)):
+            return type(value)(draw(v) for v in value)
+        return value
+
+    return draw(example)
+
+
+def describe_inputs(example: ExampleInputs) -> str:
+    """A short description of example inputs for messages, e.g. ``(2, 3, 32, 32)`` or ``x=(2, 3, 8, 8)``."""
+    if is_shape(example):
+        return str(tuple(example))
+    args, kwargs = as_call(example)
+    parts = [str(tuple(a.shape)) if isinstance(a, Tensor) else type(a).__name__ for a in args]
+    parts += [
+        f"{k}={tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}" for k, v in kwargs.items()
+    ]
+    return ", ".join(parts)
