@@ -6,13 +6,21 @@ from typing import TYPE_CHECKING, Any
 
 from prunelab._version import __version__
 
-__all__ = ["Pruner", "__version__", "prune"]
+__all__ = ["Pruner", "__version__", "load_pruned", "prune", "prune_channels", "save_pruned"]
 
 if TYPE_CHECKING:
+    from prunelab.channels import prune_channels
+    from prunelab.checkpoint import load_pruned, save_pruned
     from prunelab.pruning.pruner import Pruner, prune
 
 # Importing prunelab stays cheap (no torch import) until one of these is used.
-_LAZY = {"prune": "prunelab.pruning", "Pruner": "prunelab.pruning"}
+_LAZY = {
+    "prune": "prunelab.pruning",
+    "Pruner": "prunelab.pruning",
+    "prune_channels": "prunelab.channels",
+    "save_pruned": "prunelab.checkpoint",
+    "load_pruned": "prunelab.checkpoint",
+}
 
 
 def __getattr__(name: str) -> Any:

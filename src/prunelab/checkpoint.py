@@ -20,11 +20,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from prunelab._io import atomic_torch_save, safe_torch_load
 from prunelab.core import masking
-from prunelab.errors import CheckpointError
+from prunelab.errors import CheckpointError, ConfigError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -122,3 +123,95 @@ def apply_arch(model: nn.Module, arch: dict[str, Any], head: str | None = None) 
 def is_checkpoint(payload: Any) -> bool:
     """Whether a loaded file is a prunelab checkpoint."""
     return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+
+
+def _builder_name(builder: Any) -> str:
+    """The model-door name of ``builder``: a name as given, or ``module:qualname`` of a callable."""
+    from prunelab.models import check_model_name
+
+    if isinstance(builder, str):
+        check_model_name(builder)
+        return builder
+    module, qualname = getattr(builder, "__module__", None), getattr(builder, "__qualname__", "")
+    if not callable(builder) or not module or "<" in qualname or module == "__main__":
+        raise ConfigError(
+            "builder: give the model's name ('torchvision:resnet18', 'timm:resnet18', 'package.module:callable') "
+            "or an importable function/class (not a lambda, a local function or one defined in __main__)"
+        )
+    return f"{module}:{qualname}"
+
+
+def save_pruned(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    builder: Any,
+    kwargs: dict[str, Any] | None = None,
+    head: str | None = None,
+    example_inputs: Any = None,
+    num_classes: int | None = None,
+) -> Path:
+    """Save a pruned model of any class (compacted, masked, or both) so :func:`load_pruned` rebuilds it.
+
+    The file is a prunelab checkpoint (see the module docstring): the builder's name and kwargs, the
+    model's shapes (:func:`prunelab.surgery.arch_spec`), its plain weights and masks. Written atomically.
+
+    Args:
+        model: the pruned model (e.g. the first result of :func:`prunelab.prune_channels`).
+        path: the file to write.
+        builder: how to build the unpruned model: ``"torchvision:<name>"``, ``"timm:<name>"``,
+            ``"package.module:callable"``, a prunelab zoo name, or an importable function/class.
+        kwargs: the builder's keyword arguments (as the model was built; ``num_classes`` separately).
+        head: the classifier head's module name (default: found from the graph on ``example_inputs``).
+        example_inputs: example inputs (:mod:`prunelab.core.inputs`); their shape is recorded when they
+            are one image batch; needed to find the head when ``head`` is not given.
+        num_classes: the class count the builder is called with (default: the head's outputs).
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: a builder that cannot be named, or neither ``head`` nor ``example_inputs`` given.
+    """
+    from prunelab.core.inputs import is_shape
+    from prunelab.core.targets import find_head
+    from prunelab.surgery import arch_spec
+
+    name = _builder_name(builder)
+    if head is None and example_inputs is None:
+        raise ConfigError("save_pruned: give head= (the classifier's module name) or example_inputs=")
+    head = find_head(model, example_inputs, head)
+    layer = model.get_submodule(head)
+    kwargs = dict(kwargs or {})
+    # The door passes the class count itself (model.kwargs may not set it), so it is recorded apart.
+    classes = kwargs.pop("num_classes", None) or num_classes
+    classes = classes or getattr(layer, "out_features", getattr(layer, "out_channels", None))
+    shape = None
+    if is_shape(example_inputs):
+        shape = [int(s) for s in example_inputs]
+    elif isinstance(example_inputs, torch.Tensor) and example_inputs.dim() == 4:
+        shape = [int(s) for s in example_inputs.shape[1:]]
+    arch = {
+        "model": name,
+        "kwargs": kwargs,
+        "num_classes": int(classes) if classes is not None else None,
+        "input_shape": shape or [3, 224, 224],
+        "head": head,
+        "surgery": arch_spec(model),
+    }
+    path = Path(path)
+    save_checkpoint(path, model, arch)
+    return path
+
+
+def load_pruned(path: str | Path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned` (or a run's ``checkpoint.pt``), weights loaded, in eval mode.
+
+    Loads with ``weights_only=True``; builds the model by its recorded name (importing its package),
+    resizes its layers to the recorded shapes and loads the weights strictly.
+
+    Raises:
+        CheckpointError: not a prunelab checkpoint, written by a newer prunelab, or not matching the model.
+        ConfigError: the builder cannot be imported or built here.
+    """
+    return build_from_checkpoint(path).eval()

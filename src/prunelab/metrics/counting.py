@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunelab.core.inputs import as_call, is_shape
+
 __all__ = [
     "WEIGHTED_LAYERS",
     "ParamCount",
@@ -142,7 +144,12 @@ def _count_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int) 
     """Total FLOPs of one eval-mode forward, and FLOPs per module qualified name."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    x = _example_input(model, input_shape, batch_size)
+    # Example inputs of any form (a tensor, a tuple, a dict) are used as given; a shape gives zeros.
+    if is_shape(input_shape):
+        args: tuple[Any, ...] = (_example_input(model, input_shape, batch_size),)
+        kwargs: dict[str, Any] = {}
+    else:
+        args, kwargs = as_call(input_shape, model)
     was_training = model.training
     model.eval()
     try:
@@ -154,7 +161,7 @@ def _count_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int) 
                     for name in module.parametrizations:  # type: ignore[union-attr]
                         getattr(module, name)
             with FlopCounterMode(display=False) as counter:
-                model(x)
+                model(*args, **kwargs)
     finally:
         model.train(was_training)
     # FlopCounterMode names modules "<RootClass>.<qualified name>"; strip the root to get plain names.
@@ -176,8 +183,9 @@ def dense_macs(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
 
     Args:
         model: the model (masked or not).
-        input_shape: ``(C, H, W)`` of one input, without the batch dimension.
-        batch_size: inputs per forward pass.
+        input_shape: ``(C, H, W)`` of one input, without the batch dimension, or example inputs of any
+            form (:mod:`prunelab.core.inputs`), used as given.
+        batch_size: inputs per forward pass (for a shape).
     """
     total, _ = _count_flops(model, input_shape, batch_size)
     return total // 2

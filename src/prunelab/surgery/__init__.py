@@ -14,22 +14,34 @@ Public interface (Torch-Pruning stays behind it):
 from prunelab.surgery.archspec import ARCH_FORMAT, ARCH_VERSION, apply_arch_spec, arch_spec
 from prunelab.surgery.compact import (
     DEFAULT_TOLERANCE,
+    ChannelRemovalError,
     SurgeryMismatchError,
     SurgeryReport,
     check_equivalence,
     compact,
+    find_unremovable,
     zero_channels,
 )
-from prunelab.surgery.graph import ChannelGraph, ChannelGroup, GroupMember, ShortcutPruner
+from prunelab.surgery.graph import (
+    PRODUCER_KINDS,
+    ChannelGraph,
+    ChannelGroup,
+    CoupledShortcutPruner,
+    GroupMember,
+    ShortcutPruner,
+)
 from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
 
 __all__ = [
     "ARCH_FORMAT",
     "ARCH_VERSION",
     "DEFAULT_TOLERANCE",
+    "PRODUCER_KINDS",
     "ChannelGraph",
     "ChannelGroup",
     "ChannelMappingLayer",
+    "ChannelRemovalError",
+    "CoupledShortcutPruner",
     "GroupMember",
     "ShortcutPruner",
     "SurgeryMismatchError",
@@ -39,5 +51,6 @@ __all__ = [
     "channel_mapping_types",
     "check_equivalence",
     "compact",
+    "find_unremovable",
     "zero_channels",
 ]

@@ -76,7 +76,9 @@ def _resize(module: nn.Module, key: str, shape: Sequence[int]) -> None:
     if key in module._parameters and module._parameters[key] is None:
         # The surgery added it (a shift folded into a bias-free consumer): create it.
         like = next(iter(module.parameters()), torch.empty(0))
-        module._parameters[key] = nn.Parameter(torch.empty(tuple(shape), dtype=like.dtype, device=like.device))
+        module._parameters[key] = nn.Parameter(
+            torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+        )
         return
     old = module._parameters.get(key)
     if old is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "SurgeryReport",
     "check_equivalence",
     "compact",
+    "find_unremovable",
     "zero_channels",
 ]
 
@@ -456,6 +457,7 @@ def compact(
     fold_shifts: bool = True,
     min_keep: int = 1,
     head: str | None = None,
+    diagnose: bool = True,
 ) -> tuple[nn.Module, SurgeryReport]:
     """Physically remove the masked channels of ``model`` and verify the result.
 
@@ -472,6 +474,8 @@ def compact(
         min_keep: channels every group keeps at least.
         head: the classifier head's module name (its outputs, the classes, stay); ``None`` = the
             ``graph``'s head, or found from the graph (:func:`~prunelab.core.targets.find_head`).
+        diagnose: when the compaction fails, find which groups fail alone (:func:`find_unremovable`)
+            and name them; ``False`` names the groups of the failed compaction without testing them.
 
     Returns:
         ``(compacted model, report)``.
@@ -488,10 +492,10 @@ def compact(
     try:
         return _compact(model, graph, removed, example_inputs, x, tolerance, fold_shifts, head)
     except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
-        if len(removed) < 2 and not isinstance(exc, SurgeryMismatchError):
+        if not diagnose or (len(removed) < 2 and not isinstance(exc, SurgeryMismatchError)):
             bad = {name: _why(exc, graph, name) for name in removed}
             raise ChannelRemovalError(bad) from None
-        bad = _diagnose(model, graph, removed, example_inputs, x, tolerance, fold_shifts, head)
+        bad = find_unremovable(model, graph, example_inputs, removed, batch=x, tolerance=tolerance)
         if not bad:
             raise
         raise ChannelRemovalError(bad) from None
@@ -507,23 +511,61 @@ def _why(exc: BaseException, graph: ChannelGraph, name: str) -> str:
     return f"{text[:160]}{through}"
 
 
-def _diagnose(
+def find_unremovable(
     model: nn.Module,
     graph: ChannelGraph,
-    removed: Mapping[str, Sequence[int]],
-    example: ExampleInputs,
-    x: ExampleInputs,
-    tolerance: float,
-    fold_shifts: bool,
-    head: str | None,
+    example_inputs: ExampleInputs,
+    removed: Mapping[str, Sequence[int]] | None = None,
+    *,
+    batch: ExampleInputs | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> dict[str, str]:
-    """The groups whose removal fails on its own (compacting one group at a time), each with why."""
+    """``{group: why}`` for the groups whose channels cannot be removed from ``model``.
+
+    The groups are removed one at a time, in order, on one traced copy; after each, the copy must still
+    run and match the reference (every removed channel zeroed, norms over kept channels). A group that
+    fails is recorded and the copy is traced afresh with the good groups removed again, so the cost is
+    one trace per failing group plus two forward passes per group.
+
+    Args:
+        model: the network (left unchanged).
+        graph: its :class:`ChannelGraph`.
+        example_inputs: what the model is called with (:mod:`prunelab.core.inputs`).
+        removed: ``{group: channels}`` to try; default: every group, removing the first channel of each
+            of its blocks (groups of one channel per block are skipped).
+        batch: verification inputs (default: seeded like ``example_inputs``).
+        tolerance: the equivalence check's maximum difference.
+    """
+    if removed is None:
+        removed = {g.name: g.periodic([0]) for g in graph.groups if g.size > g.divisions}
+    names = list(removed)
+    x = _batch(example_inputs, batch)
     bad: dict[str, str] = {}
-    for name, channels in removed.items():
-        try:
-            _compact(model, graph, {name: channels}, example, x, tolerance, fold_shifts, head)
-        except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
-            bad[name] = _why(exc, graph, name)
+    start = 0
+    while start < len(names):
+        work = copy.deepcopy(model).eval()
+        wgraph = ChannelGraph(work, example_inputs, exclude=list(graph.excluded), head=graph.head)
+        done = {n: removed[n] for n in names[:start] if n not in bad}
+        for name, channels in done.items():
+            wgraph.prune(name, channels)
+        zeroed = copy.deepcopy(model).eval()
+        zero_channels(zeroed, graph.groups, done)
+        failed = None
+        for i in range(start, len(names)):
+            name = names[i]
+            done[name] = removed[name]
+            zero_channels(zeroed, graph.groups, {name: removed[name]})
+            try:
+                wgraph.prune(name, removed[name])
+                reference = _Reference(zeroed, _norm_keeps(zeroed, graph.groups, done))
+                check_equivalence(reference, work, x, tolerance)
+            except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+                bad[name] = _why(exc, graph, name)
+                failed = i
+                break
+        if failed is None:
+            break
+        start = failed + 1
     return bad
 
 

@@ -31,6 +31,7 @@ A model Torch-Pruning cannot trace, and a layer type it couples but the surgery 
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,6 +215,22 @@ def _owner(member: GroupMember) -> str:
     return member.name.rpartition(".")[0] if member.kind == "Parameter" else member.name
 
 
+def _construct(exc: BaseException) -> str:
+    """The graph construct a Torch-Pruning failure happened in, from the innermost frame's function name."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1].name.lower() if frames else ""
+    for key, what in (
+        ("reshape", "a reshape/view over the channels (e.g. a channel shuffle)"),
+        ("split", "a split of the channels"),
+        ("slice", "a slice of the channels"),
+        ("concat", "a concatenation"),
+        ("unbind", "an unbind over the channels"),
+    ):
+        if key in where:
+            return f" at {what}"
+    return ""
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -296,8 +313,9 @@ class ChannelGraph:
             raw = list(self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES))
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
             raise UnsupportedModelError(
-                f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__} "
-                f"({type(exc).__name__}: {_one_line(exc)}); prune it with masks, or report the construct"
+                f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__}"
+                f"{_construct(exc)} ({type(exc).__name__}: {_one_line(exc)}); prune it with masks "
+                "(prunelab.prune), or exclude the layers around that construct"
             ) from None
         finally:
             model.train(was_training)
