@@ -17,11 +17,23 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.DOTALL)
 
 
-def test_python_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    (example,) = _blocks("python")
-    exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - the README is ours
+def test_python_examples_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    masking, channels = _blocks("python")
+    monkeypatch.chdir(tmp_path)  # the structured example writes net_pruned.pt
+    exec(compile(masking, "README.md", "exec"), {})  # noqa: S102 - the README is ours
+    assert "0.900 of the conv/linear weights removed" in capsys.readouterr().out
+    # The class must be importable by name for save_pruned: run the block as a module of its own.
+    module = tmp_path / "readme_structured.py"
+    module.write_text(channels)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    importlib.import_module("readme_structured")
     out = capsys.readouterr().out
-    assert "0.900 of the conv/linear weights removed" in out
+    assert "MACs" in out and "max |diff|" in out
+    assert (tmp_path / "net_pruned.pt").exists()
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -273,7 +273,8 @@ def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
         seed_offset=1,
     )
     scores = _bn_scale(ctx.model, graph)
-    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
+    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep,
+                           divisions={g.name: g.divisions for g in graph.groups})  # fmt: skip
     flat = torch.cat([s.flatten() for s in scores.values()])
     kept = torch.cat([scores[k][keep[k]] for k in scores])
     return _finish(ctx, graph, keep, options, lam=options.lam, threshold=float(kept.min()) if kept.numel() else 0.0,
@@ -306,8 +307,9 @@ def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) 
     zero_free = score_groups(_XiScale(hook.xi), graph.groups, ctx.model) if options.rule == "xi" else gamma
     threshold = 0.0 if options.rule == "xi" else options.gamma_tol
     # The exact-zero rule can empty a layer; the guard keeps its largest-|γ| channels instead.
+    # A grouped conv's group keeps a position in every block when any block keeps it.
     keep = {
-        g.name: guard_min_keep(zero_free[g.name] > threshold, gamma[g.name], ctx.min_keep)
+        g.name: g.periodic_keep(guard_min_keep(zero_free[g.name] > threshold, gamma[g.name], ctx.min_keep))
         for g in graph.groups
     }
     return _finish(ctx, graph, keep, options, lam=options.lam, beta=options.beta, rule=options.rule,
@@ -330,7 +332,8 @@ def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResu
         ctx.model,
         ctx.statistics(ctx.model, getattr(criterion, "requires", frozenset())),
     )
-    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep)
+    keep = select_channels(scores, ctx.sparsity, scope=options.scope, min_keep=ctx.min_keep,
+                           divisions={g.name: g.divisions for g in graph.groups})  # fmt: skip
     return _finish(ctx, graph, keep, options, criterion=options.criterion)
 
 

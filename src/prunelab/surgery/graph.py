@@ -165,6 +165,12 @@ class ChannelGroup:
         """Conv/Linear members whose output channels are the group (:data:`PRODUCER_KINDS`)."""
         return [m for m in self.members if m.role == "out" and m.kind in PRODUCER_KINDS]
 
+    def periodic_keep(self, keep: Any) -> Any:
+        """A keep mask made removable: a position is kept in every block if any block keeps it."""
+        if self.divisions == 1:
+            return keep
+        return keep.reshape(self.divisions, -1).any(dim=0).repeat(self.divisions)
+
     def periodic(self, positions: Sequence[int]) -> list[int]:
         """The group channels of block positions ``positions`` in every one of the :attr:`divisions` blocks."""
         block = self.size // self.divisions
