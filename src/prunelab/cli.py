@@ -1,8 +1,9 @@
 """The ``prunelab`` command line.
 
-Subcommands: ``demo``, ``run``, ``sweep``, ``validate``, ``list`` and ``report``; ``prunelab SUBCOMMAND --help``
-documents each. User errors (bad recipe, missing data, corrupted checkpoint, ...) print one line
-``prunelab: error: ...`` and exit non-zero (2 for recipe errors) without a traceback.
+Subcommands: ``demo``, ``run``, ``sweep``, ``validate``, ``list``, ``report`` and ``export``;
+``prunelab SUBCOMMAND --help`` documents each. User errors (bad recipe, missing data, corrupted
+checkpoint, ...) print one line ``prunelab: error: ...`` and exit non-zero (2 for recipe errors) without
+a traceback.
 """
 
 from __future__ import annotations
@@ -199,6 +200,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``prunelab export SOURCE``: deployable files (BatchNorm folded, verified, timed) from a checkpoint."""
+    from prunelab.export import check_format, export_checkpoint, report_path_for
+
+    names = [f.strip() for value in (args.format or ["onnx"]) for f in value.split(",") if f.strip()]
+    formats = list(dict.fromkeys(check_format(f) for f in names))
+    if args.out and len(formats) > 1:
+        raise ConfigError(
+            f"--out names one file but {len(formats)} formats were asked for; give one --format with --out, "
+            "or leave --out out to write each file next to the source"
+        )
+    for fmt in formats:
+        report = export_checkpoint(
+            args.source,
+            args.out,
+            fmt,
+            fold_bn=not args.no_fold_bn,
+            tolerance=args.tolerance,
+            batch=args.batch,
+            latency=not args.no_latency,
+        )
+        print(f"{report.summary_line()}; report {report_path_for(report.path, fmt)}")
+    return 0
+
+
 def _add_demo(sub: Any) -> None:
     """The ``prunelab demo`` subcommand."""
     p = sub.add_parser(
@@ -310,6 +336,39 @@ def _add_report(sub: Any) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _add_export(sub: Any) -> None:
+    """The ``prunelab export`` subcommand."""
+    p = sub.add_parser(
+        "export",
+        help="write a deployable ONNX / TorchScript / torch.export file, verified and timed",
+        description="Rebuild the model of a run directory or checkpoint.pt, fold its BatchNorms into the "
+        "convolutions, export it, load the file back (ONNX Runtime for ONNX) and compare it with the "
+        "PyTorch model on a seeded random batch; only a file within the tolerance is written. Its latency "
+        "is measured on one thread next to the eager PyTorch model's; the report JSON goes next to the file.",
+    )
+    p.add_argument("source", help="run directory or prunelab checkpoint (checkpoint.pt)")
+    p.add_argument(
+        "--format",
+        action="append",
+        metavar="FORMAT",
+        help="onnx (default), torchscript or torch-export; repeat or comma-separate for several",
+    )
+    p.add_argument(
+        "--out",
+        help="file to write (default: RUN_DIR/model.onnx, model.torchscript.pt or model.pt2; "
+        "beside a checkpoint file: <name>.onnx, ...)",
+    )
+    p.add_argument("--no-fold-bn", action="store_true", help="export the BatchNorm layers unfolded")
+    p.add_argument(
+        "--batch", type=int, default=1, help="batch size of the check and the latency (default: 1)"
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest accepted max |diff| (default: 1e-4)"
+    )
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``prunelab`` command."""
     parser = argparse.ArgumentParser(
@@ -327,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_list(sub)
     _add_report(sub)
+    _add_export(sub)
     return parser
 
 
