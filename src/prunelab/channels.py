@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import nn
 
-from prunelab.core.criterion import score_groups
+from prunelab.core.criterion import applies_to, score_groups
 from prunelab.core.inputs import ExampleInputs
 from prunelab.core.selectors import check_min_keep, check_scope, check_sparsity, select_channels
 from prunelab.criteria import build_criterion
@@ -58,7 +58,8 @@ class ChannelPruningReport:
         params_before / params_after: parameter counts.
         macs_before / macs_after: multiply-accumulates of one forward pass on the example inputs.
         surgery: the :class:`~prunelab.surgery.SurgeryReport` (its ``max_abs_diff`` is the equivalence check).
-        refused: ``{group: why}`` for groups the surgery could not remove (kept whole).
+        refused: ``{group: why}`` for groups kept whole: the criterion cannot score them (BN scale
+            without a BatchNorm) or the surgery cannot remove them.
         prunability: the channel graph's report (groups, exclusions).
     """
 
@@ -183,6 +184,14 @@ def prune_channels(
             )
         name, crit = repr(criterion), criterion
     graph = ChannelGraph(model, example_inputs, exclude=exclude, head=head)
+    unscored = {g.name: f"criterion {name} cannot score it" for g in graph.groups if not applies_to(crit, g)}
+    if len(unscored) == len(graph.groups) and unscored:
+        raise ConfigError(
+            f"criterion {name} can score none of the {len(unscored)} channel groups of {type(model).__name__} "
+            "(bn_scale needs BatchNorm); use criterion l1_filter"
+        )
+    for group, why in unscored.items():
+        graph.refuse(group, why)
     stats = _statistics(crit, model, calibration, graph.head)
     scores = score_groups(crit, graph.groups, model, stats)
     params_before = count_parameters(model).total

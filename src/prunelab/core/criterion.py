@@ -60,6 +60,7 @@ __all__ = [
     "Reduction",
     "Stats",
     "TargetView",
+    "applies_to",
     "check_reduction",
     "criterion_levels",
     "score_groups",
@@ -182,6 +183,16 @@ class GroupCriterion(Protocol):
     def score_group(self, group: ChannelGroupLike, model: nn.Module, stats: Stats) -> Tensor:
         """Return non-negative scores of shape ``(group.size,)``, on the CPU (higher = keep)."""
         ...
+
+
+def applies_to(criterion: object, group: ChannelGroupLike) -> bool:
+    """Whether a group criterion can score ``group``: its optional ``applies_to(group)``, else ``True``.
+
+    A criterion that reads one kind of member (BN scale reads BatchNorms) defines ``applies_to`` so that
+    callers pruning a whole model can keep the groups it cannot score whole instead of failing.
+    """
+    check = getattr(criterion, "applies_to", None)
+    return bool(check(group)) if callable(check) else True
 
 
 def criterion_levels(obj: object) -> tuple[Level, ...]:

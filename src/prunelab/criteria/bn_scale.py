@@ -35,6 +35,10 @@ class BNScale(MemberGroupCriterion):
 
     default_reduction = "max"
 
+    def applies_to(self, group: ChannelGroupLike) -> bool:
+        """Whether ``group`` passes through a BatchNorm (only those can be scored)."""
+        return bool(group.bns())
+
     def members(self, group: ChannelGroupLike) -> Sequence[GroupMemberLike]:
         """The group's BatchNorm members.
 
