@@ -131,7 +131,9 @@ def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
         torch.save(out, tmp_path / f"{name}.out.pt")
         items.append((name, str(path), str(tmp_path / f"{name}.out.pt")))
     script = RELOAD.format(tests=str(TESTS), items=items)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"reloaded {len(SAVED)}" in done.stdout
 
@@ -142,3 +144,71 @@ def test_save_pruned_needs_a_nameable_builder(tmp_path: Path) -> None:
         prunelab.save_pruned(model, tmp_path / "m.pt", builder=lambda: model, example_inputs=x)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "m.pt").exists()
+
+
+class _Gate(torch.nn.Module):
+    """A user's per-channel layer behind an opaque op (here ``torch.where`` on a python-side mask), joined
+    to the surgery through the ``ChannelMappingLayer`` protocol with ``couples_channels = True``."""
+
+    couples_channels = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(1, -1, 1, 1)
+
+    def channel_counts(self) -> tuple[int, int]:
+        return self.scale.numel(), self.scale.numel()
+
+    def _keep(self, idxs: list[int]) -> None:
+        keep = [i for i in range(self.scale.numel()) if i not in set(idxs)]
+        self.scale = self.scale[keep]
+
+    def prune_inputs(self, idxs: list[int]) -> None:
+        self._keep(idxs)
+
+    def prune_outputs(self, idxs: list[int]) -> None:
+        self._keep(idxs)
+
+    def zero_inputs(self, idxs: list[int]) -> None:
+        self.scale[idxs] = 0.0
+
+    def zero_outputs(self, idxs: list[int]) -> None:
+        self.scale[idxs] = 0.0
+
+    def arch_entry(self) -> dict:
+        return {"channels": int(self.scale.numel())}
+
+    def load_arch_entry(self, entry: dict) -> None:
+        self.scale = torch.empty(int(entry["channels"]))
+
+
+class GatedNet(torch.nn.Module):
+    """conv → user's coupled per-channel layer → conv → pool → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 12, 3, padding=1)
+        self.gate = _Gate(12)
+        self.c2 = torch.nn.Conv2d(12, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.c2(torch.relu(self.gate(self.c1(x)))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def test_a_coupled_user_layer_through_the_extension_hook(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, x = GatedNet().eval(), torch.randn(2, 3, 16, 16)
+    small, report = prunelab.prune_channels(model, x, 0.5, scope="layer")
+    assert report.surgery.max_abs_diff <= 1e-4
+    # Input and output channel i of the gate are one channel: it shrinks with c1.
+    assert small.gate.channel_counts() == (small.c1.out_channels, small.c1.out_channels) == (6, 6)
+    path = prunelab.save_pruned(
+        small, tmp_path / "gated.pt", builder=f"{__name__}:GatedNet", example_inputs=x
+    )
+    again = prunelab.load_pruned(path)
+    assert torch.equal(again(x), small(x))

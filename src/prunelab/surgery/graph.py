@@ -90,8 +90,7 @@ class CoupledShortcutPruner(ShortcutPruner):
     """
 
     def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        """Remove channels ``idxs`` (inputs and outputs)."""
-        _mapping(layer).prune_inputs(list(idxs))
+        """Remove channels ``idxs``: one call of ``prune_outputs`` (input ``i`` is output ``i``)."""
         _mapping(layer).prune_outputs(list(idxs))
         return layer
 

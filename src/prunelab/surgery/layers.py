@@ -31,6 +31,11 @@ What a user's own layer must implement (indices are positions in the layer's *cu
     resize the layer in place to the configuration of ``entry`` (an ``arch_entry()`` result, possibly
     with the ``"type"`` key); called on the layer of a freshly built model of the same class.
 
+``couples_channels`` (optional class attribute, default ``False``)
+    ``True`` for a per-channel layer whose input channel ``i`` *is* its output channel ``i`` (like a
+    BatchNorm): the graph then couples its input and output groups, and the surgery calls only
+    ``prune_outputs`` / ``zero_outputs`` (once per removal), never the input methods.
+
 The layer is otherwise an ordinary ``nn.Module``; if it has parameters, its prune methods must resize
 them consistently with :meth:`load_arch_entry`, so that the compacted ``state_dict`` loads.
 """
