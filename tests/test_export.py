@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 import prunelab
 from prunelab.cli import build_parser, main
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.export import (
     FORMATS,
     SUFFIXES,
@@ -300,6 +300,47 @@ def test_a_file_that_differs_is_an_error_and_is_not_written(tmp_path: Path) -> N
         export_model(DataDependentScale(), torch.randn(2, 8), path, "torchscript", latency=False)
     assert "\n" not in str(info.value) and "nothing was written" in str(info.value)
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+class _FixedBatch(nn.Module):
+    """Reshapes with a constant batch size: the model itself runs at batch 2 only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.reshape(2, -1).sum(1)
+
+
+class _DataDependentBranch(nn.Module):
+    """Python control flow on a tensor value: torch.export cannot capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.bn(self.conv(x))
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_fixed_batch_models_and_models_the_exporter_cannot_capture(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = export_model(
+        _FixedBatch(), torch.randn(2, 3), tmp_path / "fixed.pt", "torchscript", latency=False
+    )
+    assert not report.dynamic_batch and report.batch_sizes_verified == [2]
+    assert "(fixed batch)" in report.summary_line()
+    with pytest.raises(UnsupportedModelError, match=r"fails on a seeded random batch of shapes \[\[1, 3\]\]"):
+        export_model(_FixedBatch(), torch.randn(2, 3), tmp_path / "f1.pt", "torchscript", batch=1)
+    capsys.readouterr()
+    with pytest.raises(
+        UnsupportedModelError, match="torch-export export of _DataDependentBranch failed"
+    ) as info:
+        export_model(
+            _DataDependentBranch().eval(), torch.randn(2, 3, 8, 8), tmp_path / "b.pt2", "torch-export"
+        )
+    assert "\n" not in str(info.value) and "try another format" in str(info.value)
+    assert capsys.readouterr().err == ""  # the exporter's graph dumps and warnings stay out of the terminal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.pt"]
 
 
 def test_bad_arguments_are_one_line_config_errors(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ import difflib
 import inspect
 import io
 import logging
+import re
 import statistics
 import warnings
 from collections import defaultdict
@@ -194,11 +195,12 @@ class ExportReport:
 
     def summary_line(self) -> str:
         """One line: format, file, size, fold count, verified difference and latency."""
+        sizes = "/".join(str(b) for b in self.batch_sizes_verified)
+        where = f"at batch {sizes}" if sizes else "at the example shapes"
         line = (
             f"{self.format}: {self.path} ({_size(self.bytes)}, PyTorch state {_size(self.pytorch_bytes)}), "
             f"{self.folded_bn} BN folded, verified max |diff| {self.max_abs_diff:.2e} <= {self.tolerance:g} "
-            f"at batch {'/'.join(str(b) for b in self.batch_sizes_verified)}"
-            f"{'' if self.dynamic_batch else ' (fixed batch)'}"
+            f"{where}{'' if self.dynamic_batch or not sizes else ' (fixed batch)'}"
         )
         if self.latency:
             lat = self.latency
@@ -312,15 +314,20 @@ def _max_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence exporter chatter: progress lines on stdout, deprecation and tracer warnings, INFO logs."""
-    loggers = [
-        logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-    ]
+    """Silence exporter chatter: progress lines, graph dumps of failed captures, deprecation and tracer
+    warnings, log records (a failure reaches the caller as the exception, in one line)."""
+    names = ["torch", "onnx", "onnxscript", "onnx_ir"]
+    names += [n for n in logging.root.manager.loggerDict if n.split(".")[0] in names]
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(names)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -792,7 +799,10 @@ def _state_bytes(model: nn.Module) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The first line of the innermost cause (the ONNX exporter wraps torch.export's error), no colours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
@@ -873,7 +883,14 @@ def export_model(
 
     # The reference: the model as given (masks applied), in eval mode, on a private CPU copy.
     source = copy.deepcopy(model).cpu().eval()
-    reference = _run(source, verify_args, verify_kwargs)
+    try:
+        reference = _run(source, verify_args, verify_kwargs)
+    except Exception as exc:  # noqa: BLE001 - the model's own error, on inputs the caller described
+        shapes = [list(t.shape) for t in _input_list(verify_args, verify_kwargs)]
+        raise UnsupportedModelError(
+            f"{type(model).__name__} fails on a seeded random batch of shapes {shapes} ({_first_line(exc)}); "
+            "pass example inputs (and a batch size) the model accepts"
+        ) from None
     if fold_bn:
         exported_model, folds = _fold(source, verify_args, verify_kwargs, reference, tolerance)
     else:
@@ -886,7 +903,10 @@ def export_model(
     if dynamic:
         second = example_batch + 1
         s_args, s_kwargs = _random_inputs(args, kwargs, second, _SEED_SECOND)
-        checks.append((second, s_args, s_kwargs, _run(source, s_args, s_kwargs)))
+        try:
+            checks.append((second, s_args, s_kwargs, _run(source, s_args, s_kwargs)))
+        except Exception:  # noqa: BLE001 - the model itself runs at one batch size only
+            dynamic = False
     worst = 0.0
     verified_sizes: list[int] = []
     for size, c_args, c_kwargs, expected in checks:
@@ -905,8 +925,12 @@ def export_model(
             raise ExportVerificationError(
                 f"the exported {fmt} file differs from the PyTorch model: max |diff| {diff:.3e} > tolerance "
                 f"{tolerance:g} ({where}, batch {size}); nothing was written to {path} — "
-                + ("try without BatchNorm folding (--no-fold-bn), " if folds.count else "")
-                + "raise the tolerance or try another format"
+                + (
+                    "a trace freezes Python control flow and values read from tensors; "
+                    if fmt == "torchscript"
+                    else ""
+                )
+                + "try another format or raise the tolerance"
             )
         worst = max(worst, diff)
         if size is not None:
