@@ -20,7 +20,7 @@ from prunelab.core.cumulative import cumulative_mass_rows, select_cumulative_mas
 from prunelab.core.selectors import SELECTORS
 from prunelab.core.targets import Target
 from prunelab.criteria.relief import relief_importance
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.methods.relief import ReliefOptions, ReliefPruner, analyze
 from prunelab.stats.activations import (
     ReliefStatistics,
@@ -562,3 +562,339 @@ def test_rewind_restores_initial_weights(tmp_path: Path) -> None:
         keep = masks[name]
         assert 0 < int(keep.sum()) < keep.numel() or name == "fc3.bias"
         torch.testing.assert_close(after["state_dict"][name], init[name] * keep)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grouped, depthwise and 1-D convolutions, Linear over positions, any model (#13)
+
+
+def _single_kernel_conv(conv: nn.Module, kernel: torch.Tensor) -> nn.Module:
+    """A 1-in 1-out copy of ``conv``'s geometry (stride, padding and its mode, dilation) with ``kernel``."""
+    cls = type(conv)
+    one = cls(
+        1, 1, conv.kernel_size, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        bias=False, padding_mode=conv.padding_mode,
+    )  # fmt: skip
+    with torch.no_grad():
+        one.weight.copy_(kernel.reshape(one.weight.shape))
+    return one.double()
+
+
+def _brute_force_grouped(conv: nn.Module, x: torch.Tensor, variant: str) -> torch.Tensor:
+    """The equation, entry by entry: n_ji = mean_n ‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F, ι = γ(j)·c_in/G + i."""
+    k = conv.weight.detach().double().abs()
+    xa = x.double().abs()
+    c_out, c_in_g = k.shape[:2]
+    c_out_g = c_out // conv.groups
+    out = torch.zeros(c_out, c_in_g, dtype=torch.float64)
+    for j in range(c_out):
+        for i in range(c_in_g):
+            channel = (j // c_out_g) * c_in_g + i  # the input channel kernel (j, i) reads
+            one = _single_kernel_conv(conv, k[j, i])
+            with torch.no_grad():
+                if variant == "code":
+                    out[j, i] = one(xa[:, channel : channel + 1].mean(dim=0, keepdim=True)).norm()
+                else:
+                    out[j, i] = sum(
+                        one(xa[n : n + 1, channel : channel + 1]).norm() for n in range(len(x))
+                    ) / len(x)
+    return out
+
+
+GROUPED = [
+    ("groups2", lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), (5, 4, 7, 7)),
+    (
+        "groups2_stride2_dilated",
+        lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2),
+        (5, 4, 9, 9),
+    ),
+    ("depthwise", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (5, 4, 6, 6)),
+    ("depthwise_multiplier", lambda: nn.Conv2d(3, 6, 3, padding=1, groups=3), (5, 3, 6, 6)),
+    ("groups2_patches", lambda: nn.Conv2d(4, 12, 3, padding=1, groups=2), (5, 4, 6, 6)),  # 6 kernels/channel
+    ("pointwise_grouped_strided", lambda: nn.Conv2d(4, 6, 1, stride=2, padding=1, groups=2), (5, 4, 7, 7)),
+    ("pointwise", lambda: nn.Conv2d(3, 5, 1, stride=2), (5, 3, 7, 7)),
+    ("depthwise_pixels", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (5, 4, 2, 2)),  # map < kernel
+    ("grouped_pixels", lambda: nn.Conv2d(6, 4, 3, padding=1, groups=2), (5, 6, 2, 2)),
+    ("same_even_kernel", lambda: nn.Conv2d(4, 4, 4, padding="same", groups=2), (5, 4, 6, 6)),  # asymmetric
+    ("reflect", lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2, padding_mode="reflect"), (5, 4, 5, 5)),
+    (
+        "circular_depthwise",
+        lambda: nn.Conv2d(3, 3, 3, padding=1, groups=3, padding_mode="circular"),
+        (5, 3, 5, 5),
+    ),
+    ("valid", lambda: nn.Conv2d(4, 4, 3, padding="valid", groups=4), (5, 4, 6, 6)),
+    ("conv1d_grouped", lambda: nn.Conv1d(4, 6, 3, padding=1, groups=2), (5, 4, 9)),
+    (
+        "conv1d_same_reflect",
+        lambda: nn.Conv1d(3, 3, 4, padding="same", groups=3, padding_mode="reflect"),
+        (5, 3, 9),
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("variant", ["paper", "code"])
+@pytest.mark.parametrize("build,shape", [g[1:] for g in GROUPED], ids=[g[0] for g in GROUPED])
+def test_grouped_and_depthwise_scores_equal_the_equation(build, shape, variant: str) -> None:
+    torch.manual_seed(7)
+    conv = build()
+    x = torch.randn(*shape)
+    stats = collect(conv, [(x[:3], None), (x[3:], None)], {"": conv})  # two batches: accumulation too
+    weights, bias = relief_importance(conv, stats[""], variant)  # type: ignore[arg-type]
+    assert weights.shape == conv.weight.shape[:2]  # one numerator per kernel of the group
+    torch.testing.assert_close(weights, _brute_force_grouped(conv, x, variant), rtol=1e-5, atol=1e-6)
+    positions = conv(x).shape[2:].numel()
+    torch.testing.assert_close(bias, conv.bias.detach().double().abs() * positions**0.5)
+
+
+def test_grouped_conv_equals_its_groups_as_separate_convs() -> None:
+    # A grouped conv is G independent convs: its numerators are theirs, stacked (a second, structural check).
+    torch.manual_seed(8)
+    conv = nn.Conv2d(6, 4, 3, padding=1, groups=2)
+    x = torch.randn(6, 6, 5, 5)
+    got = relief_importance(conv, collect(conv, [(x, None)], {"": conv})[""])[0]
+    for g in range(2):
+        part = nn.Conv2d(3, 2, 3, padding=1)
+        with torch.no_grad():
+            part.weight.copy_(conv.weight[2 * g : 2 * g + 2])
+        xg = x[:, 3 * g : 3 * g + 3]
+        expected = relief_importance(part, collect(part, [(xg, None)], {"": part})[""])[0]
+        torch.testing.assert_close(got[2 * g : 2 * g + 2], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_every_quadratic_plan_gives_the_direct_responses() -> None:
+    from prunelab.stats.activations import QuadraticPlan, kernel_pair_products
+
+    torch.manual_seed(9)
+    convs = [
+        (nn.Conv2d(6, 9, 3, padding=1, stride=2, groups=3), 8),
+        (nn.Conv2d(4, 8, 3, padding=1, groups=4), 5),
+        (nn.Conv2d(4, 12, 3, padding=1, groups=2), 2),
+        (nn.Conv2d(3, 5, 3, padding=1), 6),
+        (nn.Conv2d(4, 6, 1, stride=2, groups=2), 5),
+    ]
+    for conv, size in convs:
+        x = torch.randn(3, conv.in_channels, size, size).abs()
+        k = conv.weight.detach().abs()
+        g = conv.groups
+        plans = [QuadraticPlan("patches", kernel_pair_products(k, g), g), QuadraticPlan("direct", k, g),
+                 plan_quadratic(k, conv, (size, size))]  # fmt: skip
+        expected = conv_norms_grouped(x, k, conv)
+        for plan in plans:
+            torch.testing.assert_close(conv_norms_gram(x, k, conv, plan), expected, rtol=1e-4, atol=1e-5)
+        assert plans[-1].mode == {(9, 8): "direct", (8, 5): "direct", (12, 2): "pixels", (5, 6): "patches",
+                                  (6, 5): "pointwise"}[(conv.out_channels, size)]  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["paper", "code"])
+def test_linear_over_positions_is_scored_as_the_1x1_conv_it_is(variant: str) -> None:
+    torch.manual_seed(10)
+    linear = nn.Linear(5, 3)
+    conv = nn.Conv2d(5, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight[:, :, None, None])
+        conv.bias.copy_(linear.bias)
+    x = torch.randn(6, 5, 4, 3)  # (N, C, H, W); the Linear sees it channels-last
+    lin = relief_importance(
+        linear, collect(linear, [(x.permute(0, 2, 3, 1), None)], {"": linear})[""], variant
+    )  # type: ignore[arg-type]
+    ref = relief_importance(conv, collect(conv, [(x, None)], {"": conv})[""], variant)  # type: ignore[arg-type]
+    torch.testing.assert_close(lin[0], ref[0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(lin[1], ref[1])
+    # On (N, in) inputs the Linear formula is unchanged: |w_ji| mean_n |x_{n,i}|.
+    flat = torch.randn(7, 5)
+    weights, _ = relief_importance(linear, collect(linear, [(flat, None)], {"": linear})[""], variant)  # type: ignore[arg-type]
+    torch.testing.assert_close(
+        weights, linear.weight.detach().double().abs() * flat.double().abs().mean(dim=0)
+    )
+
+
+class _DepthwiseChain(nn.Module):
+    """A MobileNet-v1 style chain registered head first: stem, depthwise, grouped pointwise, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)  # registered first, runs last
+        self.stem = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.pw = nn.Conv2d(4, 6, 1, groups=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw(self.dw(self.stem(x).relu()).relu()).relu()
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_chain_with_depthwise_and_grouped_layers_dead_units_and_backward() -> None:
+    torch.manual_seed(11)
+    model = _DepthwiseChain()
+    with torch.no_grad():
+        model.stem.weight.abs_()
+        model.stem.weight[1] = -model.stem.weight[1]  # unit 1 never fires on positive inputs: dead
+    pruner = ReliefPruner(model, ReliefOptions(alpha_conv=1.0, alpha_fc=1.0)).prepare()
+    # Links follow the forward, not the registration order (the head is registered first).
+    assert [(k.producer, k.consumer) for k in pruner.structure.links] == [
+        ("stem", "dw"),
+        ("dw", "pw"),
+        ("pw", "fc"),
+    ]
+    x = torch.rand(8, 2, 5, 5)
+    counts = pruner.step(pruner.collect([(x, None)]))
+    assert counts["dead_units"] >= 1
+    assert not bool(masking.get_mask(model.stem, "weight")[1].any())
+    # The depthwise filter reading the dead channel has a zero input and no bias: its output is provably
+    # zero, so backward/silencing removes it, and pw's kernel reading it (group 0, kernel 1) goes too.
+    assert not bool(masking.get_mask(model.dw, "weight")[1].any())
+    pw = masking.get_mask(model.pw, "weight")  # (6, 2, 1, 1): filters 0-2 read channels 0-1
+    assert not bool(pw[0:3, 1].any()) and bool(pw[3:6].any())
+    assert model(x).shape == (8, 3)
+
+
+def test_outgoing_alive_of_a_grouped_consumer() -> None:
+    from prunelab.methods.relief import Link, _outgoing_alive
+
+    conv = nn.Conv2d(6, 4, 1, groups=2)  # filters 0-1 read channels 0-2, filters 2-3 read channels 3-5
+    keep = torch.ones(4, 3, 1, 1, dtype=torch.bool)
+    keep[0:2, 1] = False  # channel 1: no filter of group 0 reads it any more
+    keep[2, 0] = False  # channel 3: filter 3 still reads it
+    masking.add_mask(conv, "weight")
+    masking.update_mask(conv, "weight", keep)
+    assert _outgoing_alive(conv, Link("p", "c", None, 1)).tolist() == [True, False, True, True, True, True]
+
+
+class _Volumetric(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv3d = nn.Conv3d(1, 2, 3, padding=1)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, groups=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv3d(x).mean(dim=2)
+        return self.fc(self.conv(y).relu().mean(dim=(2, 3)))
+
+
+def test_exclude_leaves_an_unscorable_layer_out_and_unhooked() -> None:
+    model = _Volumetric()
+    with pytest.raises(
+        UnsupportedModelError, match=r"^relief: conv3d is a Conv3d; .*exclude it \(prune\.exclude: \[conv3d\]"
+    ):
+        ReliefPruner(model)
+    pruner = ReliefPruner(model, exclude=["conv3d"]).prepare()
+    assert pruner.structure.targets == ["conv", "fc"] and "conv3d" not in pruner.structure.layers
+    stats = pruner.collect([(torch.randn(4, 1, 3, 5, 5), None)])
+    assert "conv3d" not in stats and not model.conv3d._forward_hooks
+    pruner.step(stats)
+    assert not masking.has_mask(model.conv3d, "weight") and masking.has_mask(model.conv, "weight")
+
+
+class _TwoInputs(nn.Module):
+    """Two inputs (the second by keyword), a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.b = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, image: torch.Tensor, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.dw(self.a(image).relu()).mean(dim=(2, 3)) + self.b(extra)
+        return self.head(feats), feats
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_collect_relief_and_pruner_on_a_two_input_model(form: str) -> None:
+    from prunelab.criteria.relief import collect_relief
+    from prunelab.pruning.pruner import Pruner
+
+    torch.manual_seed(12)
+    model = _TwoInputs()
+    image, extra = torch.randn(8, 3, 6, 6), torch.randn(8, 4)
+    x = (image, extra) if form == "tuple" else {"image": image, "extra": extra}
+    pruner = Pruner(model, criterion="relief", granularity="kernel", scope="layer", companion="bias",
+                    selector="cumulative_mass").prepare()  # fmt: skip
+    stats = {"relief": collect_relief(model, [(x, None)], pruner.targets)}
+    assert set(stats["relief"]) == {f"{n}.{p}" for n in ("a", "dw", "b", "head") for p in ("weight", "bias")}
+    report = pruner.step(0.8, stats=stats)
+    assert 0 < report.sparsity < 1
+    out = model(image, extra)
+    assert out[0].shape == (8, 5) and out[1].shape == (8, 6)
+    # Top-k over kernels at a fixed sparsity works the same way.
+    other = _TwoInputs()
+    topk = Pruner(other, criterion="relief", granularity="kernel", scope="layer").prepare()
+    assert topk.step(
+        0.5, stats={"relief": collect_relief(other, [(x, None)], topk.targets)}
+    ).unit_sparsity == pytest.approx(0.5, abs=0.05)
+
+
+def test_relief_user_errors_are_one_line() -> None:
+    from prunelab.core.targets import find_targets
+    from prunelab.criteria.relief import collect_relief
+
+    model = _TwoInputs()
+    with pytest.raises(
+        ConfigError, match=r"^relief: layer dw did not run on the calibration batches .*exclude=\['dw'\]"
+    ):
+        relief_statistics_for(model, find_targets(model), lambda: model.a(torch.randn(2, 3, 4, 4)))
+    with pytest.raises(ConfigError, match=r"must be an \(x, y\) pair"):
+        collect_relief(model, [torch.randn(2, 3, 4, 4)])
+    conv = nn.Conv2d(2, 2, 3, groups=2)
+    with pytest.raises(
+        ConfigError,
+        match=r"^relief statistics: layer <root> saw inputs of shape .* feed calibration batches of one input size",
+    ):
+        collect(conv, [(torch.randn(2, 2, 5, 5), None), (torch.randn(2, 2, 6, 6), None)], {"": conv})
+    transposed = nn.ConvTranspose2d(2, 2, 3)
+    with (
+        pytest.raises(
+            UnsupportedModelError,
+            match=r"^relief statistics: up is a ConvTranspose2d, whose weight is \(in, out, \.\.\.\)",
+        ),
+        ReliefStatistics({"up": transposed}),
+    ):
+        pass
+
+
+def relief_statistics_for(model: nn.Module, targets: list, run) -> None:  # type: ignore[no-untyped-def]
+    from prunelab.criteria.relief import relief_statistics
+
+    layers = {t.module_name: t.module for t in targets}
+    with ReliefStatistics(layers) as recorder, torch.no_grad():
+        run()
+    relief_statistics(targets, recorder.finalize())
+
+
+@pytest.mark.parametrize("module", ["prunelab.criteria.relief", "prunelab.stats.activations"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert (result.failed, result.attempted > 0) == (0, True)
+
+
+def test_relief_driver_on_a_depthwise_model(tmp_path: Path) -> None:
+    """The recipe path on MobileNet-v1 (depthwise + pointwise convs): it refused every such model before."""
+    from prunelab.experiments.runner import run_recipe
+    from prunelab.experiments.schema import recipe_from_dict
+
+    recipe = recipe_from_dict(
+        {
+            "name": "relief_dw",
+            "model": {"name": "mobilenet_v1", "kwargs": {"width": 0.25}},
+            "data": {"name": "digits", "train_subset": 200, "test_subset": 100},
+            "train": FAST,
+            "finetune": {**FAST, "epochs": 0},
+            "prune": {
+                "method": "relief",
+                "options": {"rounds": 1, "calibration_samples": 64},
+                "exclude": ["fc"],
+            },
+            "eval": {"latency": False},
+        }
+    )
+    run_recipe(recipe, tmp_path, echo=None, progress=False)
+    rows = list(csv.DictReader((tmp_path / "relief_layers.csv").read_text().splitlines()))
+    layers = {r["layer"]: (int(r["nonzero"]), int(r["total"])) for r in rows}
+    assert "fc" not in layers and any(n.endswith(".dw") for n in layers)
+    assert sum(nz for nz, _ in layers.values()) < sum(t for _, t in layers.values())

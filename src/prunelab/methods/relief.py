@@ -12,9 +12,12 @@ One round of the ``relief`` driver:
 2. **scores**: for neuron/filter ``j`` the importance of input ``i`` and of the bias are
    ``s_ij = mean_n |w_ji x_{n,i}| / S_j`` and ``s_bias,j = |b_j| / S_j`` (conv:
    ``s_ij = mean_n ‖ |K_ji| ∗ |x_{n,i}| ‖_F / S_j``, ``s_bias,j = |b_j| √(h¹h²) / S_j``), where ``S_j`` is
-   the total importance flowing into ``j`` (:mod:`prunelab.criteria.relief`);
+   the total importance flowing into ``j`` (:mod:`prunelab.criteria.relief`). In a grouped or depthwise
+   convolution filter ``j`` reads only its group's input channels, so its row holds its ``c_in/G``
+   kernels; a Linear applied over positions (channels-last ``(N, H, W, C)``) is scored as the 1×1
+   convolution it is;
 3. **cumulative-mass rule**: per neuron/filter keep the fewest inputs (kernels for a conv) and bias
-   whose scores reach ``α`` of ``S_j`` — ``α_fc`` for Linear, ``α_conv`` for Conv2d layers
+   whose scores reach ``α`` of ``S_j`` — ``α_fc`` for Linear, ``α_conv`` for convolution layers
    (:mod:`prunelab.core.cumulative`). Steps 2–3 are one step of the generic
    :class:`~prunelab.pruning.pruner.Pruner` (the one pruner path): the ``relief`` criterion, ``kernel``
    granularity, the ``cumulative_mass`` selector with per-layer α, and each layer's bias as its weight's
@@ -28,6 +31,12 @@ One round of the ``relief`` driver:
    outgoing weights too;
 7. optionally **rewind** the surviving weights to their initial values (the official LeNet setting),
    then **retrain** with the recipe's ``finetune`` section (Adam or SGD).
+
+The scored layers are every Linear, Conv1d and Conv2d (any ``groups``) that ``prune.include`` /
+``prune.exclude`` select; excluded layers are neither scored nor hooked, and a layer relief cannot
+score (a Conv3d; transposed convolutions are never targets) is a one-line error naming the
+``prune.exclude`` entry that leaves it out. The structural rules 4 and 6 need a plain chain
+(:func:`analyze`); on other topologies the cumulative rule runs alone (logged).
 
 Every round appends a ``rounds.csv`` row; at the end the driver writes ``relief_layers.csv`` (per-layer
 remaining weights per round), ``relief_report.png`` and ``relief_report.md`` into the run directory.
@@ -51,7 +60,7 @@ from prunelab.criteria.relief import relief_statistics
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 from prunelab.pruning.pruner import Pruner
-from prunelab.stats.activations import LayerStats, collect
+from prunelab.stats.activations import SCORED_LAYERS, LayerStats, collect, unsupported_reason
 
 __all__ = [
     "Link",
@@ -64,7 +73,7 @@ __all__ = [
     "run_relief",
 ]
 
-Layer = nn.Linear | nn.Conv2d
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d
 
 
 @dataclass
@@ -73,7 +82,7 @@ class ReliefOptions:
 
     Attributes:
         alpha_fc: mass fraction kept per neuron of a Linear layer, in (0, 1].
-        alpha_conv: mass fraction kept per filter of a Conv2d layer (also the residual block rule's α).
+        alpha_conv: mass fraction kept per filter of a convolution (also the residual block rule's α).
         rounds: prune → [rewind] → retrain iterations.
         calibration_samples: training samples the statistics are accumulated over.
         calibration_batch_size: samples per calibration forward pass.
@@ -153,8 +162,8 @@ class Structure:
     """The layers NN-relief scores and how they connect.
 
     Attributes:
-        targets: module names of the scored Linear/Conv2d layers, in model order.
-        layers: every Linear/Conv2d module by name (targets and the consumers their stats come from).
+        targets: module names of the scored Linear/Conv1d/Conv2d layers (any ``groups``), in model order.
+        layers: the targets and the chain consumers their dead-unit statistics come from, by name.
         bns: the BatchNorm following each layer, by layer name.
         links: producer → consumer chain links (dead-unit and backward rules).
         blocks: residual blocks (block rule).
@@ -180,13 +189,24 @@ def _width_out(layer: Layer) -> int:
     return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
-def _has_merge(model: nn.Module) -> bool | None:
+def _groups(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.Linear) else int(getattr(layer, "groups", 1))
+
+
+def _trace(model: nn.Module) -> Any:
+    """The model's ``torch.fx`` graph (``None``: the model does not trace)."""
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - any tracing failure just means "structure unknown"
+        return None
+
+
+def _has_merge(model: nn.Module, graph: Any = None) -> bool | None:
     """Whether the traced graph adds or concatenates tensors (``None``: the model does not trace)."""
     import operator
 
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - any tracing failure just means "structure unknown"
+    graph = _trace(model) if graph is None else graph
+    if graph is None:
         return None
     merges = {operator.add, operator.iadd, torch.add, torch.cat, torch.stack}
     for node in graph.nodes:
@@ -197,65 +217,105 @@ def _has_merge(model: nn.Module) -> bool | None:
     return False
 
 
+def _call_order(graph: Any, names: Sequence[str]) -> list[str] | None:
+    """``names`` in the order the traced forward calls them (``None``: one is called twice or never)."""
+    wanted = set(names)
+    calls = [str(node.target) for node in graph.nodes if node.op == "call_module" and node.target in wanted]
+    if len(calls) != len(set(calls)) or set(calls) != wanted:
+        return None
+    return calls
+
+
 def analyze(
     model: nn.Module, include: Sequence[str] | str | None = None, exclude: Sequence[str] | str | None = None
 ) -> Structure:
     """Find the scored layers, their BatchNorms, chain links and residual blocks of ``model``.
 
-    A plain network (no add/concat in its traced graph: LeNets, VGGs, ``small_cnn``) is a chain in
-    module order; a CIFAR ResNet links each block's first conv to its second and exposes the block to
-    the block rule. Other topologies are scored and pruned by the cumulative rule only.
+    The scored layers are the Linear, Conv1d and Conv2d layers (convolutions of any ``groups``:
+    ordinary, grouped, depthwise) that ``include``/``exclude`` select; an excluded layer is neither
+    scored nor hooked. A plain network (no add/concat in its traced graph: LeNets, VGGs, ``small_cnn``,
+    MobileNet-v1) is a chain in the order its forward calls the layers; a CIFAR ResNet links each block's
+    first conv to its second and exposes the block to the block rule. Other topologies are scored and
+    pruned by the cumulative rule only.
 
     Raises:
-        UnsupportedModelError: a targeted layer that is neither Linear nor Conv2d.
+        UnsupportedModelError: a selected layer relief does not score (a Conv3d), named with the fix
+            (``prune.exclude``, which leaves it out).
     """
     from prunelab.models.resnet import BasicBlock
 
     found = find_targets(model, include=include, exclude=exclude, layer_types=("conv", "linear"))
     for t in found:
-        if not isinstance(t.module, nn.Linear | nn.Conv2d):
+        reason = unsupported_reason(t.module)
+        if reason is not None:
             raise UnsupportedModelError(
-                f"relief scores Linear and Conv2d layers; {t.module_name} is a {type(t.module).__name__} "
-                "(exclude it with prune.exclude)"
+                f"relief: {t.module_name} is {reason}; exclude it (prune.exclude: [{t.module_name}], or "
+                f"exclude=[{t.module_name!r}] in Python)"
             )
     targets = [t.module_name for t in found]
-    layers: dict[str, Layer] = {}
+    layers: dict[str, Layer] = {t.module_name: t.module for t in found}  # type: ignore[misc]
+    # Every layer relief could score, selected or not: the chain runs through excluded layers too.
+    scorable: dict[str, Layer] = {}
     bns: dict[str, nn.Module] = {}
     last: str | None = None
     for name, module in model.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv2d):
-            layers[name] = module
+        if isinstance(module, SCORED_LAYERS):
+            scorable[name] = module  # type: ignore[assignment]
             last = name
         elif (
             isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d)
             and last is not None
             and last not in bns
-            and module.num_features == _width_out(layers[last])
+            and module.num_features == _width_out(scorable[last])
         ):
             bns[last] = module
-    structure = Structure(targets=targets, layers=layers, bns={k: v for k, v in bns.items()}, weights=found)
+    structure = Structure(
+        targets=targets, layers=layers, bns={k: v for k, v in bns.items() if k in layers}, weights=found
+    )
     bn_names = {id(m): n for n, m in model.named_modules()}
     blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, BasicBlock)]
     if blocks:
         for name, _ in blocks:
             p = f"{name}." if name else ""
+            layers.setdefault(f"{p}conv2", model.get_submodule(f"{p}conv2"))  # type: ignore[arg-type]
             structure.links.append(Link(f"{p}conv1", f"{p}conv2", f"{p}bn1", 1))
             structure.blocks.append(ResidualBlock(f"{p}conv2", f"{p}bn2", f"{p}shortcut"))
         structure.note = "residual stream: stem and block-output channels are handled by the block rule only"
     else:
-        merge = _has_merge(model)
+        graph = _trace(model)
+        merge = _has_merge(model, graph) if graph is not None else None
+        order = _call_order(graph, list(scorable)) if graph is not None and merge is False else None
+        # Weights relief neither scores nor sees through (a LayerNorm, a Conv3d): no safe chain rules.
+        other = [
+            n for n, m in model.named_modules()
+            if n not in scorable and any(True for _ in m.parameters(recurse=False))
+            and not isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and ".parametrizations." not in f".{n}."
+        ]  # fmt: skip
         if merge is None or merge:
             structure.note = (
                 "the model does not trace" if merge is None else "the model adds/concatenates tensors"
             ) + "; dead-unit and backward rules are not applied"
+        elif order is None:
+            structure.note = (
+                "a layer runs more than once or not at all; dead-unit and backward rules are not applied"
+            )
+        elif other:
+            structure.note = (
+                f"{other[0]} ({type(model.get_submodule(other[0])).__name__}) has weights relief does not score; "
+                "dead-unit and backward rules are not applied"
+            )
         else:
-            names = list(layers)
-            for producer, consumer in itertools.pairwise(names):
-                width, fan_in = _width_out(layers[producer]), _width_in(layers[consumer])
-                conv_to_conv = isinstance(layers[consumer], nn.Conv2d)
+            targeted = set(targets)
+            for producer, consumer in itertools.pairwise(order):
+                a, b = scorable[producer], scorable[consumer]
+                width, fan_in = _width_out(a), _width_in(b)
+                conv_to_conv = not isinstance(b, nn.Linear)
                 if fan_in % width or (conv_to_conv and fan_in != width):
                     structure.note = f"{producer} -> {consumer} widths do not chain; no link there"
                     continue
+                if producer not in targeted:
+                    continue  # an excluded producer keeps its units
+                layers.setdefault(consumer, b)  # its mean |input| tells which producer units are dead
                 bn = bns.get(producer)
                 structure.links.append(
                     Link(producer, consumer, None if bn is None else bn_names[id(bn)], fan_in // width)
@@ -266,17 +326,35 @@ def analyze(
 def _unit_activity(stats: LayerStats, link: Link) -> Tensor:
     """Mean |input| of the consumer, summed per producer unit: 0 ⇔ the unit is dead."""
     mean = stats.mean_abs_input()
-    if mean.dim() == 1:
+    if stats.kind == "linear":
+        if mean.dim() > 1:  # a Linear over positions: the features are the last dimension
+            mean = mean.reshape(-1, mean.shape[-1]).sum(dim=0)
         return mean.reshape(-1, link.repeat).sum(dim=1)
-    return mean.sum(dim=(1, 2))
+    if mean.dim() == 3:
+        return mean.sum(dim=(1, 2))
+    return mean.flatten(1).sum(dim=1)
+
+
+def _kernel_alive(consumer: Layer) -> Tensor:
+    """``(c_out, c_in/G)`` (Linear: ``(out, in)``): whether any weight of each kernel is still unmasked."""
+    mask = masking.get_mask(consumer, "weight")
+    return mask if mask.dim() == 2 else mask.flatten(2).any(dim=2)
 
 
 def _outgoing_alive(consumer: Layer, link: Link) -> Tensor:
-    """Per producer unit: whether any consumer weight reading it is still unmasked."""
+    """Per producer unit: whether any consumer weight reading it is still unmasked.
+
+    Input channel ``ι`` of a convolution with ``G`` groups is read by the ``c_out/G`` filters of group
+    ``⌊ι / (c_in/G)⌋``, through their kernel ``ι mod c_in/G``.
+    """
     mask = masking.get_mask(consumer, "weight")
     if isinstance(consumer, nn.Linear):
         return mask.any(dim=0).reshape(-1, link.repeat).any(dim=1)
-    return mask.any(dim=0).flatten(1).any(dim=1)
+    groups = _groups(consumer)
+    if groups == 1:
+        return mask.any(dim=0).flatten(1).any(dim=1)
+    alive = _kernel_alive(consumer)  # (c_out, c_in/G)
+    return alive.reshape(groups, -1, alive.shape[1]).any(dim=1).reshape(-1)
 
 
 def remaining_weights(structure: Structure) -> dict[str, tuple[int, int]]:
@@ -304,7 +382,8 @@ class ReliefPruner:
     Args:
         model: the network (pruned in place).
         options: the driver options (α's, variant, rules), read at construction.
-        include: glob(s) over module names to score (default: every Linear/Conv2d).
+        include: glob(s) over module names to score (default: every Linear/Conv1d/Conv2d,
+            ordinary, grouped or depthwise).
         exclude: glob(s) over module names to leave dense.
 
     Attributes:
@@ -354,20 +433,32 @@ class ReliefPruner:
                 masking.add_mask(bn, "bias")
         return self
 
-    def collect(self, batches: Sequence[tuple[Tensor, Tensor]]) -> dict[str, LayerStats]:
-        """Accumulate the statistics of one round over ``batches`` (eval mode, hooks removed after)."""
+    def collect(self, batches: Sequence[tuple[Any, Any]]) -> dict[str, LayerStats]:
+        """Accumulate the statistics of one round over ``batches`` (eval mode, hooks removed after).
+
+        Only the targeted layers are scored (and hooked as such); a chain consumer that is not a target
+        contributes its mean |input| only, which the dead-unit rule reads. ``x`` of a batch may be a
+        tensor, a tuple/list of positional inputs or a dict of keyword inputs.
+        """
         outputs: dict[str, nn.Module] = {}
         if self.options.block_rule:
             modules = dict(self.model.named_modules())
             for block in self.structure.blocks:
                 outputs[block.bn] = modules[block.bn]
                 outputs[block.shortcut] = modules[block.shortcut]
+        scored = {name: self.structure.layers[name] for name in self.structure.targets}
+        consumers = {
+            link.consumer: self.structure.layers[link.consumer]
+            for link in self.structure.links
+            if link.consumer not in scored
+        }
         return collect(
             self.model,
             batches,
-            dict(self.structure.layers),
+            scored,
             outputs,
             per_sample_norms=self.options.variant == "paper",
+            inputs=consumers,
         )
 
     def _remove_units(self, name: str, units: Tensor) -> int:
@@ -443,8 +534,14 @@ class ReliefPruner:
         if isinstance(consumer, nn.Linear):
             cols = silent.repeat_interleave(link.repeat)
             keep = ~cols.view(1, -1).expand_as(mask)
+        elif _groups(consumer) == 1:
+            keep = ~silent.view(1, -1, *([1] * (mask.dim() - 2))).expand_as(mask)
         else:
-            keep = ~silent.view(1, -1, 1, 1).expand_as(mask)
+            # Input channel ι = γ·c_in/G + i is kernel i of the filters of group γ.
+            groups = _groups(consumer)
+            c_out, c_in_g = mask.shape[:2]
+            per_kernel = silent.view(groups, 1, c_in_g).expand(groups, c_out // groups, c_in_g)
+            keep = ~per_kernel.reshape(c_out, c_in_g, *([1] * (mask.dim() - 2))).expand_as(mask)
         before = int(mask.sum())
         masking.update_mask(consumer, "weight", keep)
         return before - int(masking.get_mask(consumer, "weight").sum())

@@ -1,25 +1,60 @@
-"""Activation statistics accumulated over a calibration set (NN-relief's importance inputs).
+r"""Activation statistics accumulated over a calibration set (NN-relief's importance inputs).
 
-:class:`ReliefStatistics` is a context manager that registers forward hooks on a model's ``nn.Linear``
-and ``nn.Conv2d`` layers (and on any extra modules whose mean absolute output is wanted, e.g. the BN and
-shortcut of a residual block), runs nothing itself, and *accumulates* sums over every batch the caller
-pushes through the model. The hooks are always removed on exit, also when the forward pass raises.
+:class:`ReliefStatistics` is a context manager that registers forward hooks on a model's ``nn.Linear``,
+``nn.Conv1d`` and ``nn.Conv2d`` layers (any ``groups``: ordinary, grouped and depthwise convolutions),
+on modules whose mean absolute *input* only is wanted (the consumers NN-relief's dead-unit rule reads)
+and on modules whose mean absolute *output* is wanted (e.g. the BN and shortcut of a residual block). It
+runs nothing itself and *accumulates* sums over every batch the caller pushes through the model; the
+hooks are always removed on exit, also when the forward pass raises.
 
-Per ``nn.Linear`` layer with input ``x ∈ R^{N×m}`` it accumulates ``Σ_n |x_n|`` (shape ``(m,)``).
-Per ``nn.Conv2d`` layer with input ``x_n ∈ R^{c_in×H×W}`` and kernels ``K ∈ R^{c_out×c_in×k_h×k_w}``:
+**Linear** layer with input ``x_n ∈ R^m`` (shape ``(N, m)``): ``Σ_n |x_n|`` (shape ``(m,)``). A Linear
+applied to a tensor with positions, ``x_n ∈ R^{P₁×…×m}`` (ConvNeXt's channels-last ``(N, H, W, C)``, a
+token sequence ``(N, T, C)``), *is* a 1×1 convolution over the positions and is summarised as one:
+``Σ_n |x_n|`` (shape ``(P₁, …, m)``) and ``Σ_n ‖x_{n,·,i}‖₂`` over the positions (shape ``(m,)``).
 
-- ``Σ_n |x_n|`` (shape ``(c_in, H, W)``), from which the official code's *norm of the mean*
-  importance ``‖ |K_ji| ∗ mean_n |x_{n,i}| ‖_F`` is computed once at the end;
-- when ``per_sample_norms`` is on, ``Σ_n ‖ |K_ji| ∗ |x_{n,i}| ‖_F`` (shape ``(c_out, c_in)``), the
+**Convolution** with ``G`` groups, input ``x_n ∈ R^{c_in×H×W}`` and kernels
+``K ∈ R^{c_out×(c_in/G)×k_h×k_w}``. Filter ``j`` belongs to group ``γ(j) = ⌊j / (c_out/G)⌋`` and sees only
+that group's ``c_in/G`` input channels: its kernel ``i`` (``0 ≤ i < c_in/G``) reads input channel
+
+.. math:: \iota(j, i) = \gamma(j)\,\frac{c_{in}}{G} + i,
+
+so the importance numerator of connection ``(j, i)`` exists only inside the group,
+
+.. math:: n_{ji} = \frac{1}{N} \sum_n \bigl\lVert\, |K_{ji}| \ast |x_{n,\iota(j,i)}| \,\bigr\rVert_F
+          \quad (\text{paper}), \qquad
+          n_{ji} = \bigl\lVert\, |K_{ji}| \ast \tfrac{1}{N}\textstyle\sum_n |x_{n,\iota(j,i)}| \,\bigr\rVert_F
+          \quad (\text{code}),
+
+one per entry of ``K.shape[:2] = (c_out, c_in/G)``. ``G = 1`` is the ordinary convolution
+(``ι(j, i) = i``); a depthwise convolution (``G = c_in``, ``c_in/G = 1``) has one kernel per filter,
+reading input channel ``⌊j / (c_out/c_in)⌋``. ``∗`` is the layer's own correlation: its stride,
+dilation and padding — numeric or ``"same"``/``"valid"``, zero, reflect, replicate or circular
+(``|pad(x)| = pad(|x|)`` for every mode, so ``|x|`` is padded as the layer pads ``x``). A ``Conv1d`` is
+the ``H = 1`` case (a ``1 × k`` kernel). Accumulated:
+
+- ``Σ_n |x_n|`` (shape ``(c_in, H, W)``; ``(c_in, L)`` for Conv1d), from which the official code's
+  *norm of the mean* is computed once at the end;
+- when ``per_sample_norms`` is on, ``Σ_n ‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F`` (shape ``(c_out, c_in/G)``), the
   paper's *mean of norms* numerator. The weights must not change while statistics are collected.
 
-The per-sample norms are exact but avoid materialising every response map. The direct route, a grouped
-convolution of ``|x_n|`` channel by channel with every ``|K_ji|`` (``groups=c_in``,
-:func:`conv_norms_grouped`, also used for the code variant's single mean sample), costs ``c_out·k·P``
-MACs per input channel and sample (``P`` output positions, ``k = k_h·k_w``) in a poorly vectorised
-layout. Instead, with ``X_{n,i} ∈ R^{k×P}`` the unfolded receptive fields of channel ``i``,
-``‖K̂ ∗ x‖_F² = K̂ᵀ (X Xᵀ) K̂``: one symmetric ``k×k`` Gram matrix per (sample, channel) and one batched
-matrix product for all quadratic forms — ``k(k+1)/2·(P + c_out)`` MACs (:func:`conv_norms_gram`).
+The per-sample norms are exact but avoid materialising every response map. The direct route, a
+convolution of ``|x_n|`` channel by channel with the ``c_out/G`` kernels ``|K_ji|`` that read that
+channel (``groups=c_in``, :func:`conv_norms_grouped`, also used for the code variant's single mean
+sample), costs ``(c_out/G)·k·P`` MACs per input channel and sample (``P`` output positions,
+``k = k_h·k_w``) in a poorly vectorised layout. Instead, with ``X_{n,ι} ∈ R^{k×P}`` the unfolded
+receptive fields of channel ``ι``, ``‖K̂ ∗ x‖_F² = K̂ᵀ (X Xᵀ) K̂``: one symmetric ``k×k`` Gram matrix per
+(sample, channel) and one batched matrix product for all quadratic forms of the kernels reading the
+channel — ``k(k+1)/2·(P + c_out/G)`` MACs (:func:`conv_norms_gram`). Two cases are cheaper still and
+just as exact (:class:`QuadraticPlan`): a 1×1 kernel is a scalar, ``‖K̂_ji x‖_F = K̂_ji ‖x‖₂``, so a batch
+needs only ``Σ_n ‖x_{n,ι}‖`` (``pointwise``); and a grouped or depthwise convolution with fewer than
+``(k+1)/2`` kernels per input channel computes its responses directly (``direct``, ``(c_out/G)·k·P``
+MACs, the depthwise convolution itself).
+
+Transposed convolutions are not summarised: their weight is ``(c_in, c_out/G, …)``, so their units are
+not dim 0 and NN-relief's per-output-unit rule (and the pruner's rows) do not apply to them.
+
+Batches may feed a model with several inputs: the ``x`` of a calibration pair ``(x, y)`` is a tensor (one
+argument), a tuple or list (positional arguments) or a dict (keyword arguments) — :func:`forward`.
 
 Under DDP every sum and the sample count are all-reduced across ranks by :meth:`ReliefStatistics.finalize`
 (each rank feeds its own shard), so every rank ends with the statistics of the whole calibration set.
@@ -27,7 +62,7 @@ Under DDP every sum and the sample count are all-reduced across ranks by :meth:`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +70,82 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from prunelab.errors import UnsupportedModelError
+from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.stats.hooks import ForwardHooks
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "ConvGeometry",
+    "LayerStats",
+    "QuadraticPlan",
+    "ReliefStatistics",
+    "collect",
+    "conv_geometry",
+    "conv_norm_sum",
+    "conv_norms_gram",
+    "conv_norms_grouped",
+    "forward",
+    "kernel_pair_products",
+    "model_device",
+    "plan_quadratic",
+    "to_device",
+    "unsupported_reason",
+]
 
 #: Upper bound on the temporary tensors of one per-sample-norm computation (in elements); bigger
 #: batches are processed in sample chunks so memory stays bounded whatever the batch size.
 CHUNK_ELEMENTS = 1 << 24
+
+#: The layers whose incoming connections NN-relief scores (any ``groups`` for the convolutions).
+SCORED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def to_device(value: Any, device: torch.device | None) -> Any:
+    """``value`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``."""
+    if device is None:
+        return value
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(to_device(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model without either."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def forward(model: nn.Module, inputs: Any, device: torch.device | None = None) -> Any:
+    """Run ``model`` on a calibration input: a tensor, positional tensors, or a dict of keyword tensors.
+
+    The forms of example inputs everywhere in prunelab: a tensor ``x`` is ``model(x)``, a tuple or list
+    ``(x, m)`` is ``model(x, m)``, a dict ``{"image": x}`` is ``model(image=x)``. Tensors (also nested
+    ones) are moved to ``device`` first.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Two(nn.Module):
+        ...     def forward(self, a, b=0):
+        ...         return a + b
+        >>> float(forward(Two(), (torch.ones(1), torch.ones(1)))), float(forward(Two(), {"a": torch.ones(1)}))
+        (2.0, 1.0)
+    """
+    inputs = to_device(inputs, device)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
 
 
 @dataclass
@@ -48,13 +153,15 @@ class LayerStats:
     """Accumulated statistics of one layer or module.
 
     Attributes:
-        kind: ``"linear"``, ``"conv"`` or ``"output"`` (a module whose output is summarised).
+        kind: ``"linear"``, ``"conv"``, ``"input"`` (a module whose mean absolute input only is
+            summarised) or ``"output"`` (a module whose output is summarised).
         count: samples seen.
         abs_input_sum: ``Σ_n |x_n|`` of the layer input (``None`` for ``"output"`` modules).
         abs_output_sum: ``Σ_n |y_n|`` of the module output (``"output"`` modules only).
-        norm_sum: conv only, ``Σ_n ‖ |K_ji| ∗ |x_{n,i}| ‖_F`` of shape ``(c_out, c_in)`` when per-sample
-            norms are collected.
-        out_size: conv only, ``(H', W')`` of the output map.
+        norm_sum: conv: ``Σ_n ‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F`` of shape ``(c_out, c_in/G)``; Linear over
+            positions: ``Σ_n ‖x_{n,·,i}‖₂`` of shape ``(in,)``; when per-sample norms are collected.
+        out_size: conv: ``(H', W')`` of the output map (``(1, L')`` for Conv1d); Linear over positions:
+            the positions' shape (``None`` for a Linear on ``(N, in)`` inputs).
     """
 
     kind: str
@@ -62,7 +169,7 @@ class LayerStats:
     abs_input_sum: Tensor | None = None
     abs_output_sum: Tensor | None = None
     norm_sum: Tensor | None = None
-    out_size: tuple[int, int] | None = None
+    out_size: tuple[int, ...] | None = None
 
     def mean_abs_input(self) -> Tensor:
         """``mean_n |x_n|`` of the layer input."""
@@ -77,47 +184,191 @@ class LayerStats:
         return self.abs_output_sum / self.count
 
     def mean_norms(self) -> Tensor:
-        """``(1/N) Σ_n ‖ |K_ji| ∗ |x_{n,i}| ‖_F`` of shape ``(c_out, c_in)`` (conv, per-sample norms)."""
+        """``(1/N) Σ_n`` of the per-sample norms (:attr:`norm_sum`; conv ``(c_out, c_in/G)``)."""
         if self.norm_sum is None or self.count == 0:
             raise ValueError("per-sample norms were not collected; pass per_sample_norms=True")
         return self.norm_sum / self.count
 
 
-def _accumulate(current: Tensor | None, value: Tensor) -> Tensor:
+def _accumulate(current: Tensor | None, value: Tensor, name: str = "", what: str = "inputs") -> Tensor:
     # float64 sums: 1000 samples of float32 activations would otherwise lose digits the tests compare.
     value = value.detach().to(torch.float64)
-    return value if current is None else current + value
-
-
-def _check_conv(module: nn.Conv2d) -> None:
-    if module.groups != 1:
-        raise UnsupportedModelError(
-            f"relief statistics support ordinary convolutions only (groups=1), not groups={module.groups}; "
-            "exclude grouped/depthwise layers with prune.exclude"
+    if current is None:
+        return value
+    if current.shape != value.shape:
+        raise ConfigError(
+            f"relief statistics: layer {name or '<root>'} saw {what} of shape {tuple(current.shape)} and then "
+            f"{tuple(value.shape)} (per sample); feed calibration batches of one input size"
         )
-    if isinstance(module.padding, str) or module.padding_mode != "zeros":
-        raise UnsupportedModelError(
-            "relief statistics need numeric zero padding; use padding=<int> with padding_mode='zeros'"
+    return current + value
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, (tuple, list)) else (int(value), int(value))
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """How a convolution slides over its input, in the 2-D form every statistic here is computed in.
+
+    A ``Conv2d`` with numeric zero padding is its own geometry. A ``Conv1d`` is viewed as a 2-D
+    convolution of height 1 (``(N, C, L) → (N, C, 1, L)``, kernel ``1 × k``). Padding the layer does not
+    apply as symmetric zeros (``"same"``, which may be asymmetric, or a ``reflect``/``replicate``/
+    ``circular`` mode) becomes an explicit :func:`torch.nn.functional.pad` of ``|x|`` (:attr:`pad`) before a
+    padding-free convolution: exactly the layer's own arithmetic, since ``|pad(x)| = pad(|x|)``.
+
+    Attributes:
+        kernel_size, stride, padding, dilation: the 2-D convolution parameters (``padding`` is the
+            symmetric zero padding left to the convolution after :attr:`pad`).
+        groups: ``G``; filter ``j`` reads input channels ``γ(j)·c_in/G … (γ(j)+1)·c_in/G − 1``.
+        in_channels, out_channels: ``c_in`` and ``c_out``.
+        one_d: inputs and kernels are 1-D (a ``Conv1d``) and get a height-1 axis.
+        pad: explicit ``(left, right, top, bottom)`` padding of the 2-D input, or ``None``.
+        pad_mode: the :func:`~torch.nn.functional.pad` mode of :attr:`pad`.
+    """
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int = 1
+    in_channels: int = 0
+    out_channels: int = 0
+    one_d: bool = False
+    pad: tuple[int, int, int, int] | None = None
+    pad_mode: str = "constant"
+
+    @property
+    def out_per_group(self) -> int:
+        """``c_out / G``: the filters that read each input channel."""
+        return self.out_channels // self.groups
+
+    def view(self, x: Tensor) -> Tensor:
+        """A batch of layer inputs in this geometry's 2-D form, explicitly padded (``(N, C, H, W)``)."""
+        if self.one_d:
+            x = x.unsqueeze(-2)
+        if self.pad is not None:
+            x = F.pad(x, self.pad, mode=self.pad_mode)
+        return x
+
+    def kernel(self, weight: Tensor) -> Tensor:
+        """The kernels in 2-D form: ``(c_out, c_in/G, k_h, k_w)``."""
+        return weight.unsqueeze(-2) if self.one_d else weight
+
+    def inner(self) -> ConvGeometry:
+        """The geometry for inputs and kernels already passed through :meth:`view` and :meth:`kernel`."""
+        if not self.one_d and self.pad is None:
+            return self
+        return ConvGeometry(
+            self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.in_channels,
+            self.out_channels,
+        )  # fmt: skip
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why NN-relief cannot score ``module``'s incoming connections (``None``: it can)."""
+    if isinstance(module, SCORED_LAYERS):
+        return None
+    if isinstance(module, nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+        return (
+            f"a {type(module).__name__}, whose weight is (in, out, ...): the per-output-unit relief rule "
+            "does not apply to it"
         )
+    return f"a {type(module).__name__}; relief scores Linear, Conv1d and Conv2d layers (any groups)"
 
 
-def conv_norms_grouped(x_abs: Tensor, kernel_abs: Tensor, conv: nn.Conv2d) -> Tensor:
-    """Per-sample ``‖ |K_ji| ∗ |x_{n,i}| ‖_F`` by one grouped convolution, shape ``(N, c_out, c_in)``.
+def conv_geometry(conv: nn.Module | ConvGeometry, name: str = "") -> ConvGeometry:
+    """The :class:`ConvGeometry` of an ``nn.Conv1d`` / ``nn.Conv2d`` (a geometry is returned as it is).
+
+    Raises:
+        UnsupportedModelError: for any other layer (a transposed or 3-D convolution), named ``name``.
+    """
+    if isinstance(conv, ConvGeometry):
+        return conv
+    reason = unsupported_reason(conv)
+    if reason is not None or isinstance(conv, nn.Linear):
+        raise UnsupportedModelError(
+            f"relief statistics: {name or type(conv).__name__} is {reason or 'a Linear, not a convolution'}; "
+            "leave it out of the scored layers (exclude it)"
+        )
+    one_d = isinstance(conv, nn.Conv1d)
+    kernel = (1, int(conv.kernel_size[0])) if one_d else _pair(conv.kernel_size)
+    stride = (1, int(conv.stride[0])) if one_d else _pair(conv.stride)
+    dilation = (1, int(conv.dilation[0])) if one_d else _pair(conv.dilation)
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            numeric = (0, 0)
+        else:  # "same": the total d·(k−1) per dimension, the extra pixel on the right/bottom (PyTorch's rule)
+            numeric = None
+            totals = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+    else:
+        numeric = (0, int(conv.padding[0])) if one_d else _pair(conv.padding)
+    mode = conv.padding_mode
+    if numeric is not None and mode == "zeros":
+        return ConvGeometry(
+            kernel, stride, numeric, dilation, int(conv.groups), int(conv.in_channels), int(conv.out_channels),
+            one_d,
+        )  # fmt: skip
+    if numeric is not None:
+        pad = (numeric[1], numeric[1], numeric[0], numeric[0])
+    else:
+        pad = (totals[1] // 2, totals[1] - totals[1] // 2, totals[0] // 2, totals[0] - totals[0] // 2)
+    return ConvGeometry(
+        kernel, stride, (0, 0), dilation, int(conv.groups), int(conv.in_channels), int(conv.out_channels),
+        one_d, pad, "constant" if mode == "zeros" else mode,
+    )  # fmt: skip
+
+
+def _by_input(per_kernel: Tensor, groups: int) -> Tensor:
+    """``(c_out, c_in/G, *rest)`` per kernel → ``(c_in, *rest, c_out/G)``: the kernels reading each input channel.
+
+    Row ``ι = γ·c_in/G + i`` holds the kernels ``K_{γ·c_out/G + m, i}``, ``m = 0 … c_out/G − 1``.
+    """
+    c_out, c_in_g = per_kernel.shape[:2]
+    rest = tuple(per_kernel.shape[2:])
+    grouped = per_kernel.reshape(groups, c_out // groups, c_in_g, *rest)
+    order = (0, 2, *range(3, 3 + len(rest)), 1)
+    return grouped.permute(order).reshape(groups * c_in_g, *rest, c_out // groups).contiguous()
+
+
+def _by_kernel(per_input: Tensor, groups: int) -> Tensor:
+    """``(c_in, M, c_out/G)`` per input channel → ``(M, c_out, c_in/G)`` per kernel (inverse of :func:`_by_input`)."""
+    c_in, m, c_out_g = per_input.shape
+    c_in_g = c_in // groups
+    return (
+        per_input.reshape(groups, c_in_g, m, c_out_g).permute(2, 0, 3, 1).reshape(m, groups * c_out_g, c_in_g)
+    )
+
+
+def _layout(
+    x_abs: Tensor, kernel_abs: Tensor, conv: nn.Module | ConvGeometry
+) -> tuple[Tensor, Tensor, ConvGeometry]:
+    """Inputs and kernels in 2-D form and the geometry that goes with them."""
+    geometry = conv_geometry(conv)
+    return geometry.view(x_abs), geometry.kernel(kernel_abs), geometry.inner()
+
+
+def conv_norms_grouped(x_abs: Tensor, kernel_abs: Tensor, conv: nn.Module | ConvGeometry) -> Tensor:
+    """Per-sample ``‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F`` by one grouped convolution, shape ``(N, c_out, c_in/G)``.
 
     Args:
-        x_abs: ``|x|`` of shape ``(N, c_in, H, W)``.
-        kernel_abs: ``|K|`` of shape ``(c_out, c_in, k_h, k_w)``.
-        conv: the layer (stride, padding and dilation are taken from it).
+        x_abs: ``|x|`` of shape ``(N, c_in, H, W)`` (``(N, c_in, L)`` for a Conv1d).
+        kernel_abs: ``|K|`` of shape ``(c_out, c_in/G, k_h, k_w)`` (``(c_out, c_in/G, k)`` for a Conv1d).
+        conv: the layer or its :class:`ConvGeometry` (stride, padding, dilation and groups are taken from it).
     """
-    c_out, c_in, kh, kw = kernel_abs.shape
-    # Group i convolves input channel i with every |K_ji|, j = 0..c_out-1: output channel i·c_out + j.
-    weight = kernel_abs.transpose(0, 1).reshape(c_in * c_out, 1, kh, kw)
-    response = F.conv2d(
-        x_abs, weight, stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=c_in
+    x_abs, kernel_abs, g = _layout(x_abs, kernel_abs, conv)
+    c_out, c_in_g, kh, kw = kernel_abs.shape
+    groups = g.groups
+    c_out_g = c_out // groups
+    c_in = c_in_g * groups
+    # Channel ι of the input is convolved with the c_out/G kernels that read it: output ι·c_out/G + m.
+    weight = (
+        kernel_abs.reshape(groups, c_out_g, c_in_g, kh, kw).transpose(1, 2).reshape(c_in * c_out_g, 1, kh, kw)
     )
+    response = F.conv2d(x_abs, weight, stride=g.stride, padding=g.padding, dilation=g.dilation, groups=c_in)
     n = x_abs.shape[0]
-    norms = response.reshape(n, c_in, c_out, -1).norm(dim=3)
-    return norms.transpose(1, 2)
+    norms = response.reshape(n, c_in, c_out_g, -1).norm(dim=3)  # (N, c_in, c_out/G)
+    return _by_kernel(norms.transpose(0, 1), groups)
 
 
 def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,7 +379,7 @@ def _pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
 
 @dataclass(frozen=True)
 class QuadraticPlan:
-    """How the squared norms ``‖K̂_ji ∗ x_{n,i}‖²`` of one layer are computed, as ``features @ coefficients``.
+    """How the squared norms ``‖K̂_ji ∗ x_{n,ι}‖²`` of one layer are computed, as ``features @ coefficients``.
 
     Attributes:
         mode: ``"patches"`` — features are the upper triangle of the ``k×k`` Gram matrix of the
@@ -136,125 +387,190 @@ class QuadraticPlan:
             ``"pixels"`` (maps with fewer pixels ``H·W`` than kernel taps ``k``, e.g. 2×2 maps under a
             3×3 kernel) — features are the products ``x_q x_r`` of input pixel pairs, coefficients the
             matching entries of ``T_Kᵀ T_K`` with ``T_K`` the (positions × pixels) matrix of the
-            convolution by ``K̂_ji``. Both are exact; ``pixels`` uses ``HW(HW+1)/2 < k(k+1)/2`` pairs.
-        coefficients: ``(c_in, pairs, c_out)``.
+            convolution by ``K̂_ji``. Both are exact; ``pixels`` uses ``HW(HW+1)/2 < k(k+1)/2`` pairs; or
+            ``"pointwise"`` (a 1×1 kernel, a scalar ``K̂_ji``): ``‖K̂_ji x_{n,ι}‖ = K̂_ji ‖x_{n,ι}‖``, so the
+            feature is the norm of the sampled input channel and the coefficients are ``K̂`` itself — a
+            batch sum needs ``Σ_n ‖x_{n,ι}‖`` only (about ``P`` MACs per channel and sample); or
+            ``"direct"`` (grouped and depthwise convolutions whose ``c_out/G`` kernels per input channel
+            are fewer than ``(k+1)/2``): the responses ``K̂_ji ∗ x_{n,ι}`` themselves by one convolution
+            with ``groups = c_in`` (:func:`conv_norms_grouped`), ``(c_out/G)·k·P`` MACs instead of the
+            Gram route's ``k(k+1)/2·(P + c_out/G)``; its coefficients are the kernels ``(c_out, c_in/G, k_h, k_w)``.
+        coefficients: ``(c_in, pairs, c_out/G)``: for input channel ``ι``, the ``c_out/G`` kernels reading it
+            (``pairs = 1`` and the kernels themselves for ``pointwise``).
+        groups: the layer's ``G``.
     """
 
     mode: str
     coefficients: Tensor
+    groups: int = 1
 
 
-def kernel_pair_products(kernel_abs: Tensor) -> Tensor:
-    """``K̂_u K̂_v`` for the pairs ``u ≤ v`` of each kernel (off-diagonal pairs doubled), ``(c_in, k', c_out)``.
+def kernel_pair_products(kernel_abs: Tensor, groups: int = 1) -> Tensor:
+    """``K̂_u K̂_v`` for the pairs ``u ≤ v`` of each kernel (off-diagonal pairs doubled), ``(c_in, k', c_out/G)``.
 
     With ``k = k_h·k_w`` there are ``k' = k(k+1)/2`` pairs; together with the upper triangle of a
-    patch Gram matrix ``G`` they give the quadratic form ``K̂ᵀ G K̂`` as one dot product.
+    patch Gram matrix ``G`` they give the quadratic form ``K̂ᵀ G K̂`` as one dot product. Row ``ι`` holds
+    the kernels that read input channel ``ι`` (all ``c_out`` of them for ``groups = 1``).
     """
-    c_out, c_in = kernel_abs.shape[:2]
+    c_out, c_in_g = kernel_abs.shape[:2]
     k = kernel_abs[0, 0].numel()
     u, v, doubled = _pairs(k, kernel_abs.device)
-    flat = kernel_abs.reshape(c_out, c_in, k)
-    pairs = flat[:, :, u] * flat[:, :, v] * doubled.to(kernel_abs.dtype)  # (c_out, c_in, k')
-    return pairs.permute(1, 2, 0).contiguous()
+    flat = kernel_abs.reshape(c_out, c_in_g, k)
+    pairs = flat[:, :, u] * flat[:, :, v] * doubled.to(kernel_abs.dtype)  # (c_out, c_in/G, k')
+    return _by_input(pairs, groups)
 
 
-def plan_quadratic(kernel_abs: Tensor, conv: nn.Conv2d, in_size: Sequence[int]) -> QuadraticPlan:
-    """Choose and precompute the cheaper exact :class:`QuadraticPlan` for inputs of ``in_size`` (H, W)."""
+def plan_quadratic(
+    kernel_abs: Tensor, conv: nn.Module | ConvGeometry, in_size: Sequence[int]
+) -> QuadraticPlan:
+    """Choose and precompute the cheaper exact :class:`QuadraticPlan` for inputs of ``in_size`` (H, W).
+
+    ``kernel_abs`` and ``in_size`` are in the 2-D form of ``conv``'s geometry (:meth:`ConvGeometry.view`,
+    explicit padding included) when ``conv`` is a geometry; a layer's own kernels and input size otherwise.
+    """
+    g = conv_geometry(conv)
+    if g.one_d or g.pad is not None:
+        probe = g.view(torch.zeros(1, 1, *in_size[-(1 if g.one_d else 2) :]))
+        kernel_abs, in_size, g = g.kernel(kernel_abs), probe.shape[2:], g.inner()
     h, w = int(in_size[0]), int(in_size[1])
-    c_out, c_in, kh, kw = kernel_abs.shape
-    if h * w >= kh * kw:
-        return QuadraticPlan("patches", kernel_pair_products(kernel_abs))
+    c_out, c_in_g, kh, kw = kernel_abs.shape
+    groups = g.groups
+    k = kh * kw
+    if k == 1:
+        return QuadraticPlan("pointwise", _by_input(kernel_abs.reshape(c_out, c_in_g, 1), groups), groups)
+    if h * w >= k and groups > 1 and 2 * (c_out // groups) <= k + 1:
+        return QuadraticPlan("direct", kernel_abs.contiguous(), groups)
+    if h * w >= k:
+        return QuadraticPlan("patches", kernel_pair_products(kernel_abs, groups), groups)
     # T_K by convolving one-hot pixel images: column q of T_K is the response to pixel q alone.
     basis = torch.eye(h * w, dtype=kernel_abs.dtype, device=kernel_abs.device).reshape(h * w, 1, h, w)
     response = F.conv2d(
         basis,
-        kernel_abs.reshape(c_out * c_in, 1, kh, kw),
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        kernel_abs.reshape(c_out * c_in_g, 1, kh, kw),
+        stride=g.stride,
+        padding=g.padding,
+        dilation=g.dilation,
     )
-    t = response.reshape(h * w, c_out, c_in, -1).permute(2, 1, 0, 3)  # (c_in, c_out, HW, P)
-    gram = t @ t.transpose(2, 3)  # (c_in, c_out, HW, HW)
+    t = response.reshape(h * w, c_out, c_in_g, -1).permute(2, 1, 0, 3)  # (c_in/G, c_out, HW, P)
+    gram = t @ t.transpose(2, 3)  # (c_in/G, c_out, HW, HW)
     u, v, doubled = _pairs(h * w, kernel_abs.device)
-    coefficients = gram[:, :, u, v] * doubled.to(kernel_abs.dtype)  # (c_in, c_out, pairs)
-    return QuadraticPlan("pixels", coefficients.transpose(1, 2).contiguous())
+    coefficients = gram[:, :, u, v] * doubled.to(kernel_abs.dtype)  # (c_in/G, c_out, pairs)
+    return QuadraticPlan("pixels", _by_input(coefficients.transpose(0, 1), groups), groups)
 
 
-def _norms(x_abs: Tensor, conv: nn.Conv2d, plan: QuadraticPlan) -> Tensor:
-    """Per-sample norms laid out ``(c_in, N, c_out)``, the layout the batched product produces."""
+def _sampled_norms(x_abs: Tensor, g: ConvGeometry) -> Tensor:
+    """``‖x_{n,ι}‖₂`` over the positions a 1×1 kernel reads (stride and zero padding applied), ``(N, c_in)``."""
+    if g.padding == (0, 0):
+        sampled = x_abs[:, :, :: g.stride[0], :: g.stride[1]]
+    else:
+        sampled = F.unfold(x_abs, (1, 1), padding=g.padding, stride=g.stride)
+    return torch.linalg.vector_norm(sampled.flatten(2), dim=2)
+
+
+def _norms(x_abs: Tensor, g: ConvGeometry, plan: QuadraticPlan) -> Tensor:
+    """Per-sample norms laid out ``(c_in, N, c_out/G)``, the layout the batched product produces."""
     n, c_in = x_abs.shape[:2]
+    if plan.mode == "pointwise":
+        return torch.bmm(_sampled_norms(x_abs, g).T.unsqueeze(2), plan.coefficients)
+    if plan.mode == "direct":
+        return _by_input(conv_norms_grouped(x_abs, plan.coefficients, g).permute(1, 2, 0), plan.groups)
     if plan.mode == "pixels":
         flat = x_abs.reshape(n, c_in, -1)
         u, v, _ = _pairs(flat.shape[2], x_abs.device)
         features = (flat[:, :, u] * flat[:, :, v]).transpose(0, 1)  # (c_in, N, pairs)
     else:
-        kh, kw = conv.kernel_size
+        kh, kw = g.kernel_size
         k = kh * kw
-        patches = F.unfold(x_abs, (kh, kw), dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+        patches = F.unfold(x_abs, (kh, kw), dilation=g.dilation, padding=g.padding, stride=g.stride)
         patches = patches.reshape(n, c_in, k, -1)
         gram = patches @ patches.transpose(2, 3)  # (N, c_in, k, k)
         u, v, _ = _pairs(k, x_abs.device)
         features = gram[:, :, u, v].transpose(0, 1)  # (c_in, N, k')
-    quad = torch.bmm(features, plan.coefficients)  # (c_in, N, c_out)
+    quad = torch.bmm(features, plan.coefficients)  # (c_in, N, c_out/G)
     # Rounding can leave a tiny negative value where the exact form is 0. In place: this tensor is
     # the largest one of the computation.
     return quad.clamp_min_(0).sqrt_()
 
 
 def conv_norms_gram(
-    x_abs: Tensor, kernel_abs: Tensor, conv: nn.Conv2d, plan: QuadraticPlan | None = None
+    x_abs: Tensor, kernel_abs: Tensor, conv: nn.Module | ConvGeometry, plan: QuadraticPlan | None = None
 ) -> Tensor:
-    """Per-sample ``‖ |K_ji| ∗ |x_{n,i}| ‖_F`` as quadratic forms, shape ``(N, c_out, c_in)``.
+    """Per-sample ``‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F`` as quadratic forms, shape ``(N, c_out, c_in/G)``.
 
     ``‖K̂ ∗ x‖_F² = Σ_p (Σ_u K̂_u X_{u,p})² = K̂ᵀ (X Xᵀ) K̂`` with ``X`` the unfolded receptive fields
     (zero padding included). ``G = X Xᵀ`` is symmetric, so only its upper triangle is used, and the
-    quadratic forms of all ``c_out`` kernels of input channel ``i`` are one matrix product
-    ``(N, k') @ (k', c_out)`` per channel. Maps smaller than the kernel use the pixel form instead
+    quadratic forms of the ``c_out/G`` kernels reading input channel ``ι`` are one matrix product
+    ``(N, k') @ (k', c_out/G)`` per channel. Maps smaller than the kernel use the pixel form instead
     (:class:`QuadraticPlan`).
 
     Args:
-        x_abs: ``|x|`` of shape ``(N, c_in, H, W)``.
-        kernel_abs: ``|K|`` of shape ``(c_out, c_in, k_h, k_w)``.
-        conv: the layer (stride, padding and dilation are taken from it).
-        plan: :func:`plan_quadratic` for this kernel and input size (computed if not given).
+        x_abs: ``|x|`` of shape ``(N, c_in, H, W)`` (``(N, c_in, L)`` for a Conv1d).
+        kernel_abs: ``|K|`` of shape ``(c_out, c_in/G, k_h, k_w)`` (``(c_out, c_in/G, k)`` for a Conv1d).
+        conv: the layer or its :class:`ConvGeometry` (stride, padding, dilation and groups).
+        plan: :func:`plan_quadratic` for these (2-D form) kernels and input size (computed if not given).
     """
+    x_abs, kernel_abs, g = _layout(x_abs, kernel_abs, conv)
     if plan is None:
-        plan = plan_quadratic(kernel_abs, conv, x_abs.shape[2:])
-    return _norms(x_abs, conv, plan).permute(1, 2, 0)
+        plan = plan_quadratic(kernel_abs, g, x_abs.shape[2:])
+    return _by_kernel(_norms(x_abs, g, plan), plan.groups)
 
 
 def conv_norm_sum(
-    x: Tensor, conv: nn.Conv2d, kernel_abs: Tensor, plan: QuadraticPlan | None = None
+    x: Tensor, conv: nn.Module | ConvGeometry, kernel_abs: Tensor, plan: QuadraticPlan | None = None
 ) -> Tensor:
-    """``Σ_n ‖ |K_ji| ∗ |x_{n,i}| ‖_F`` over the batch ``x``, shape ``(c_out, c_in)``, memory-bounded.
+    """``Σ_n ‖ |K_ji| ∗ |x_{n,ι(j,i)}| ‖_F`` over the batch ``x``, shape ``(c_out, c_in/G)``, memory-bounded.
 
-    Uses :func:`conv_norms_gram`: about ``k(k+1)/2·(P + c_out)`` multiply-adds per sample and input
-    channel against the forward pass's ``k·P·c_out``, in large matrix products.
+    Uses :func:`conv_norms_gram`: about ``k(k+1)/2·(P + c_out/G)`` multiply-adds per sample and input
+    channel against the forward pass's ``k·P·c_out/G``, in large matrix products; a 1×1 kernel needs only
+    ``Σ_n ‖x_{n,ι}‖`` (``pointwise`` plan).
     """
-    x_abs = x.detach().abs()
-    n, c_in = x_abs.shape[:2]
-    out_h, out_w = _out_size(conv, x_abs.shape[2:])
-    positions = out_h * out_w
-    k = conv.kernel_size[0] * conv.kernel_size[1]
-    per_sample = c_in * (k * positions + k * k + conv.out_channels)
-    chunk = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+    x_abs, kernel_abs, g = _layout(x.detach().abs(), kernel_abs, conv)
+    c_in = x_abs.shape[1]
     if plan is None:
-        plan = plan_quadratic(kernel_abs, conv, x_abs.shape[2:])
-    total = torch.zeros(c_in, conv.out_channels, dtype=torch.float64, device=x.device)
+        plan = plan_quadratic(kernel_abs, g, x_abs.shape[2:])
+    c_out_g = kernel_abs.shape[0] // plan.groups
+    if plan.mode == "pointwise":
+        # Σ_n K̂_ji ‖x_{n,ι}‖ = K̂_ji Σ_n ‖x_{n,ι}‖: one norm per sample and channel, no per-kernel work.
+        summed = _sampled_norms(x_abs, g).double().sum(dim=0)  # (c_in,)
+        total = summed.view(c_in, 1) * plan.coefficients[:, 0, :].double()
+    else:
+        total = _quadratic_sum(x_abs, g, plan, c_out_g)
+    if plan.groups == 1:
+        return total.T
+    return _by_kernel(total.unsqueeze(1), plan.groups)[0]
+
+
+def _quadratic_sum(x_abs: Tensor, g: ConvGeometry, plan: QuadraticPlan, c_out_g: int) -> Tensor:
+    """``Σ_n`` of the per-sample norms in the per-input layout ``(c_in, c_out/G)``, in bounded chunks."""
+    n, c_in = x_abs.shape[:2]
+    out_h, out_w = _out_size(g, x_abs.shape[2:])
+    positions = out_h * out_w
+    k = g.kernel_size[0] * g.kernel_size[1]
+    if plan.mode == "direct":  # the responses: (c_out/G)·P per input channel, plus the input
+        per_sample = c_in * (c_out_g * positions + int(x_abs[0, 0].numel()))
+    else:
+        per_sample = c_in * (k * positions + k * k + c_out_g)
+    chunk = max(1, CHUNK_ELEMENTS // max(per_sample, 1))
+    total = torch.zeros(c_in, c_out_g, dtype=torch.float64, device=x_abs.device)
     for start in range(0, n, chunk):
         # Sum over samples in the product's own layout (a permuted view was 30x slower), in float32
         # within a chunk (a float64 reduction was 8x slower); chunks accumulate in float64.
-        total += _norms(x_abs[start : start + chunk], conv, plan).sum(dim=1).double()
-    return total.T
+        total += _norms(x_abs[start : start + chunk], g, plan).sum(dim=1).double()
+    return total
 
 
-def _out_size(conv: nn.Conv2d, in_size: Sequence[int]) -> tuple[int, int]:
+def _out_size(g: ConvGeometry, in_size: Sequence[int]) -> tuple[int, int]:
     sizes = []
     for d in range(2):
-        k, s = conv.kernel_size[d], conv.stride[d]
-        p, dil = conv.padding[d], conv.dilation[d]  # type: ignore[index]
+        k, s = g.kernel_size[d], g.stride[d]
+        p, dil = g.padding[d], g.dilation[d]
         sizes.append((int(in_size[d]) + 2 * int(p) - dil * (k - 1) - 1) // s + 1)
     return sizes[0], sizes[1]
+
+
+def _positions(x: Tensor) -> tuple[int, ...] | None:
+    """The positions of a Linear input ``(N, *positions, in)`` (``None`` for ``(N, in)`` or ``(in,)``)."""
+    return tuple(int(s) for s in x.shape[1:-1]) if x.dim() > 2 else None
 
 
 @dataclass
@@ -262,10 +578,17 @@ class ReliefStatistics(ForwardHooks):
     """Context manager accumulating the activation statistics NN-relief scores from.
 
     Args:
-        layers: ``{name: module}`` of the ``nn.Linear`` / ``nn.Conv2d`` layers to summarise.
+        layers: ``{name: module}`` of the ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` layers to score
+            (convolutions of any ``groups``).
         outputs: ``{name: module}`` of further modules whose mean absolute output is accumulated (e.g.
             a residual block's last BN and its shortcut).
         per_sample_norms: also accumulate the conv mean-of-norms numerator (the paper's variant).
+        inputs: ``{name: module}`` of further modules of any kind whose mean absolute input only is
+            accumulated (kind ``"input"``; what the dead-unit rule reads of a layer it does not score).
+
+    Raises:
+        UnsupportedModelError: on entering, for a layer of ``layers`` that is not a Linear, Conv1d or
+            Conv2d (a transposed or 3-D convolution): the message names it and the fix.
 
     Example:
         >>> import torch
@@ -280,29 +603,32 @@ class ReliefStatistics(ForwardHooks):
     layers: dict[str, nn.Module]
     outputs: dict[str, nn.Module] = field(default_factory=dict)
     per_sample_norms: bool = True
+    inputs: dict[str, nn.Module] = field(default_factory=dict)
     stats: dict[str, LayerStats] = field(default_factory=dict, init=False)
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
     _kernels: dict[str, tuple[Tensor, tuple[int, ...], QuadraticPlan]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _geometry: dict[str, ConvGeometry] = field(default_factory=dict, init=False, repr=False)
 
     def __enter__(self) -> ReliefStatistics:  # noqa: PYI034 - py3.10 has no typing.Self
         """Register the hooks (previous statistics are discarded)."""
         self.stats = {}
         self._kernels = {}
+        self._geometry = {}
         try:
             for name, module in self.layers.items():
-                if isinstance(module, nn.Conv2d):
-                    _check_conv(module)
-                    self.stats[name] = LayerStats("conv")
-                elif isinstance(module, nn.Linear):
+                if isinstance(module, nn.Linear):
                     self.stats[name] = LayerStats("linear")
                 else:
-                    raise UnsupportedModelError(
-                        f"relief statistics: {name} is a {type(module).__name__}; only Linear and Conv2d "
-                        "layers are scored"
-                    )
+                    self._geometry[name] = conv_geometry(module, name or "<root>")
+                    self.stats[name] = LayerStats("conv")
                 self._handles.append(module.register_forward_hook(self._layer_hook(name)))
+            for name, module in self.inputs.items():
+                if name in self.stats:
+                    continue  # a scored layer already accumulates its mean |input|
+                self.stats[name] = LayerStats("linear" if isinstance(module, nn.Linear) else "input")
+                self._handles.append(module.register_forward_hook(self._input_hook(name)))
             for name, module in self.outputs.items():
                 self.stats[name] = LayerStats("output")
                 self._handles.append(module.register_forward_hook(self._output_hook(name)))
@@ -311,28 +637,53 @@ class ReliefStatistics(ForwardHooks):
             raise
         return self
 
+    def _input_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Any) -> None:
+            x = inputs[0].detach()
+            entry = self.stats[name]
+            entry.abs_input_sum = _accumulate(entry.abs_input_sum, x.abs().sum(dim=0), name)
+            entry.count += x.shape[0]
+
+        return hook
+
     def _layer_hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0].detach()
             entry = self.stats[name]
             if entry.kind == "linear":
-                flat = x.reshape(-1, x.shape[-1])
-                entry.abs_input_sum = _accumulate(entry.abs_input_sum, flat.abs().sum(dim=0))
-                entry.count += flat.shape[0]
+                positions = _positions(x)
+                if positions is None:
+                    flat = x.reshape(-1, x.shape[-1])
+                    entry.abs_input_sum = _accumulate(entry.abs_input_sum, flat.abs().sum(dim=0), name)
+                    entry.count += flat.shape[0]
+                    return
+                # A Linear over positions is a 1x1 convolution over them: samples are dim 0.
+                entry.abs_input_sum = _accumulate(entry.abs_input_sum, x.abs().sum(dim=0), name)
+                entry.count += x.shape[0]
+                entry.out_size = positions
+                if self.per_sample_norms:
+                    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+                    norms = torch.linalg.vector_norm(wide.reshape(x.shape[0], -1, x.shape[-1]), dim=1)
+                    entry.norm_sum = _accumulate(entry.norm_sum, norms.sum(dim=0), name)
                 return
-            conv = module
-            assert isinstance(conv, nn.Conv2d)
-            entry.abs_input_sum = _accumulate(entry.abs_input_sum, x.abs().sum(dim=0))
+            geometry = self._geometry[name]
+            entry.abs_input_sum = _accumulate(entry.abs_input_sum, x.abs().sum(dim=0), name)
             entry.count += x.shape[0]
-            entry.out_size = (int(output.shape[2]), int(output.shape[3]))
+            entry.out_size = (
+                (1, int(output.shape[-1])) if geometry.one_d else (int(output.shape[2]), int(output.shape[3]))
+            )
             if self.per_sample_norms:
+                view = geometry.view(x)
+                inner = geometry.inner()
                 cached = self._kernels.get(name)
-                if cached is None or cached[1] != tuple(x.shape[2:]):
+                if cached is None or cached[1] != tuple(view.shape[2:]):
                     # |K| and its plan once per collection (and input size): the weights are fixed.
-                    kernel = conv.weight.detach().abs().to(x.dtype)
-                    cached = (kernel, tuple(x.shape[2:]), plan_quadratic(kernel, conv, x.shape[2:]))
+                    kernel = geometry.kernel(module.weight.detach().abs().to(x.dtype))
+                    cached = (kernel, tuple(view.shape[2:]), plan_quadratic(kernel, inner, view.shape[2:]))
                     self._kernels[name] = cached
-                entry.norm_sum = _accumulate(entry.norm_sum, conv_norm_sum(x, conv, cached[0], cached[2]))
+                entry.norm_sum = _accumulate(
+                    entry.norm_sum, conv_norm_sum(view, inner, cached[0], cached[2]), name, "kernels"
+                )
 
         return hook
 
@@ -340,7 +691,7 @@ class ReliefStatistics(ForwardHooks):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             entry = self.stats[name]
             y = output.detach()
-            entry.abs_output_sum = _accumulate(entry.abs_output_sum, y.abs().sum(dim=0))
+            entry.abs_output_sum = _accumulate(entry.abs_output_sum, y.abs().sum(dim=0), name, "outputs")
             entry.count += y.shape[0]
 
         return hook
@@ -363,22 +714,34 @@ class ReliefStatistics(ForwardHooks):
 @torch.no_grad()
 def collect(
     model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[tuple[Any, Any]],
     layers: dict[str, nn.Module],
     outputs: dict[str, nn.Module] | None = None,
     per_sample_norms: bool = True,
+    inputs: dict[str, nn.Module] | None = None,
 ) -> dict[str, LayerStats]:
     """Run ``batches`` through ``model`` in eval mode and return the accumulated statistics.
 
-    The model's train/eval mode is restored afterwards; the batches are moved to the model's device.
+    Each batch is an ``(x, y)`` pair (``y`` is not read); ``x`` is a tensor, a tuple or list of positional
+    arguments or a dict of keyword arguments (:func:`forward`), moved to the model's device. The model's
+    train/eval mode is restored afterwards.
+
+    Raises:
+        UnsupportedModelError: a layer of ``layers`` relief does not score (see :class:`ReliefStatistics`).
+        ConfigError: a batch that is not an ``(x, y)`` pair, or inputs whose size changes between batches.
     """
     was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     model.eval()
     try:
-        with ReliefStatistics(layers, outputs or {}, per_sample_norms) as recorder:
-            for x, _ in batches:
-                model(x.to(device))
+        with ReliefStatistics(layers, outputs or {}, per_sample_norms, inputs or {}) as recorder:
+            for batch in batches:
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    raise ConfigError(
+                        "relief statistics: every calibration batch must be an (x, y) pair; "
+                        f"got a {type(batch).__name__} (use [(x, y), ...], y may be None)"
+                    )
+                forward(model, batch[0], device)
         return recorder.finalize()
     finally:
         model.train(was_training)
