@@ -410,3 +410,164 @@ def test_equivalence_check_runs_without_tf32_and_restores_the_flags() -> None:
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+# ----------------------------------------------------------------------------------------------------
+# PLS+VIP from plain Python on any model the channel surgery handles (#13)
+
+
+def _calibration(example: object, n: int, seed: int) -> object:
+    """Inputs of the same form as ``example`` (tensor, tuple, dict) with ``n`` seeded samples."""
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(example, torch.Tensor):
+        if example.is_floating_point():
+            return torch.randn(n, *example.shape[1:], generator=gen)
+        return example[:1].expand(n, *example.shape[1:]).clone()
+    if isinstance(example, dict):
+        return {k: _calibration(v, n, seed + i) for i, (k, v) in enumerate(example.items())}
+    return tuple(_calibration(v, n, seed + i) for i, v in enumerate(example))  # type: ignore[union-attr]
+
+
+def _construct_names() -> list[str]:
+    from constructs import CONSTRUCTS, REFUSED
+
+    return sorted(set(CONSTRUCTS) - REFUSED)
+
+
+@pytest.mark.parametrize("name", _construct_names())
+def test_pls_vip_scores_every_group_of_every_construct_from_batches(name: str) -> None:
+    from constructs import CONSTRUCTS, HEADS
+
+    model, example = CONSTRUCTS[name]()
+    graph = ChannelGraph(model, example, head=HEADS[name][0])
+    if not graph.groups:
+        pytest.skip(f"{name}: no prunable group")
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        (_calibration(example, 12, seed), torch.randint(0, 4, (12,), generator=gen)) for seed in (2, 3)
+    ]
+    criterion = build_criterion("pls_vip", "group")
+    scores = score_groups(criterion, graph.groups, model, {"batches": batches, "num_classes": 4})
+    assert set(scores) == {g.name for g in graph.groups}
+    for group in graph.groups:
+        assert scores[group.name].shape == (group.size,) and bool(torch.isfinite(scores[group.name]).all())
+    fitted = torch.cat(list(criterion._vip.values()))
+    # One feature column per producer channel, and the VIP property sum VIP^2 = P over all of them.
+    assert fitted.numel() == sum(len({i for _, i in m.pairs}) for m in {
+        m.name: m for g in graph.groups for m in g.producers()}.values())  # fmt: skip
+    assert (
+        float((fitted**2).sum()) == pytest.approx(fitted.numel(), rel=1e-6) or float(fitted.abs().sum()) == 0
+    )
+    assert criterion.timings["samples"] == 24.0
+
+
+def test_features_pool_every_dimension_but_the_channel_dimension() -> None:
+    torch.manual_seed(0)
+    linear, conv, up = nn.Linear(4, 3), nn.Conv2d(2, 3, 3, groups=1), nn.ConvTranspose2d(3, 2, 2, stride=2)
+    x_last, x_img = torch.randn(5, 6, 7, 4), torch.randn(5, 2, 6, 6)
+    with FilterFeatures({"lin": linear, "conv": conv, "up": up}) as rec, torch.no_grad():
+        a = linear(x_last)
+        b = conv(x_img)
+        c = up(b)
+    expected = torch.cat([a.amax(dim=(1, 2)), b.amax(dim=(2, 3)), c.amax(dim=(2, 3))], dim=1)
+    torch.testing.assert_close(rec.finalize(), expected)
+    assert rec.columns[:3] == [("lin", 0), ("lin", 1), ("lin", 2)] and len(rec.columns) == 8
+    with FilterFeatures({"lin": linear}, "avg") as rec, torch.no_grad():
+        tokens = linear(torch.randn(5, 9, 4))
+    torch.testing.assert_close(rec.finalize(), tokens.mean(dim=1))
+
+
+def test_batch_path_equals_the_data_path_on_the_same_samples() -> None:
+    torch.manual_seed(0)
+    model = build_model("small_cnn", input_shape=(1, 8, 8)).eval()
+    data = load_dataset("digits", val_fraction=0.0, train_subset=96).train
+    graph = ChannelGraph(model, (1, 8, 8))
+    groups, _ = prunable_groups(model, graph)
+    by_data = score_groups(build_criterion("pls_vip", "group", calibration_batch_size=32), groups, model,
+                           {"data": data, "num_classes": 10, "seed": 0})  # fmt: skip
+    batches = list(feature_batches(data, None, 32))
+    by_batches = score_groups(
+        build_criterion("pls_vip", "group"), groups, model, {"batches": batches, "num_classes": 10}
+    )
+    assert all(torch.equal(by_data[k], by_batches[k]) for k in by_data)
+    # num_classes is optional with batches: classes that never occur add a constant (zeroed) column.
+    inferred = score_groups(build_criterion("pls_vip", "group"), groups, model, {"batches": batches})
+    for k in by_data:
+        torch.testing.assert_close(inferred[k], by_data[k], rtol=1e-9, atol=1e-9)
+    # Several-input models: x may be a tuple or a dict of inputs.
+    as_tuple = [((x,), y) for x, y in batches]
+    assert all(
+        torch.equal(by_batches[k], v)
+        for k, v in score_groups(
+            build_criterion("pls_vip", "group"), groups, model, {"batches": as_tuple, "num_classes": 10}
+        ).items()
+    )
+
+
+def test_pls_vip_user_errors_are_one_line() -> None:
+    model = build_model("small_cnn", input_shape=(1, 8, 8)).eval()
+    graph = ChannelGraph(model, (1, 8, 8))
+    crit = build_criterion("pls_vip", "group")
+    x = torch.randn(8, 1, 8, 8)
+    cases = [
+        ({}, r"needs statistics \['data', 'num_classes', 'seed'\] \(a training split\) or \['batches'\]"),
+        ({"data": [], "num_classes": 10}, r"\(seed missing\); pass them in stats="),
+        ({"batches": [(x, torch.full((8,), 12))], "num_classes": 10}, r"a label is 12 but num_classes is 10"),
+        ({"batches": [(x, None)]}, r"has no labels \(y is None\)"),
+        ({"batches": [x]}, r"must be an \(x, labels\) pair"),
+        ({"batches": []}, r"no calibration batches"),
+    ]
+    for stats, message in cases:
+        with pytest.raises(ConfigError, match=message) as info:
+            score_groups(crit, graph.groups, model, stats)
+        assert "\n" not in str(info.value)
+
+
+def test_select_filters_removes_periodic_sets_of_divided_groups() -> None:
+    scores = {"g": torch.tensor([0.1, 5.0, 4.0, 0.2, 6.0, 0.3]), "h": torch.arange(1.0, 7.0)}
+    keep, th = select_filters(scores, 0.25, divisions={"g": 2, "h": 1})
+    # g's sets are (0, 3), (1, 4), (2, 5) with means 0.15, 5.5, 2.15: the first set goes, as one.
+    assert keep["g"].tolist() == [False, True, True, False, True, True]
+    assert keep["h"].tolist() == [False, True, True, True, True, True] and th == pytest.approx(1.0)
+    keep_all, _ = select_filters({"g": torch.zeros(6)}, 0.5, divisions={"g": 3})
+    assert keep_all["g"].reshape(3, 2).any(dim=0).tolist() == keep_all["g"][:2].tolist()  # periodic
+    assert int(keep_all["g"].sum()) == 3  # min_keep keeps one whole set
+
+
+def test_layer_rules_take_grouped_and_transposed_convs_and_linear_on_request() -> None:
+    from constructs import CONSTRUCTS, HEADS
+
+    for name, kind in (("grouped_conv", "GroupedConv2d"), ("conv_transpose_decoder", "ConvTranspose2d")):
+        model, example = CONSTRUCTS[name]()
+        graph = ChannelGraph(model, example, head=HEADS[name][0])
+        groups, _ = prunable_groups(model, graph, include_residual=True, exclude_last_conv=False)
+        assert any(m.kind == kind for g in groups for m in g.producers()), name
+    model, example = CONSTRUCTS["linear_mlp"]()
+    graph = ChannelGraph(model, example, head=HEADS["linear_mlp"][0])
+    none, why = prunable_groups(model, graph)
+    assert not none and all("include_linear: true" in w for w in why.values())
+    some, _ = prunable_groups(model, graph, include_linear=True)
+    assert [g.name for g in some] == [g.name for g in graph.groups]
+
+
+def test_pls_vip_driver_prunes_linear_groups_with_include_linear(tmp_path: Path) -> None:
+    options = {
+        "rounds": 1,
+        "fraction": 0.2,
+        "finetune_epochs": 0,
+        "include_linear": True,
+        "calibration_samples": 200,
+    }
+    summary = run_recipe(_recipe("pls_vip", options, "lenet300_100"), tmp_path, echo=None, progress=False)
+    s = summary["pls_vip"]
+    assert s["layers"] == ["fc1", "fc2"] and s["prunable_removed_share"] == pytest.approx(0.2, abs=0.05)
+    assert summary["surgery"]["max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("module", ["prunelab.criteria.pls_vip", "prunelab.stats.features"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert (result.failed, result.attempted > 0) == (0, True)

@@ -18,8 +18,46 @@ Squares*, BMVC 2019 Workshops (arXiv:1810.07610); official code ``arturjordao/Pr
 
 The fit is global — one PLS model over the filters of *all* groups scored together — so
 ``fit_groups(groups, model, stats)`` collects the features and fits once, and ``score_group`` reads the
-fitted VIP. :func:`~prunelab.core.criterion.score_groups` calls them in that order. Statistics read:
-``stats["data"]`` (the training split), ``stats["num_classes"]``, ``stats["seed"]`` (the subsample).
+fitted VIP. :func:`~prunelab.core.criterion.score_groups` calls them in that order.
+
+Any group of :class:`prunelab.surgery.ChannelGraph` can be scored: its producers (``Conv2d``,
+``GroupedConv2d``, ``ConvTranspose2d``, ``Conv1d``, ``Linear``, ...) give one feature per output
+channel, pooled over every dimension but the channel dimension (dim 1 for convolutions, the last for a
+Linear, so a Linear over channels-last ``(N, H, W, C)`` pools over ``H, W``:
+:mod:`prunelab.stats.features`). Members that are not modules (a bare ``nn.Parameter``) give no
+feature.
+
+Statistics read, either
+
+- ``stats["batches"]``: calibration ``(x, y)`` batches (``x`` a tensor, a tuple/list of positional
+  inputs or a dict of keyword inputs; ``y`` class indices, or one-hot rows), with ``stats["num_classes"]``
+  when given (else ``max(y) + 1``) — the plain-Python path; or
+- ``stats["data"]`` (the training split, all of it or a seeded subsample of ``calibration_samples``),
+  ``stats["num_classes"]`` and ``stats["seed"]`` — the recipe path (the official code fits on the whole
+  training set).
+
+``batches`` wins when both are given. ``requires`` is empty because either set will do; a call with
+neither is a one-line :class:`~prunelab.errors.ConfigError` naming both.
+
+Example (plain Python, any model the channel surgery handles):
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from prunelab.core.criterion import score_groups
+    >>> from prunelab.criteria import build_criterion
+    >>> from prunelab.surgery import ChannelGraph
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(
+    ...     nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+    ...     nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+    ...     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> graph = ChannelGraph(model, x)
+    >>> batches = [(torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,))) for _ in range(2)]
+    >>> scores = score_groups(build_criterion("pls_vip", "group"), graph.groups, model,
+    ...                       {"batches": batches, "num_classes": 3})
+    >>> {name: tuple(s.shape) for name, s in scores.items()}
+    {'0': (8,), '3': (8,), '7': (16,)}
 """
 
 from __future__ import annotations
@@ -34,7 +72,7 @@ from torch import Tensor, nn
 from prunelab.core.criterion import ChannelGroupLike, GroupMemberLike, MemberGroupCriterion, Reduction, Stats
 from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
-from prunelab.stats.features import POOLINGS, collect_features
+from prunelab.stats.features import POOLINGS, batch_features, collect_features
 from prunelab.stats.pls import one_hot, pls_vip
 
 __all__ = ["PlsVip"]
@@ -53,8 +91,9 @@ class PlsVip(MemberGroupCriterion):
         features_at: pool the ``conv`` output (official: Keras ``Conv2D.output``, before BN) or the
             output of the group's ``bn`` (a channel with γ = 0 is then constant and scores VIP 0; groups
             without BN use the conv).
-        calibration_samples: samples PLS is fitted on; ``None`` = the whole training split (official), a
-            number = a fixed seeded subsample (a cap for large datasets).
+        calibration_samples: samples of ``stats["data"]`` PLS is fitted on; ``None`` = the whole training
+            split (official), a number = a fixed seeded subsample (a cap for large datasets). Calibration
+            ``stats["batches"]`` are used whole.
         calibration_batch_size: batch size of the feature pass.
         precision: PLS arithmetic, ``float64`` (matches scikit-learn) or ``float32`` (half the memory).
         reduction: how the VIPs of several member filters of one channel combine: ``mean`` (default),
@@ -64,7 +103,9 @@ class PlsVip(MemberGroupCriterion):
         timings: ``{"features_s", "fit_s", "samples"}`` of the last :meth:`fit_groups` (seconds, count).
     """
 
-    requires: frozenset[str] = frozenset({"data", "num_classes", "seed"})
+    #: Empty: the criterion reads ``batches`` (+ ``num_classes``) *or* ``data`` + ``num_classes`` + ``seed``
+    #: (see the module docstring); :meth:`fit_groups` names both when neither is there.
+    requires: frozenset[str] = frozenset()
     default_reduction = "mean"
 
     def __init__(
@@ -104,18 +145,24 @@ class PlsVip(MemberGroupCriterion):
     def members(self, group: ChannelGroupLike) -> Sequence[GroupMemberLike]:
         """The members whose pooled outputs are the features: the producers, or the BNs for ``bn``."""
         # BN outputs expose dead channels (γ = 0: a constant, VIP 0); groups without BN use the conv.
-        if self.features_at == "bn":
-            return group.bns() or group.producers()
-        return group.producers()
+        chosen = (group.bns() or group.producers()) if self.features_at == "bn" else group.producers()
+        # A bare nn.Parameter member has no output to pool.
+        return [m for m in chosen if m.kind != "Parameter"]
 
-    def fit_groups(self, groups: Sequence[ChannelGroupLike], model: nn.Module, stats: Stats) -> None:
-        """Collect the pooled features of every member of ``groups`` once and fit one PLS model on them."""
-        layers: dict[str, nn.Module] = {}
-        for group in groups:
-            for member in self.members(group):
-                layers.setdefault(member.name, model.get_submodule(member.name))
-        started = time.perf_counter()
-        x, labels, columns = collect_features(
+    def _features(
+        self, model: nn.Module, layers: dict[str, nn.Module], stats: Stats
+    ) -> tuple[Tensor, Tensor, list[tuple[str, int]]]:
+        """``(X, labels, columns)`` from ``stats["batches"]`` or ``stats["data"]`` (see the module docstring)."""
+        if stats.get("batches") is not None:
+            return batch_features(model, stats["batches"], layers, pooling=self.pooling)
+        missing = [k for k in ("data", "num_classes", "seed") if k not in stats]
+        if missing:
+            lacking = "" if "data" not in stats else f" ({', '.join(missing)} missing)"
+            raise ConfigError(
+                f"criterion {self!r} needs statistics ['data', 'num_classes', 'seed'] (a training split) or "
+                f"['batches'] (calibration [(x, y), ...] batches){lacking}; pass them in stats="
+            )
+        return collect_features(
             model,
             stats["data"],
             layers,
@@ -124,10 +171,50 @@ class PlsVip(MemberGroupCriterion):
             batch_size=self.calibration_batch_size,
             seed=int(stats["seed"]),
         )
+
+    def _targets(self, labels: Tensor, stats: Stats, dtype: torch.dtype) -> Tensor:
+        """The PLS targets ``Y``: one-hot class indices (``num_classes`` columns when given), or the rows given."""
+        if labels.dim() == 2:
+            return labels.to(dtype)
+        classes = stats.get("num_classes")
+        if classes is not None and labels.numel() and int(labels.max()) >= int(classes):
+            raise ConfigError(
+                f"pls_vip: a label is {int(labels.max())} but num_classes is {int(classes)}; labels must be "
+                "class indices in [0, num_classes)"
+            )
+        if labels.numel() and int(labels.min()) < 0:
+            raise ConfigError("pls_vip: labels must be class indices >= 0")
+        return one_hot(labels, None if classes is None else int(classes), dtype=dtype)
+
+    def fit_groups(self, groups: Sequence[ChannelGroupLike], model: nn.Module, stats: Stats) -> None:
+        """Collect the pooled features of every member of ``groups`` once and fit one PLS model on them.
+
+        Raises:
+            ConfigError: neither ``batches`` nor ``data``/``num_classes``/``seed`` in ``stats``, labels that
+                are not class indices, too few samples or features for ``n_components``, or groups with
+                no member to take features from.
+        """
+        layers: dict[str, nn.Module] = {}
+        for group in groups:
+            for member in self.members(group):
+                if member.name not in layers:
+                    try:
+                        layers[member.name] = model.get_submodule(member.name)
+                    except AttributeError:
+                        raise ConfigError(
+                            f"pls_vip: group {group.name!r} names member {member.name!r}, which is not a module "
+                            "of this model; score the groups of the model they were traced on"
+                        ) from None
+        if not layers:
+            raise ConfigError(
+                "pls_vip: the groups have no producer layer to take features from; nothing to score"
+            )
+        started = time.perf_counter()
+        x, labels, columns = self._features(model, layers, stats)
         features_s = time.perf_counter() - started
         started = time.perf_counter()
         dtype = _PRECISIONS[self.precision]
-        y = one_hot(labels, int(stats["num_classes"]), dtype=dtype)
+        y = self._targets(labels, stats, dtype)
         # float64 per filter whatever the precision: the group means are taken in float64.
         vip = pls_vip(x, y, self.n_components, dtype=dtype).cpu().double()
         del x
@@ -136,7 +223,7 @@ class PlsVip(MemberGroupCriterion):
         for j, (layer, _filter) in enumerate(columns):
             positions.setdefault(layer, []).append(j)
         self._vip = {layer: vip[torch.tensor(js)] for layer, js in positions.items()}
-        self.timings = {"features_s": features_s, "fit_s": fit_s, "samples": float(labels.numel())}
+        self.timings = {"features_s": features_s, "fit_s": fit_s, "samples": float(labels.shape[0])}
 
     def member_scores(self, member: GroupMemberLike, model: nn.Module, stats: Stats) -> Tensor:
         """The fitted VIP of each filter of ``member``.

@@ -33,8 +33,11 @@ Which layers are pruned (the official code's rules, expressed through the couple
   scoring a group channel by the mean VIP of its member filters (one feature column per producer);
 - the last conv layer of a plain chain is excluded by default (``exclude_last_conv``), as the official
   ``layers_to_prune`` does for VGG;
-- only conv filters are scored (the official code prunes ``Conv2D`` layers only); groups produced by a
-  Linear layer and the classifier head stay.
+- only conv filters are scored by default (the official code prunes ``Conv2D`` layers only): groups
+  produced by convolutions of any kind (ordinary, grouped, transposed, 1-D) are prunable, groups produced
+  by a Linear layer stay unless ``include_linear: true``, and the classifier head (every output layer)
+  always stays. A group whose channels feed a grouped convolution loses them in periodic sets (the same
+  position of every one of its ``divisions`` blocks, each set scored by its mean), as the surgery needs.
 
 Any other group-level criterion runs the *same* loop (same threshold rule, surgery and fine-tuning):
 ``criterion: l1_filter`` (the L1 norm of the filters, Li et al., ICLR 2017) and ``criterion: random``
@@ -97,6 +100,9 @@ class PlsVipOptions:
         precision: PLS arithmetic, ``float64`` (matches scikit-learn) or ``float32`` (half the memory).
         include_residual: also prune channel groups joined by a residual addition (default off: only
             the first conv of each residual block is pruned, as the official ResNets).
+        include_linear: also prune groups produced by Linear layers (default off: the official code
+            prunes conv filters only); their features are the Linear outputs pooled over every dimension
+            but the last.
         exclude_last_conv: keep the last conv layer whole (official ``layers_to_prune`` for VGG).
         scope: ``global`` (one threshold over all prunable filters, official) or ``layer`` (the same rule
             inside every layer).
@@ -114,6 +120,7 @@ class PlsVipOptions:
     calibration_batch_size: int = 256
     precision: Literal["float64", "float32"] = "float64"
     include_residual: bool = False
+    include_linear: bool = False
     exclude_last_conv: bool = True
     scope: Literal["global", "layer"] = "global"
     finetune_epochs: int | None = None
@@ -141,13 +148,28 @@ class PlsVipOptions:
         return {name: getattr(self, name) for name in _PLS_SETTINGS}
 
 
+#: Member kinds of the channel graph whose output channels are conv filters (any convolution).
+_CONV_KINDS = frozenset(
+    {"Conv1d", "Conv2d", "GroupedConv2d", "DepthwiseConv2d", "ConvTranspose1d", "ConvTranspose2d"}
+)
+
+
+def _is_conv_kind(kind: str) -> bool:
+    return kind in _CONV_KINDS or kind.startswith(("Conv", "GroupedConv"))
+
+
 def conv_filters(model: nn.Module) -> int:
-    """Total output filters of the model's ``nn.Conv2d`` layers (the paper's "filters" count)."""
-    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    """Total output filters of the model's ``nn.Conv2d`` / ``nn.ConvTranspose2d`` layers (the paper's "filters" count)."""
+    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
 
 
 def prunable_groups(
-    model: nn.Module, graph: Any, *, include_residual: bool = False, exclude_last_conv: bool = True
+    model: nn.Module,
+    graph: Any,
+    *,
+    include_residual: bool = False,
+    exclude_last_conv: bool = True,
+    include_linear: bool = False,
 ) -> tuple[list[Any], dict[str, str]]:
     """The channel groups PLS+VIP may prune, and why each other group is left alone.
 
@@ -158,6 +180,8 @@ def prunable_groups(
         exclude_last_conv: skip the group produced by the last ``nn.Conv2d`` in module order when it is a
             plain chain (the official VGG rule; a residual stream ending in the last conv is governed by
             ``include_residual``).
+        include_linear: allow groups produced by Linear layers (off: conv filters only, as the official
+            code).
 
     Returns:
         ``(groups, {group: reason skipped})``.
@@ -169,8 +193,14 @@ def prunable_groups(
     for group in graph.groups:
         producers = group.producers()
         names = {m.name for m in producers}
-        if not producers or any(m.kind != "Conv2d" for m in producers):
-            skipped[group.name] = "not produced by conv filters (the official code prunes Conv2D layers only)"
+        kinds = {m.kind for m in producers}
+        linear = "Linear" in kinds and all(k == "Linear" or _is_conv_kind(k) for k in kinds)
+        if not producers or not all(_is_conv_kind(k) or (include_linear and k == "Linear") for k in kinds):
+            skipped[group.name] = (
+                "produced by a Linear layer (set include_linear: true to prune it)"
+                if linear
+                else "not produced by conv filters (the official code prunes Conv2D layers only)"
+            )
         elif "residual" in group.coupling and not include_residual:
             skipped[group.name] = "joined by a residual addition (set include_residual: true to prune it)"
         elif exclude_last_conv and last_conv in names and group.coupling == "plain":
@@ -207,7 +237,12 @@ def _round_scores(
 
 
 def select_filters(
-    scores: Mapping[str, Tensor], fraction: float, *, scope: str = "global", min_keep: int = 1
+    scores: Mapping[str, Tensor],
+    fraction: float,
+    *,
+    scope: str = "global",
+    min_keep: int = 1,
+    divisions: Mapping[str, int] | None = None,
 ) -> tuple[dict[str, Tensor], float | None]:
     """Keep masks: remove the channels scored ``≤ find_closer_th(scores, fraction)``, keeping ``min_keep`` per group.
 
@@ -218,12 +253,20 @@ def select_filters(
             within each group).
         min_keep: channels every group keeps at least (its best-scored ones); at least 1, so no layer is
             ever emptied.
+        divisions: ``{group: blocks}`` of groups whose channels go in periodic sets
+            (:attr:`prunelab.surgery.ChannelGroup.divisions`, a grouped conv's groups): channel ``p`` of
+            every block scores the blocks' mean and is kept or removed with the others (kept when the
+            ``min_keep`` guard keeps any of them).
 
     Returns:
         ``(keep masks, global threshold or None for scope layer)``.
     """
     from prunelab.stats.pls import find_closer_th
 
+    blocks = {k: int(d) for k, d in (divisions or {}).items() if int(d) > 1 and k in scores}
+    scores = dict(scores)
+    for name, d in blocks.items():
+        scores[name] = scores[name].reshape(d, -1).mean(dim=0).repeat(d)
     threshold: float | None = None
     if scope == "global":
         threshold = find_closer_th(torch.cat([s.flatten() for s in scores.values()]), fraction)
@@ -231,6 +274,8 @@ def select_filters(
     for name, s in scores.items():
         th = threshold if threshold is not None else find_closer_th(s, fraction)
         keep[name] = guard_min_keep(s > th, s, max(1, min_keep))
+        if name in blocks:
+            keep[name] = keep[name].reshape(blocks[name], -1).any(dim=0).repeat(blocks[name])
     return keep, threshold
 
 
@@ -254,7 +299,8 @@ def _recorder(
             "threshold": threshold if threshold is not None else "",
             "filters_removed_round": report.channels_removed,
             "filters": filters,
-            "filters_removed_percent": round(100.0 * (1 - filters / filters0), 4),
+            # A model without conv filters (an MLP with include_linear) has none to remove.
+            "filters_removed_percent": round(100.0 * (1 - filters / filters0), 4) if filters0 else 0.0,
             "prunable_removed_percent": round(100.0 * (1 - prunable / prunable0), 4),
             "params": now["params_total"],
             "params_removed_percent": round(100.0 * (1 - now["params_total"] / dense["params_total"]), 4),
@@ -283,12 +329,16 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
     filters0 = conv_filters(model)
     graph = channel_graph(ctx, model)
     groups, skipped = prunable_groups(
-        model, graph, include_residual=options.include_residual, exclude_last_conv=options.exclude_last_conv
+        model,
+        graph,
+        include_residual=options.include_residual,
+        exclude_last_conv=options.exclude_last_conv,
+        include_linear=options.include_linear,
     )
     if not groups:
         raise ConfigError(
             "prune: no prunable conv filter group in this model under the pls_vip layer rules; "
-            "set prune.options.include_residual or exclude_last_conv: false"
+            "set prune.options.include_residual, include_linear or exclude_last_conv: false"
         )
     names = [g.name for g in groups]
     prunable0 = sum(g.size for g in groups)
@@ -303,7 +353,10 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
             graph = channel_graph(ctx, model)
         criterion = _round_criterion(options, ctx.seed, r)
         scores = _round_scores(ctx, model, graph, names, criterion)
-        keep, threshold = select_filters(scores, options.fraction, scope=options.scope, min_keep=min_keep)
+        divisions = {n: int(getattr(graph.by_name[n], "divisions", 1)) for n in names}
+        keep, threshold = select_filters(
+            scores, options.fraction, scope=options.scope, min_keep=min_keep, divisions=divisions
+        )
         record = _recorder(
             options, r, threshold, getattr(criterion, "timings", {}), names, filters0, prunable0, dense
         )

@@ -13,18 +13,26 @@ total filters). ``A`` is the convolution's own output (before BatchNorm), as ``C
 official Keras code. With ``scale=True`` PLS standardises every column, so a per-channel affine map with
 positive scale (an eval-mode BatchNorm with γ > 0) would not change the result anyway.
 
+The same representation serves every layer that produces channels: a feature is the layer's output
+pooled over *every dimension but the channel dimension* — dim 1 for convolutions (ordinary, grouped,
+transposed, 1-D) and BatchNorm, the **last** dim for ``nn.Linear``, whose features are always the last
+dimension. A Linear over channels-last ``(N, H, W, C)`` (ConvNeXt) or tokens ``(N, T, C)`` is pooled over
+its positions; a Linear on ``(N, C)`` is its own feature.
+
 :class:`FilterFeatures` is a context manager that hooks the layers, *accumulates* the pooled rows of every
 batch pushed through the model (never only the last batch) and always removes its hooks on exit.
 :meth:`FilterFeatures.finalize` all-gathers the rows of every DDP rank (each rank feeds its own shard),
 so every rank ends with the same full matrix; single-process it is the local matrix unchanged.
 :func:`collect_features` draws the calibration samples (the whole training split by default, as the
 official code, or a seeded subsample of ``num_samples``), shards them across ranks, and returns
-``(X, labels)``.
+``(X, labels)``; :func:`batch_features` does the same over given calibration ``(x, y)`` batches, whose
+``x`` may be a tensor, a tuple/list of positional inputs or a dict of keyword inputs (models with several
+inputs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,18 +40,39 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import ConfigError
+from prunelab.stats.activations import forward, model_device
 from prunelab.stats.hooks import ForwardHooks
 
-__all__ = ["POOLINGS", "FilterFeatures", "all_gather_rows", "collect_features", "feature_batches"]
+__all__ = [
+    "POOLINGS",
+    "FilterFeatures",
+    "all_gather_rows",
+    "batch_features",
+    "channel_dim",
+    "collect_features",
+    "feature_batches",
+]
 
 #: Supported filter representations (global max or average pooling of the output map).
 POOLINGS: tuple[str, ...] = ("max", "avg")
 
 
-def _pool(output: Tensor, pooling: str) -> Tensor:
+def channel_dim(module: nn.Module) -> int:
+    """The dimension of ``module``'s output that holds its channels: ``-1`` for a Linear, else 1.
+
+    A Linear's features are always its last dimension; convolutions (ordinary, grouped, transposed) and
+    BatchNorm put the channels at dim 1.
+    """
+    return -1 if isinstance(module, nn.Linear) else 1
+
+
+def _pool(output: Tensor, pooling: str, dim: int = 1) -> Tensor:
+    """``(N, channels)``: ``output`` pooled over every dimension but the batch and ``dim``."""
     out = output.detach()
-    if out.dim() == 2:  # a Linear layer: one value per unit already
+    if out.dim() == 2:  # (N, C): one value per unit already
         return out
+    if dim != 1:
+        out = out.movedim(dim, 1)
     flat = out.flatten(2)
     return flat.amax(dim=2) if pooling == "max" else flat.mean(dim=2)
 
@@ -77,6 +106,8 @@ class FilterFeatures(ForwardHooks):
         layers: ``{name: module}`` whose outputs are the features (columns in this order, then filter
             order within a layer).
         pooling: ``"max"`` (official default) or ``"avg"``.
+        channel_dims: ``{name: dim}`` of the output dimension holding a layer's channels, for layers
+            :func:`channel_dim` does not know (default: the last for a Linear, else 1).
 
     Example:
         >>> import torch
@@ -91,6 +122,7 @@ class FilterFeatures(ForwardHooks):
 
     layers: dict[str, nn.Module]
     pooling: str = "max"
+    channel_dims: dict[str, int] = field(default_factory=dict)
     columns: list[tuple[str, int]] = field(default_factory=list, init=False)
     _chunks: dict[str, list[Tensor]] = field(default_factory=dict, init=False, repr=False)
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
@@ -112,9 +144,16 @@ class FilterFeatures(ForwardHooks):
         return self
 
     def _hook(self, name: str) -> Any:
+        dim = self.channel_dims.get(name, channel_dim(self.layers[name]))
+
         def hook(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if not isinstance(output, Tensor):
+                raise ConfigError(
+                    f"features: layer {name!r} returned a {type(output).__name__}, not a tensor; pool the "
+                    "features of layers with one output tensor"
+                )
             # Pooled right away: only N·P numbers are kept, never the feature maps.
-            self._chunks[name].append(_pool(output, self.pooling).float())
+            self._chunks[name].append(_pool(output, self.pooling, dim).float())
 
         return hook
 
@@ -131,7 +170,10 @@ class FilterFeatures(ForwardHooks):
                 )
             block = torch.cat(chunks, dim=0)
             if rows is not None and block.shape[0] != rows:
-                raise ConfigError(f"features: layer {name!r} saw {block.shape[0]} samples, others {rows}")
+                raise ConfigError(
+                    f"features: layer {name!r} saw {block.shape[0]} samples, others {rows} (a layer that runs "
+                    "more than once per forward, or not on every batch); leave it out of the scored groups"
+                )
             rows = block.shape[0]
             blocks.append(block)
             self.columns.extend((name, f) for f in range(block.shape[1]))
@@ -201,20 +243,73 @@ def collect_features(
     """
     from prunelab import distributed as dist
 
+    batches = feature_batches(
+        dataset, num_samples, batch_size, seed, rank=dist.rank(), world_size=dist.world_size()
+    )
+    return batch_features(model, batches, layers, pooling=pooling)
+
+
+def _labels(y: Any, device: torch.device) -> Tensor:
+    """A batch's targets as a tensor: class indices ``(n,)`` (int64) or score rows ``(n, C)`` (float)."""
+    if y is None:
+        raise ConfigError(
+            "features: a calibration batch has no labels (y is None); PLS+VIP needs (x, labels) batches"
+        )
+    t = torch.as_tensor(y).to(device)
+    if t.dim() == 2 and t.is_floating_point():
+        return t.float()
+    if t.dim() != 1 or t.is_floating_point() and not bool((t == t.round()).all()):
+        raise ConfigError(
+            f"features: labels must be class indices (n,) or one-hot/score rows (n, C), got shape {tuple(t.shape)}"
+        )
+    return t.long()
+
+
+@torch.no_grad()
+def batch_features(
+    model: nn.Module,
+    batches: Iterable[tuple[Any, Any]],
+    layers: Mapping[str, nn.Module],
+    *,
+    pooling: Literal["max", "avg"] = "max",
+) -> tuple[Tensor, Tensor, list[tuple[str, int]]]:
+    """Run calibration ``(x, y)`` batches through ``model`` (eval mode) and return ``(X, labels, columns)``.
+
+    As :func:`collect_features`, over the given batches: ``x`` is a tensor, a tuple/list of positional
+    inputs or a dict of keyword inputs; ``y`` holds class indices ``(n,)`` (or one-hot / score rows
+    ``(n, C)``, returned as float). Under DDP each rank feeds its own batches and all ranks return the
+    all-gathered matrices.
+
+    Raises:
+        ConfigError: no batch, a batch that is not an ``(x, y)`` pair, labels that are not class indices,
+            or a layer that did not produce one output per sample.
+    """
     was_training = model.training
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     model.eval()
     labels = []
     try:
         with FilterFeatures(dict(layers), pooling) as recorder:
-            for x, y in feature_batches(
-                dataset, num_samples, batch_size, seed, rank=dist.rank(), world_size=dist.world_size()
-            ):
-                model(x.to(device))
-                labels.append(torch.as_tensor(y).long().to(device))
+            for batch in batches:
+                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                    raise ConfigError(
+                        "features: every calibration batch must be an (x, labels) pair; "
+                        f"got a {type(batch).__name__}"
+                    )
+                forward(model, batch[0], device)
+                labels.append(_labels(batch[1], device))
+            if not labels:
+                raise ConfigError("features: no calibration batches; give at least one (x, labels) pair")
             x_all = recorder.finalize()
             columns = list(recorder.columns)
     finally:
         model.train(was_training)
-    y_all = all_gather_rows(torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device))
+    kinds = {t.dim() for t in labels}
+    if len(kinds) > 1:
+        raise ConfigError("features: mix of class-index and one-hot labels across batches; use one form")
+    y_all = all_gather_rows(torch.cat(labels))
+    if x_all.shape[0] != y_all.shape[0]:
+        raise ConfigError(
+            f"features: {x_all.shape[0]} feature rows but {y_all.shape[0]} labels; give one label per sample"
+        )
     return x_all, y_all, columns
