@@ -194,6 +194,7 @@ def test_resnet20_exports_verified_in_every_format(resnet20: nn.Module, tmp_path
     assert report.folded_bn == 19 and not report.skipped_bn
     assert report.bytes == path.stat().st_size > 0
     assert report.dynamic_batch and report.batch_sizes_verified == [1, 3]
+    assert report.output_spread > 0.1  # the outputs depend on the input: the comparison means something
     lat = report.latency
     assert lat is not None and lat["threads"] == 1 and lat["exported_ms"] > 0 and lat["pytorch_ms"] > 0
     assert list(tmp_path.iterdir()) == [path]  # nothing else written beside it
@@ -235,7 +236,7 @@ def test_two_inputs_and_tuple_outputs_in_every_format(tmp_path: Path, fmt: str) 
     model = _randomize_bn(_TwoInTwoOut())
     inputs = (torch.randn(2, 3, 16, 16), torch.randn(2, 1, 16, 16))
     report = export_model(model, inputs, tmp_path / "two", fmt, batch=1, latency=False)
-    assert report.folded_bn == 3 and report.max_abs_diff <= 1e-4
+    assert report.folded_bn == 3 and report.max_abs_diff <= 1e-4 and report.output_spread > 1e-2
     assert report.input_shapes == [[1, 3, 16, 16], [1, 1, 16, 16]] and report.latency is None
 
 
@@ -283,6 +284,7 @@ def test_compacted_mobilenet_v2_exports(tmp_path: Path) -> None:
     assert surgery.channels_removed > 0
     report = export_model(small, torch.randn(1, *shape), tmp_path / "mb.pt2", "torch-export", **QUICK)
     assert report.folded_bn == _bn_count(small) > 30 and report.max_abs_diff <= 1e-4
+    assert report.output_spread > 0.1
     assert report.latency and report.latency["pytorch_folded_ms"] > 0
 
 
@@ -341,6 +343,19 @@ def test_fixed_batch_models_and_models_the_exporter_cannot_capture(
     assert "\n" not in str(info.value) and "try another format" in str(info.value)
     assert capsys.readouterr().err == ""  # the exporter's graph dumps and warnings stay out of the terminal
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.pt"]
+
+
+def test_a_collapsed_network_is_flagged_as_a_weak_check(tmp_path: Path) -> None:
+    # Every BN shift far below zero: the ReLU outputs zeros whatever the input, so any file "matches".
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    with torch.no_grad():
+        model[1].bias.fill_(-100.0)
+    report = export_model(
+        model.eval(), torch.randn(2, 3, 8, 8), tmp_path / "c.pt", "torchscript", latency=False
+    )
+    assert report.output_spread == 0.0 and "barely depend on the input" in report.summary_line()
+    healthy = export_model(_FixedBatch(), torch.randn(2, 3), tmp_path / "h.pt", "torchscript", latency=False)
+    assert healthy.output_spread > 0.1 and "barely" not in healthy.summary_line()
 
 
 def test_bad_arguments_are_one_line_config_errors(tmp_path: Path) -> None:

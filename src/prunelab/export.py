@@ -156,6 +156,11 @@ class ExportReport:
         max_abs_diff: largest absolute difference of the exported file's outputs from the PyTorch model's
             (unfolded, masks applied), over every output tensor and every verified batch size.
         tolerance: the accepted ``max_abs_diff``.
+        output_scale: largest absolute value of the PyTorch model's outputs on the verification batches.
+        output_spread: largest difference between two samples' outputs within a verification batch
+            (``None`` when every verified batch has one sample). A spread at or below the tolerance means
+            the outputs barely depend on the input (a collapsed, e.g. untrained, network), and the check
+            proves little; :meth:`summary_line` then says so.
         verified: ``max_abs_diff <= tolerance`` (always true for a written file).
         batch: batch size of the verification and latency inputs.
         batch_sizes_verified: every batch size the file was run and compared at.
@@ -179,6 +184,8 @@ class ExportReport:
     fold_max_abs_diff: float
     max_abs_diff: float
     tolerance: float
+    output_scale: float
+    output_spread: float | None
     verified: bool
     batch: int | None
     batch_sizes_verified: list[int]
@@ -202,6 +209,11 @@ class ExportReport:
             f"{self.folded_bn} BN folded, verified max |diff| {self.max_abs_diff:.2e} <= {self.tolerance:g} "
             f"{where}{'' if self.dynamic_batch or not sizes else ' (fixed batch)'}"
         )
+        if self.output_spread is not None and self.output_spread <= self.tolerance:
+            line += (
+                f" (but the outputs barely depend on the input: spread {self.output_spread:.1e} over the "
+                "batch, so the check proves little)"
+            )
         if self.latency:
             lat = self.latency
             line += (
@@ -907,7 +919,7 @@ def export_model(
             checks.append((second, s_args, s_kwargs, _run(source, s_args, s_kwargs)))
         except Exception:  # noqa: BLE001 - the model itself runs at one batch size only
             dynamic = False
-    worst = 0.0
+    worst, scale, spread = 0.0, 0.0, None
     verified_sizes: list[int] = []
     for size, c_args, c_kwargs, expected in checks:
         try:
@@ -933,6 +945,10 @@ def export_model(
                 + "try another format or raise the tolerance"
             )
         worst = max(worst, diff)
+        values = [t.detach().double() for t in expected if t.numel()]
+        scale = max([scale, *(float(t.abs().max()) for t in values)])
+        if size is not None and size > 1:
+            spread = max([spread or 0.0, *(float((t - t[:1]).abs().max()) for t in values if t.dim())])
         if size is not None:
             verified_sizes.append(size)
 
@@ -953,6 +969,8 @@ def export_model(
         bn_subclasses=dict(folds.subclasses),
         fold_max_abs_diff=folds.max_abs_diff,
         max_abs_diff=worst,
+        output_scale=scale,
+        output_spread=spread,
         tolerance=float(tolerance),
         verified=True,
         batch=batch,
