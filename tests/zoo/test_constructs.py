@@ -4,6 +4,9 @@ refusal on the others). Needs only torch: runs in the main environment and in th
 
 from __future__ import annotations
 
+import importlib.util
+from typing import Any
+
 import pytest
 import torch
 from constructs import CONSTRUCTS, HEADS, NORM_STATISTICS, REFUSED, call
@@ -47,3 +50,54 @@ def test_torch_pruning_reference(name: str) -> None:
     else:
         assert result.works, result.error
         assert result.params_after < result.params_before
+
+
+def _export_format() -> str:
+    return (
+        "onnx"
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx")
+        else "torchscript"
+    )
+
+
+FULL_CHECKS = (
+    importlib.util.find_spec("torchvision") is not None and importlib.util.find_spec("timm") is not None
+)
+
+
+@pytest.mark.skipif(
+    not FULL_CHECKS,
+    reason="the full prunelab checks of the constructs run in the zoo stage of .ci/run (the zoo virtualenv), "
+    "where their minute is budgeted",
+)
+@pytest.mark.parametrize("name", NAMES)
+def test_construct_prunelab_checks(name: str, zoo_dir: Any, reloader: Any) -> None:
+    """Every prunelab check on the construct; REFUSED constructs may be refused (one line), no others."""
+    from constructs import CONSTRUCTS as TABLE
+    from zoo_checks import judge, problems, record, run_checks
+    from zoo_models import KNOWN_DEFECTS, has_batchnorm
+
+    model, inputs = TABLE[name]()
+    cls = type(model).__name__
+    outcomes = run_checks(
+        model,
+        inputs,
+        HEADS[name][0],
+        builder=f"constructs:{cls}",
+        directory=zoo_dir,
+        key=f"construct-{name}",
+        export_format=_export_format(),
+    )
+    if outcomes["save"].status == "ok":
+        outcomes["reload"] = reloader.load(outcomes["save"].details["path"])
+    tp_works = name not in REFUSED
+    record(
+        f"construct-{name}",
+        {
+            "model": f"construct:{name}",
+            "tp_works": tp_works,
+            "checks": {k: o.to_dict() for k, o in outcomes.items()},
+        },
+    )
+    failures = problems(outcomes, tp_works=tp_works, has_batchnorm=has_batchnorm(model))
+    judge(f"construct:{name}", failures, KNOWN_DEFECTS)
