@@ -3,8 +3,9 @@
 Every :class:`ZooModel` names its builder the way prunelab does (``torchvision:<name>``, ``timm:<name>``,
 the same strings ``prunelab.save_pruned(builder=...)`` records), the constructor kwargs, the smallest
 input shape it accepts (small keeps the stage fast) and its classifier head. ``build(entry)`` makes the
-model through prunelab's model door (``prunelab.models.external``) in eval mode, seeded, with random
-BatchNorm statistics, and returns ``(model, example_inputs)``.
+model through prunelab's model door (``prunelab.models.external``), seeded, with random BatchNorm affine
+parameters and running statistics calibrated on random images (:func:`calibrate_bn`: otherwise the deep
+nets' outputs collapse to constants), in eval mode, and returns ``(model, example_inputs)``.
 
 ``TP_FAILS`` records the models on which Torch-Pruning 1.6.1 itself fails, measured by
 ``benchmarks/zoo.py`` (see ``benchmarks/zoo.md``); prunelab must refuse those with one line and must
@@ -131,6 +132,33 @@ def randomize_bn(model: nn.Module, seed: int = SEED) -> nn.Module:
     return model
 
 
+def calibrate_bn(
+    model: nn.Module, input_shape: tuple[int, ...], batches: int = 2, batch: int = 16
+) -> nn.Module:
+    """Set every BatchNorm's running statistics to the statistics of its input on random images.
+
+    With random weights and made-up running statistics, deep nets collapse: the activations drift until
+    the output hardly depends on the input (mobilenet_v2's two samples differed by 1e-7 of the output
+    scale), and an equivalence check of 1e-4 then proves nothing. Cumulative averages (``momentum=None``)
+    over ``batches`` seeded batches, in train mode without gradients; the mode is left at eval.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    g = torch.Generator().manual_seed(SEED + 3)
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(batch, *input_shape, generator=g))
+    for m, momentum in zip(bns, saved, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
 def example_inputs(entry: ZooModel, batch: int = BATCH, seed: int = SEED) -> torch.Tensor:
     """A seeded standard-normal batch of the entry's input shape."""
     return torch.randn(batch, *entry.input_shape, generator=torch.Generator().manual_seed(seed + 7))
@@ -145,4 +173,5 @@ def build(entry: ZooModel) -> tuple[nn.Module, torch.Tensor]:
         entry.builder, num_classes=NUM_CLASSES, input_shape=entry.input_shape, **entry.kwargs
     )
     randomize_bn(model)
-    return model.eval(), example_inputs(entry)
+    calibrate_bn(model, entry.input_shape)
+    return model, example_inputs(entry)
