@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunelab.core.inputs import call_model, describe_inputs, is_shape
+from prunelab.core.inputs import call_model, describe_inputs, is_shape, output_tensors
 from prunelab.errors import ConfigError, UnsupportedModelError
 
 #: Layer kinds that :func:`find_targets` understands, mapped to the module classes they cover.
@@ -171,17 +171,6 @@ def _head_candidates(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def _tensors(value: object) -> list[Tensor]:
-    """Every tensor in a (nested) forward output: a tensor, tuple, list or dict."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
-    return []
-
-
 def _reaching(outputs: list[Tensor]) -> set[object]:
     """The autograd nodes the model's outputs were computed from."""
     seen: set[object] = set()
@@ -203,7 +192,7 @@ def _run_order(
 
     def record(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(_module: nn.Module, _args: object, output: object) -> None:
-            order.extend((name, t.grad_fn) for t in _tensors(output))
+            order.extend((name, t.grad_fn) for t in output_tensors(output))
 
         return hook
 
@@ -223,7 +212,7 @@ def _run_order(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return order, _tensors(out)
+    return order, output_tensors(out)
 
 
 def _what(example: Any) -> str:
