@@ -898,3 +898,38 @@ def test_relief_driver_on_a_depthwise_model(tmp_path: Path) -> None:
     layers = {r["layer"]: (int(r["nonzero"]), int(r["total"])) for r in rows}
     assert "fc" not in layers and any(n.endswith(".dw") for n in layers)
     assert sum(nz for nz, _ in layers.values()) < sum(t for _, t in layers.values())
+
+
+def _construct_names() -> list[str]:
+    from constructs import CONSTRUCTS
+
+    return sorted(CONSTRUCTS)
+
+
+@pytest.mark.parametrize("name", _construct_names())
+def test_relief_prunes_every_construct_model(name: str) -> None:
+    """Grouped/depthwise convs, channels-last Linear, several inputs, tuple/dict outputs, heads anywhere."""
+    from constructs import CONSTRUCTS, call
+
+    from prunelab.criteria.relief import collect_relief
+    from prunelab.pruning.pruner import Pruner
+
+    model, example = CONSTRUCTS[name]()
+    with torch.no_grad():
+        before = call(model, example)
+    pruner = Pruner(model, criterion="relief", granularity="kernel", scope="layer", companion="bias",
+                    selector="cumulative_mass").prepare()  # fmt: skip
+    stats = {"relief": collect_relief(model, [(example, None), (example, None)], pruner.targets)}
+    report = pruner.step(0.9, stats=stats)
+    assert 0 < report.sparsity < 1
+    with torch.no_grad():
+        after = call(model, example)
+    assert type(after) is type(before)
+    transposed = [n for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)]
+    for n in transposed:  # never a target: left dense
+        assert not masking.has_mask(model.get_submodule(n), "weight")
+    if transposed:
+        with pytest.raises(
+            UnsupportedModelError, match=rf"^relief: {transposed[0]} is a ConvTranspose2d, whose weight"
+        ):
+            collect_relief(model, [(example, None)], [Target.of(model, f"{transposed[0]}.weight")])
