@@ -103,11 +103,6 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
         "reload": "load_pruned: torchvision MNASNet._load_from_state_dict needs the state_dict's _metadata "
         "version, which prunelab's plain state dict drops (ValueError: version should be set to 1 or 2)",
     },
-    "timm:repvgg_a0": {
-        check: "every group of the RepVGG blocks (conv_kxk + conv_1x1 + identity BatchNorm) refused: compacted "
-        "model differs from the masked one by up to 0.0078; Torch-Pruning prunes it and equals the masked original"
-        for check in ("l1_filter", "bn_scale", "pls_vip")
-    },
 }
 """Measured prunelab defects, reported and being fixed: ``{model key: {check: what}}`` (model key = the
 builder, or ``construct:<name>``). The tests xfail on them and fail on anything else."""
