@@ -74,6 +74,7 @@ from torch.overrides import TorchFunctionMode
 
 from prunelab._io import atomic_write_bytes, atomic_write_json
 from prunelab.core import masking
+from prunelab.core.inputs import as_call, is_shape, output_tensors, random_like
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
 
@@ -242,21 +243,13 @@ def check_format(format: str) -> str:
 
 
 def _split_inputs(example_inputs: Any) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
-    """``(args, kwargs)`` of a tensor, a tuple of tensors or a dict of keyword tensors."""
-    if isinstance(example_inputs, Tensor):
-        return (example_inputs,), {}
-    if (
-        isinstance(example_inputs, (tuple, list))
-        and example_inputs
-        and all(isinstance(t, Tensor) for t in example_inputs)
-    ):
-        return tuple(example_inputs), {}
-    if (
-        isinstance(example_inputs, Mapping)
-        and example_inputs
-        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in example_inputs.items())
-    ):
-        return (), dict(example_inputs)
+    """``(args, kwargs)`` of a tensor, a tuple of tensors or a dict of keyword tensors (tensors only)."""
+    try:
+        args, kwargs = as_call(example_inputs) if not is_shape(example_inputs) else ((), {})
+    except ConfigError:
+        args, kwargs = (), {}
+    if (args or kwargs) and all(isinstance(t, Tensor) for t in [*args, *kwargs.values()]):
+        return tuple(args), dict(kwargs)
     raise ConfigError(
         f"example_inputs: got {type(example_inputs).__name__}; pass a tensor, a tuple of tensors "
         "(model(*inputs)) or a dict of keyword tensors (model(**inputs))"
@@ -273,37 +266,12 @@ def _batch_of(args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor]) -> int | N
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _random_like(t: Tensor, batch: int | None, gen: torch.Generator) -> Tensor:
-    shape = (batch, *t.shape[1:]) if batch is not None else tuple(t.shape)
-    if t.is_floating_point():
-        return torch.randn(shape, generator=gen).to(t.dtype)
-    if t.dtype == torch.bool:
-        return torch.rand(shape, generator=gen) > 0.5
-    if t.is_complex():
-        return torch.randn(shape, generator=gen, dtype=t.dtype)
-    low, high = (int(t.min()), int(t.max()) + 1) if t.numel() else (0, 1)
-    return torch.randint(low, high, shape, generator=gen, dtype=t.dtype)
-
-
 def _random_inputs(
     args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor], batch: int | None, seed: int
 ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
     """Seeded random inputs of the shapes and dtypes of ``args``/``kwargs``, leading size ``batch``."""
-    gen = torch.Generator().manual_seed(seed)
-    new_args = tuple(_random_like(t, batch, gen) for t in args)
-    new_kwargs = {k: _random_like(t, batch, gen) for k, t in kwargs.items()}
-    return new_args, new_kwargs
-
-
-def _leaves(value: Any) -> list[Tensor]:
-    """The tensors of a model output (tensor, tuple/list, dict in insertion order, nested), in order."""
-    if isinstance(value, Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _leaves(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _leaves(v)]
-    return []
+    new_args, new_kwargs = random_like((tuple(args), dict(kwargs)), seed=seed, size=batch)
+    return tuple(new_args), dict(new_kwargs)
 
 
 def _max_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float, str]:
@@ -559,7 +527,7 @@ def _after_norm(bn: nn.Module, z: Tensor, tolerance: float) -> nn.Module | None:
     children = nn.Sequential(*bn.children()).eval()
     normalized = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
     try:
-        diff, _ = _max_diff(_leaves(bn(z)), _leaves(children(normalized)))
+        diff, _ = _max_diff(output_tensors(bn(z)), output_tensors(children(normalized)))
     except Exception:  # noqa: BLE001 - the children do not even run on the normalized tensor
         return None
     return children if diff <= tolerance else None
@@ -611,7 +579,7 @@ def _bake(model: nn.Module) -> nn.Module:
 
 def _run(model: nn.Module, args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor]) -> list[Tensor]:
     with torch.no_grad():
-        return _leaves(model(*args, **kwargs))
+        return output_tensors(model(*args, **kwargs))
 
 
 def fold_batchnorm(
@@ -791,7 +759,7 @@ def _load(fmt: str, data: bytes, model: nn.Module) -> tuple[Runner, Callable[[tu
 
     def run_torch(args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor]) -> list[Tensor]:
         with torch.no_grad():
-            return _leaves(module(*args, **kwargs))
+            return output_tensors(module(*args, **kwargs))
 
     def bind_torch(args: tuple, kwargs: Mapping) -> Callable[[], object]:
         return lambda: module(*args, **kwargs)

@@ -107,19 +107,29 @@ def output_tensors(value: object) -> list[Tensor]:
     return []
 
 
-def random_like(example: ExampleInputs, *, batch: int = 8, seed: int = 0) -> ExampleInputs:
-    """Seeded standard-normal inputs of the same form as ``example`` (a verification batch).
+def random_like(
+    example: ExampleInputs, *, batch: int = 8, seed: int = 0, size: int | None = None
+) -> ExampleInputs:
+    """Seeded random inputs of the same form, shapes and dtypes as ``example`` (a verification batch).
 
-    A shape gives ``batch`` inputs of that shape; floating tensors are redrawn with their own shapes
-    (their batch size kept); other tensors (indices, masks of ints) and non-tensors are kept as they are.
+    A shape gives ``batch`` standard-normal inputs of that shape. Tensors are redrawn with their own
+    shapes, or with leading size ``size`` when given: floating tensors standard-normal, booleans fair
+    coin flips, integer tensors uniform over their own ``[min, max]`` (indices stay valid); anything
+    else is kept as it is.
     """
     gen = torch.Generator().manual_seed(seed)
     if is_shape(example):
         return torch.randn(batch, *(int(s) for s in example), generator=gen)
 
     def draw(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.is_floating_point():
-            return torch.randn(value.shape, generator=gen, dtype=value.dtype).to(value.device)
+        if isinstance(value, Tensor):
+            shape = (size, *value.shape[1:]) if size is not None and value.dim() else tuple(value.shape)
+            if value.is_floating_point() or value.is_complex():
+                return torch.randn(shape, generator=gen, dtype=value.dtype).to(value.device)
+            if value.dtype == torch.bool:
+                return (torch.rand(shape, generator=gen) > 0.5).to(value.device)
+            low, high = (int(value.min()), int(value.max()) + 1) if value.numel() else (0, 1)
+            return torch.randint(low, high, shape, generator=gen, dtype=value.dtype).to(value.device)
         if isinstance(value, dict):
             return {k: draw(v) for k, v in value.items()}
         if isinstance(value, (tuple, list)):
