@@ -235,7 +235,17 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per model and tool")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/zoo_tp_compare.json"))
     parser.add_argument("--table", default=None, help="print the markdown table of a result JSON and exit")
+    parser.add_argument(
+        "--collect",
+        default=None,
+        metavar="DIR",
+        help="gather a zoo-stage run's outcomes ($PRUNELAB_ZOO_OUT) into benchmarks/results/zoo_checks.json and exit",
+    )
+    parser.add_argument("--wall", type=float, default=None, help="with --collect: the run's wall time (s)")
     args = parser.parse_args()
+    if args.collect:
+        collect(Path(args.collect), REPO / "benchmarks/results/zoo_checks.json", args.wall)
+        return
     if args.worker:
         key, tool = args.worker
         print("ZOO-RESULT " + json.dumps(_worker(key, tool, args.scope)))
@@ -292,6 +302,45 @@ def main() -> None:
 
     atomic_write_json(out, record)
     print(table(record))
+    print(f"wrote {out}")
+
+
+def collect(directory: Path, out: Path, wall: float | None) -> None:
+    """One JSON of every model's check outcomes from a zoo-stage run, and their markdown table."""
+    from prunelab._io import atomic_write_json
+
+    models = {}
+    for file in sorted(directory.glob("*.json")):
+        data = json.loads(file.read_text())
+        if "checks" not in data:
+            continue
+        for outcome in data["checks"].values():  # keep the first line of messages (tracebacks are in the log)
+            outcome["message"] = (
+                (outcome.get("message") or "").splitlines()[0] if outcome.get("message") else ""
+            )
+            outcome.pop("path", None)
+        models[data["model"]] = data
+    record = {
+        "command": "PRUNELAB_ZOO_OUT=DIR build/zoo-venv/bin/python -m pytest -q -n 2 tests/zoo",
+        "wall_s": wall,
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_now": os.getloadavg(),
+        },
+        "models": models,
+    }
+    atomic_write_json(out, record)
+    checks = list(next(iter(models.values()))["checks"])
+    print("| model | TP 1.6.1 | " + " | ".join(checks) + " |")
+    print("|---|---|" + "---|" * len(checks))
+    for name, data in models.items():
+        cells = []
+        for c in checks:
+            o = data["checks"].get(c, {})
+            status = o.get("status", "–")
+            cells.append({"ok": "ok", "refused": "refused", "error": "**ERROR**"}.get(status, status))
+        print(f"| `{name}` | {'yes' if data.get('tp_works') else 'no'} | " + " | ".join(cells) + " |")
     print(f"wrote {out}")
 
 
