@@ -98,12 +98,7 @@ TP_FAILS: dict[str, str] = {
 the pruned model's forward fails. Measured by ``benchmarks/zoo.py`` (``benchmarks/results/zoo_*.json``)."""
 
 
-KNOWN_DEFECTS: dict[str, dict[str, str]] = {
-    "torchvision:mnasnet0_5": {
-        "reload": "load_pruned: torchvision MNASNet._load_from_state_dict needs the state_dict's _metadata "
-        "version, which prunelab's plain state dict drops (ValueError: version should be set to 1 or 2)",
-    },
-}
+KNOWN_DEFECTS: dict[str, dict[str, str]] = {}
 """Measured prunelab defects, reported and being fixed: ``{model key: {check: what}}`` (model key = the
 builder, or ``construct:<name>``). The tests xfail on them and fail on anything else."""
 

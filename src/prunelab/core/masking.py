@@ -12,8 +12,9 @@ objects, so it can be saved, loaded and compared across processes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -301,7 +302,11 @@ def load_plain_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict:
     # Reparametrization internals of a model that has them, loaded into one that does not (an
     # interspace checkpoint into a plain model): the effective value under the plain key suffices.
     rest = {k: v for k, v in rest.items() if ".parametrizations." not in f".{k}" or k in own}
-    missing, unexpected = model.load_state_dict(rest, strict=False)
+    # The per-module versions (state_dict()._metadata) do not survive a weights-only save; modules that
+    # read them while loading (torchvision's MNASNet) get the freshly built model's own, the same code.
+    loadable: Any = OrderedDict(rest)
+    loadable._metadata = getattr(state, "_metadata", None) or getattr(own, "_metadata", None)
+    missing, unexpected = model.load_state_dict(loadable, strict=False)
     missing = [k for k in missing if k in expected and k not in state]
     if strict and (missing or unexpected):
         raise CheckpointError(
