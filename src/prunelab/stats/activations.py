@@ -62,7 +62,7 @@ Under DDP every sum and the sample count are all-reduced across ranks by :meth:`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prunelab.core.inputs import call_model
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.stats.hooks import ForwardHooks
 
@@ -84,11 +85,9 @@ __all__ = [
     "conv_norm_sum",
     "conv_norms_gram",
     "conv_norms_grouped",
-    "forward",
     "kernel_pair_products",
     "model_device",
     "plan_quadratic",
-    "to_device",
     "unsupported_reason",
 ]
 
@@ -100,21 +99,6 @@ CHUNK_ELEMENTS = 1 << 24
 SCORED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def to_device(value: Any, device: torch.device | None) -> Any:
-    """``value`` with every tensor in it (nested tuples, lists, dicts) moved to ``device``."""
-    if device is None:
-        return value
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, Mapping):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(to_device(v, device) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_device(v, device) for v in value)
-    return value
-
-
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (or buffer); the CPU for a model without either."""
     for tensor in model.parameters():
@@ -122,30 +106,6 @@ def model_device(model: nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
-
-
-def forward(model: nn.Module, inputs: Any, device: torch.device | None = None) -> Any:
-    """Run ``model`` on a calibration input: a tensor, positional tensors, or a dict of keyword tensors.
-
-    The forms of example inputs everywhere in prunelab: a tensor ``x`` is ``model(x)``, a tuple or list
-    ``(x, m)`` is ``model(x, m)``, a dict ``{"image": x}`` is ``model(image=x)``. Tensors (also nested
-    ones) are moved to ``device`` first.
-
-    Example:
-        >>> import torch
-        >>> from torch import nn
-        >>> class Two(nn.Module):
-        ...     def forward(self, a, b=0):
-        ...         return a + b
-        >>> float(forward(Two(), (torch.ones(1), torch.ones(1)))), float(forward(Two(), {"a": torch.ones(1)}))
-        (2.0, 1.0)
-    """
-    inputs = to_device(inputs, device)
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 @dataclass
@@ -731,7 +691,6 @@ def collect(
         ConfigError: a batch that is not an ``(x, y)`` pair, or inputs whose size changes between batches.
     """
     was_training = model.training
-    device = model_device(model)
     model.eval()
     try:
         with ReliefStatistics(layers, outputs or {}, per_sample_norms, inputs or {}) as recorder:
@@ -741,7 +700,7 @@ def collect(
                         "relief statistics: every calibration batch must be an (x, y) pair; "
                         f"got a {type(batch).__name__} (use [(x, y), ...], y may be None)"
                     )
-                forward(model, batch[0], device)
+                call_model(model, batch[0])
         return recorder.finalize()
     finally:
         model.train(was_training)

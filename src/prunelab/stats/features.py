@@ -39,8 +39,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from prunelab.core.inputs import call_model
 from prunelab.errors import ConfigError
-from prunelab.stats.activations import forward, model_device
+from prunelab.stats.activations import model_device
 from prunelab.stats.hooks import ForwardHooks
 
 __all__ = [
@@ -296,7 +297,7 @@ def batch_features(
                         "features: every calibration batch must be an (x, labels) pair; "
                         f"got a {type(batch).__name__}"
                     )
-                forward(model, batch[0], device)
+                call_model(model, batch[0])
                 labels.append(_labels(batch[1], device))
             if not labels:
                 raise ConfigError("features: no calibration batches; give at least one (x, labels) pair")
