@@ -706,14 +706,11 @@ def test_shared_mnist_split_sizes(shared_data_dir: Path) -> None:
 
 
 @pytest.mark.data
-def test_shared_cifar10_loads_fast(shared_data_dir: Path) -> None:
-    import time
-
+def test_shared_cifar10_loads_a_subset(shared_data_dir: Path) -> None:
+    # How fast it loads is a benchmark's question; here only the result is checked.
     if not (shared_data_dir / "cifar10.npz").is_file():
         pytest.skip("cifar10.npz is not in the shared data folder")
-    start = time.perf_counter()
     data = load_dataset("cifar10", data_dir=shared_data_dir, train_subset=2000, test_subset=500)
-    assert time.perf_counter() - start < 20
     assert (len(data.train), len(data.test), data.input_shape) == (2000, 500, (3, 32, 32))
     assert Path(data.source).resolve() == (shared_data_dir / "cifar10.npz").resolve()
 

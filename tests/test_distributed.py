@@ -44,7 +44,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(WORKER),
         str(out),
     ]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return out
 
