@@ -3,8 +3,9 @@
 :func:`build_section` builds a dataclass from a mapping and checks every key and value against the
 field annotations (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``list``, ``dict``, unions,
 nested dataclasses), so a typo fails with one line ``field.path: reason`` (with a did-you-mean hint)
-before anything runs. :func:`set_dotted` and :func:`parse_overrides` apply ``--set key.path=value``.
-It imports nothing of prunelab but the errors, so the recipe schema and every method's options
+before anything runs. :func:`set_dotted` and :func:`parse_overrides` apply ``--set key.path=value``;
+:func:`load_yaml_file` reads a recipe or sweep file (UTF-8 text, alias expansion capped) and
+:func:`check_name` keeps a name that becomes a directory one safe path component. It imports nothing of prunelab but the errors, so the recipe schema and every method's options
 dataclass can use it without importing each other.
 """
 
@@ -21,7 +22,87 @@ import yaml
 
 from prunelab.errors import ConfigError
 
-__all__ = ["build_section", "parse_overrides", "set_dotted"]
+__all__ = ["build_section", "check_name", "load_yaml_file", "parse_overrides", "set_dotted"]
+
+#: The most values a YAML document may expand to once its aliases are followed. A recipe has a few
+#: hundred; a "billion laughs" alias bomb has 10**9 and would hang whatever walks it unshared.
+MAX_YAML_VALUES = 100_000
+
+#: A name that becomes a directory (a recipe's, a sweep's, a stage's, a run id): one path component.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")
+
+
+def check_name(value: Any, where: str) -> str:
+    """``value`` if it is a safe name, one path component (letters, digits, ``. _ + = -``, no leading
+    dot or dash, at most 128 characters); otherwise :class:`ConfigError` naming ``where``.
+
+    Names become directories (``runs/<name>-<time>``, ``sweeps/<name>``, ``runs/<id>``), so ``../x``,
+    an absolute path or a separator would write outside the output folder.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value.endswith("."):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid name; use letters, digits, '.', '_', '+', '=' or '-' "
+            "(one path component, no '/', not starting with '.' or '-')"
+        )
+    return value
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """The number of values ``node`` expands to with aliases followed, counting stops past ``limit``."""
+    total = 0
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        total += 1
+        if total > limit:
+            break
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            for key, value in current.value:
+                stack.extend((key, value))
+    return total
+
+
+def load_yaml_file(path: Any, what: str = "recipe") -> Any:
+    """The data of YAML file ``path`` (``what`` names it in errors: recipe, sweep file, ...).
+
+    Raises:
+        ConfigError: one line ``path: reason; fix`` when the file is missing, unreadable, binary, not
+            UTF-8, not valid YAML, or expands through aliases to more than :data:`MAX_YAML_VALUES` values.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} file not found; check the path")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the {what} file ({exc.strerror}); check its permissions"
+        ) from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: is a binary file, not a YAML {what}; check the path")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"{path}: its YAML aliases expand to more than {MAX_YAML_VALUES} values; "
+                "write the values out or use fewer nested aliases"
+            )
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}{problem}; fix the YAML syntax") from None
 
 
 def _type_name(tp: Any) -> str:

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from prunelab.dataclass_yaml import build_section, parse_overrides, set_dotted
+from prunelab.dataclass_yaml import build_section, load_yaml_file, parse_overrides, set_dotted
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.reparam import ReparamConfig
 from prunelab.training.config import TrainSection
@@ -297,15 +295,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         ConfigError: ``file: field.path: reason``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found; check the path")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {where}{problem}; fix the YAML syntax") from None
+    raw = load_yaml_file(path, "recipe")
     try:
         parsed = parse_overrides(overrides or [])
         recipe = recipe_from_dict(raw or {}, parsed)

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from prunelab.dataclass_yaml import load_yaml_file
 from prunelab.errors import ConfigError, PrunelabError
 
 __all__ = ["RunSpec", "StageSpec", "SweepSpec", "expand_sweep", "load_sweep", "sweep_from_dict"]
@@ -111,17 +110,6 @@ class RunSpec:
     recipe: dict[str, Any]
 
 
-def _load_yaml(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"{path}: {what} not found; check the path")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise ConfigError(f"{path}: {where}invalid YAML; fix the syntax") from None
-
-
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in data:
         if key not in allowed:
@@ -141,7 +129,7 @@ def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | No
         path = Path(base)
         if not path.is_absolute() and root is not None:
             path = root / path
-        base = _load_yaml(path, "base recipe") or {}
+        base = load_yaml_file(path, "base recipe") or {}
         if not isinstance(base, dict):
             raise ConfigError(f"{path}: expected a recipe mapping")
     elif base is None:
@@ -210,7 +198,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         ConfigError: ``file: field: reason``.
     """
     path = Path(path)
-    raw = _load_yaml(path, "sweep file")
+    raw = load_yaml_file(path, "sweep file")
     try:
         return sweep_from_dict(raw, source=path)
     except PrunelabError as exc:
