@@ -40,6 +40,12 @@ def class_folders(folder: Path, exclude: Sequence[str] = ()) -> list[str]:
     )
 
 
+def _undecodable(path: Path, exc: BaseException) -> DataNotFoundError:
+    """The one-line error for an image file Pillow cannot decode (its message can span lines)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return DataNotFoundError(f"cannot decode image {path} ({text[:160]}); remove or replace the file")
+
+
 def decode_images(
     paths: Sequence[Path], size: tuple[int, int] | None, mode: str = "RGB", *, resize: bool = True
 ) -> np.ndarray:
@@ -61,12 +67,16 @@ def decode_images(
     if mode not in ("RGB", "L"):
         raise ConfigError(f"mode: must be 'RGB' or 'L', got {mode!r}")
     channels = 3 if mode == "RGB" else 1
+    decode_errors = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
     if not paths:
         h, w = size if size is not None else (1, 1)
         return np.zeros((0, h, w, channels), dtype=np.uint8)
     if size is None:
-        with Image.open(paths[0]) as first:
-            size = (first.height, first.width)
+        try:
+            with Image.open(paths[0]) as first:
+                size = (first.height, first.width)
+        except decode_errors as exc:
+            raise _undecodable(paths[0], exc) from None
     out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
 
     def load(i: int) -> None:
@@ -82,10 +92,8 @@ def decode_images(
                         )
                     img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(img, dtype=np.uint8).reshape(size[0], size[1], channels)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DataNotFoundError(
-                f"cannot decode image {path} ({exc}); remove or replace the file"
-            ) from None
+        except decode_errors as exc:
+            raise _undecodable(path, exc) from None
 
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -14,6 +14,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,11 @@ class RawData:
     source: str = ""
 
     def validate(self, name: str) -> None:
-        """Check shapes, dtypes and label range; a bad file raises :class:`DataNotFoundError`."""
+        """Check shapes, dtypes and labels (in place: labels become ``int64``); a bad file raises :class:`DataNotFoundError`.
+
+        Labels must be whole numbers in ``[0, len(classes))`` (:func:`as_labels`), so float labels such as
+        ``1.7`` are refused rather than truncated.
+        """
         where = self.source or name
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
@@ -108,11 +113,7 @@ class RawData:
                     f"{name}: y_{split} in {where} has shape {y.shape} but there are {x.shape[0]} images; "
                     "re-create the file with one label per image"
                 )
-            if y.size and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
-                raise DataNotFoundError(
-                    f"{name}: labels in {where} fall outside [0, {len(self.classes)}); "
-                    "re-create the file with labels 0..num_classes-1"
-                )
+            setattr(self, f"y_{split}", as_labels(y, f"{name}: y_{split} in {where}", len(self.classes)))
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise DataNotFoundError(
                 f"{name}: train images {self.x_train.shape[1:]} and test images {self.x_test.shape[1:]} in {where} "
@@ -234,39 +235,130 @@ def extract_archive(archive: Path, dest: Path, expect: str) -> Path:
     return final
 
 
+#: The arrays every offline ``.npz`` dataset file holds.
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+# What a broken offline file's message tells the user to do (one wording for every way it can break).
+_NPZ_FIX = "delete it, then re-create it (arrays x_train, y_train, x_test, y_test) or re-download the dataset (--download)"
+
+
+def npz_corrupted(path: Path, why: str) -> DataNotFoundError:
+    """The one-line error for an unusable offline ``.npz`` file: what is wrong, and the fix."""
+    return DataNotFoundError(f"{path} {why}; {_NPZ_FIX}")
+
+
+def as_labels(
+    y: np.ndarray,
+    where: str,
+    num_classes: int | None = None,
+    error: type[Exception] = DataNotFoundError,
+) -> np.ndarray:
+    """``y`` as an ``int64`` label vector, refusing what a cast would silently change.
+
+    Integer labels pass; floating-point labels pass only when every value is a whole number (``1.0``),
+    so ``1.7`` is never truncated to ``1``; booleans, strings and other kinds are refused. With
+    ``num_classes``, every label must also lie in ``[0, num_classes)``.
+
+    Args:
+        y: the labels (any shape; flattened).
+        where: what the labels are, for the message (``"y_train in /data/mnist.npz"``).
+        num_classes: the class count to check the range against, or ``None`` (only ``>= 0`` is checked).
+        error: the exception class raised (a file's labels: :class:`DataNotFoundError`).
+
+    Raises:
+        error: non-integral, non-numeric, negative or out-of-range labels (the first bad value named).
+    """
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise error(
+                f"{where}: label {y[i]!r} at index {i} is not a whole number; labels must be class "
+                "indices 0..num_classes-1 (store them as integers)"
+            )
+    elif y.dtype.kind not in "iu":
+        raise error(f"{where}: labels are of type {y.dtype}, expected integers 0..num_classes-1")
+    labels = y.astype(np.int64)
+    if labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or (num_classes is not None and high >= num_classes):
+            value = low if low < 0 else high
+            bound = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
+            raise error(
+                f"{where}: label {value} is outside {bound}; labels must be class indices "
+                "0..num_classes-1 (one class name per index)"
+            )
+    return labels
+
+
+# Every way numpy, zipfile and zlib report an unreadable .npz: a broken file, never a prunelab bug.
+_NPZ_READ_ERRORS = (
+    OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, MemoryError,
+    zipfile.BadZipFile, zlib.error,
+)  # fmt: skip
+
+
 def read_npz(path: Path, name: str, classes: Sequence[str] | None = None) -> RawData:
     """Read the offline layout: an ``.npz`` with ``x_train, y_train, x_test, y_test`` (NHWC uint8).
 
     Grey images stored as ``(N, H, W)`` get a channel axis. Class names come from a ``label_names`` or
-    ``classes`` array in the file, else from ``classes``, else are the label numbers.
+    ``classes`` array in the file, else from ``classes``, else are the label numbers. Labels go through
+    :func:`as_labels` (whole numbers only). The file is only read, never changed or deleted.
 
     Raises:
-        DataNotFoundError: a key is missing or the file is unreadable.
+        DataNotFoundError: the file is empty, not a zip archive, truncated or otherwise corrupted, lacks a
+            key, stores pickled objects, or holds non-integer labels — one line naming the file and the fix.
     """
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in npz.files]
-            if missing:
-                raise DataNotFoundError(
-                    f"{path} lacks {', '.join(missing)}; an offline dataset file needs x_train, y_train, "
-                    "x_test, y_test (NHWC uint8)"
-                )
-            arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            stored = next((npz[k] for k in ("label_names", "classes") if k in npz.files), None)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataNotFoundError(f"cannot read {path} ({exc}); the file is corrupted — replace it") from None
+    path = Path(path)
+    arrays = read_npz_arrays(path, NPZ_KEYS, optional=("label_names", "classes"))
+    stored = next((arrays.pop(k) for k in ("label_names", "classes") if k in arrays), None)
     for split in ("train", "test"):
-        if arrays[f"x_{split}"].ndim == 3:
-            arrays[f"x_{split}"] = arrays[f"x_{split}"][..., None]
-        arrays[f"y_{split}"] = arrays[f"y_{split}"].astype(np.int64).reshape(-1)
+        x = arrays[f"x_{split}"]
+        if x.ndim == 3:
+            arrays[f"x_{split}"] = x[..., None]
+        arrays[f"y_{split}"] = as_labels(arrays[f"y_{split}"], f"{name}: y_{split} in {path}")
     if stored is not None:
-        names = [str(c) for c in stored.tolist()]
+        names = [str(c) for c in stored.reshape(-1).tolist()]
     elif classes is not None:
         names = list(classes)
     else:
         top = max(int(arrays["y_train"].max(initial=0)), int(arrays["y_test"].max(initial=0)))
         names = [str(i) for i in range(top + 1)]
     return RawData(classes=names, source=str(path), **arrays)
+
+
+def read_npz_arrays(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (all required) and ``optional`` (when present) of the ``.npz`` file ``path``.
+
+    Every failure to read is one :func:`npz_corrupted` error: the zip and npy layers fail lazily, when an
+    array is read, so the arrays are read here, inside the one ``try``.
+    """
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise npz_corrupted(path, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise npz_corrupted(path, "is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        # np.load would try a .npy or a pickle here and say "pickled data ... load it unsafely": wrong advice.
+        raise npz_corrupted(
+            path, f"is not an .npz (zip) archive ({size} bytes; truncated or not this format)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                found = ", ".join(npz.files) or "nothing"
+                raise npz_corrupted(path, f"lacks {', '.join(missing)} (it holds {found})")
+            return {k: npz[k] for k in (*keys, *(k for k in optional if k in npz.files))}
+    except DataNotFoundError:
+        raise
+    except _NPZ_READ_ERRORS as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "pickle" in text:
+            text = "an array holds Python objects, which are never unpickled"
+        raise npz_corrupted(path, f"is corrupted ({text[:160]})") from None
 
 
 def not_found(

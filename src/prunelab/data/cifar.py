@@ -11,10 +11,21 @@ unpickles anything and a whole file becomes an array with one ``np.fromfile`` an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from prunelab.data.base import DATASETS, RawData, Resource, extract_archive, fetch, not_found, read_npz
+from prunelab.data.base import (
+    DATASETS,
+    RawData,
+    Resource,
+    as_labels,
+    extract_archive,
+    fetch,
+    not_found,
+    read_npz,
+    read_npz_arrays,
+)
 from prunelab.errors import ConfigError, DataNotFoundError
 
 __all__ = ["CIFAR10_ARCHIVE", "CIFAR100_ARCHIVE", "read_cifar10", "read_cifar100", "read_cifar_bin"]
@@ -126,7 +137,9 @@ def read_cifar10(root: Path, *, download: bool = False) -> RawData:
 
 
 @DATASETS.register("cifar100")
-def read_cifar100(root: Path, *, download: bool = False, label_type: str = "fine") -> RawData:
+def read_cifar100(
+    root: Path, *, download: bool = False, label_type: Literal["fine", "coarse"] = "fine"
+) -> RawData:
     """CIFAR-100 (Krizhevsky 2009): 50,000 train / 10,000 test colour 32×32 images, 100 or 20 classes.
 
     Args:
@@ -142,14 +155,16 @@ def read_cifar100(root: Path, *, download: bool = False, label_type: str = "fine
     if npz.is_file():
         raw = read_npz(npz, "cifar100")
         if label_type == "coarse":
-            with np.load(npz, allow_pickle=False) as f:
-                if "y_train_coarse" not in f.files or "y_test_coarse" not in f.files:
-                    raise DataNotFoundError(
-                        f"{npz} has no y_train_coarse/y_test_coarse; add them or use label_type='fine'"
-                    )
-                raw.y_train = f["y_train_coarse"].astype(np.int64).reshape(-1)
-                raw.y_test = f["y_test_coarse"].astype(np.int64).reshape(-1)
-                names = f["coarse_label_names"].tolist() if "coarse_label_names" in f.files else None
+            coarse = read_npz_arrays(
+                npz, (), optional=("y_train_coarse", "y_test_coarse", "coarse_label_names")
+            )
+            if "y_train_coarse" not in coarse or "y_test_coarse" not in coarse:
+                raise DataNotFoundError(
+                    f"{npz} has no y_train_coarse/y_test_coarse; add them or use label_type='fine'"
+                )
+            raw.y_train = as_labels(coarse["y_train_coarse"], f"cifar100: y_train_coarse in {npz}")
+            raw.y_test = as_labels(coarse["y_test_coarse"], f"cifar100: y_test_coarse in {npz}")
+            names = coarse["coarse_label_names"].tolist() if "coarse_label_names" in coarse else None
             top = int(max(raw.y_train.max(initial=0), raw.y_test.max(initial=0)))
             raw.classes = [str(c) for c in names] if names else [str(i) for i in range(top + 1)]
     else:

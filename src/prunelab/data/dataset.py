@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from prunelab.data.base import AUGMENTATIONS
+from prunelab.data.base import AUGMENTATIONS, as_labels
 from prunelab.errors import ConfigError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Augment", "TensorImageDataset"]
@@ -65,7 +65,8 @@ class TensorImageDataset(Dataset):
 
     Args:
         images: uint8 tensor ``(N, C, H, W)``.
-        labels: int64 tensor ``(N,)``.
+        labels: integer tensor ``(N,)`` of class indices in ``[0, len(classes))`` (floats only when whole
+            numbers; anything else raises :class:`~prunelab.errors.ConfigError`).
         mean: per-channel mean on the [0, 1] scale, subtracted after scaling by 1/255.
         std: per-channel standard deviation on the [0, 1] scale.
         classes: class names, index = label.
@@ -90,7 +91,11 @@ class TensorImageDataset(Dataset):
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"mean/std need {channels} values, got {len(mean)} and {len(std)}")
         self.images = images.contiguous()
-        self.labels = labels.to(torch.int64)
+        # Whole-number labels in [0, len(classes)) only: a cast would truncate 1.7 to 1 without a word.
+        checked = as_labels(
+            labels.detach().cpu().numpy(), "TensorImageDataset labels", len(classes), ConfigError
+        )
+        self.labels = torch.from_numpy(checked).to(labels.device)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.classes = list(classes)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunelab.data.base import DATASETS, RawData, Resource, fetch, not_found, read_npz
+from prunelab.data.base import DATASETS, RawData, Resource, as_labels, fetch, not_found, read_npz
 from prunelab.errors import DataNotFoundError
 
 __all__ = ["SVHN_FILES", "read_svhn", "read_svhn_mat"]
@@ -38,17 +38,23 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         DataNotFoundError: the file is unreadable or lacks ``X``/``y``.
     """
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     try:
         mat = loadmat(path, variable_names=("X", "y"))
-    except (OSError, ValueError, NotImplementedError) as exc:
+    except (OSError, ValueError, NotImplementedError, EOFError, TypeError, MatReadError) as exc:
         raise DataNotFoundError(
             f"cannot read {path} ({exc}); delete it and download again (--download)"
         ) from None
     if "X" not in mat or "y" not in mat or mat["X"].ndim != 4:
         raise DataNotFoundError(f"{path} lacks X (32, 32, 3, N) or y; it is not an SVHN cropped-digits file")
-    images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2)).astype(np.uint8, copy=False)
-    labels = mat["y"].reshape(-1).astype(np.int64)
+    if mat["X"].dtype != np.uint8:
+        raise DataNotFoundError(
+            f"{path}: X is {mat['X'].dtype}, not uint8; it is not an official SVHN file — delete it and "
+            "download again (--download)"
+        )
+    images = np.ascontiguousarray(mat["X"].transpose(3, 0, 1, 2))
+    labels = as_labels(mat["y"], f"svhn: y in {path}")
     labels[labels == 10] = 0  # SVHN stores the digit 0 as class 10
     return images, labels
 
