@@ -19,7 +19,17 @@ from prunelab.data import image_folder as _image_folder  # noqa: F401
 from prunelab.data import mnist as _mnist  # noqa: F401
 from prunelab.data import svhn as _svhn  # noqa: F401
 from prunelab.data import tiny_imagenet as _tiny_imagenet  # noqa: F401
-from prunelab.data.base import DATASETS, RawData, Resource, read_npz, resolve_data_dir
+from prunelab.data.base import (
+    DATASETS,
+    LAYOUTS,
+    Layout,
+    RawData,
+    Resource,
+    as_labels,
+    read_npz,
+    resolve_data_dir,
+)
+from prunelab.data.checks import check_dataset_options, check_dataset_present, dataset_options
 from prunelab.data.dataset import IMAGENET_MEAN, IMAGENET_STD, Augment, TensorImageDataset
 from prunelab.data.loader import BatchLoader, augment_batch, make_loader
 from prunelab.data.splits import NORMALIZATIONS, DataSplits, load_dataset, resize_images, stratified_split
@@ -29,14 +39,20 @@ __all__ = [
     "DATASETS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LAYOUTS",
     "NORMALIZATIONS",
     "Augment",
     "BatchLoader",
     "DataSplits",
+    "Layout",
     "RawData",
     "Resource",
     "TensorImageDataset",
+    "as_labels",
     "augment_batch",
+    "check_dataset_options",
+    "check_dataset_present",
+    "dataset_options",
     "load_dataset",
     "make_loader",
     "read_npz",

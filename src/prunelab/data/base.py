@@ -15,9 +15,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,14 +29,21 @@ from prunelab.registry import Registry
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
+    "LAYOUTS",
+    "NPZ_KEYS",
+    "Layout",
     "RawData",
     "Reader",
+    "Requirement",
     "Resource",
+    "as_labels",
     "default_data_dir",
     "extract_archive",
     "fetch",
     "not_found",
+    "npz_corrupted",
     "read_npz",
+    "read_npz_arrays",
     "resolve_data_dir",
 ]
 
@@ -126,6 +134,35 @@ Reader = Callable[..., RawData]
 
 #: Registry of dataset readers; ``load_dataset(name)`` looks the name up here.
 DATASETS: Registry[Reader] = Registry("dataset")
+
+
+#: One requirement of a :class:`Layout`: paths of which any one present (file or folder) will do.
+Requirement = Sequence[Path]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a reader finds its dataset under the data root: for checking presence without reading.
+
+    Attributes:
+        alternatives: ``alternatives(root, options)`` returns the ways the dataset can lie on disk, in the
+            order the reader tries them; each way is a sequence of requirements that must all be met. An
+            empty way is always met (data bundled with a package).
+        downloadable: whether ``download=True`` fetches the files when they are absent.
+        options: reader options the locations depend on (``path`` of ``image_folder``): without them the
+            locations are unknown, so such a dataset is checked only when its options are given.
+        hint: the "how to get it" part of the not-found message, when the standard one does not fit.
+    """
+
+    alternatives: Callable[[Path, Mapping[str, Any]], Sequence[Sequence[Requirement]]]
+    downloadable: bool = True
+    options: frozenset[str] = frozenset()
+    hint: str | None = None
+
+
+#: Layouts of the built-in readers, by dataset name (each registered beside its reader). A plugin's reader
+#: may add one; without it its presence is not checked ahead of loading.
+LAYOUTS: dict[str, Layout] = {}
 
 
 @dataclass(frozen=True)

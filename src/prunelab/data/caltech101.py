@@ -12,13 +12,25 @@ stratified split with a fixed seed (independent of the run seed) keeps the test 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from prunelab.data._images import class_folders, decode_images, list_images
-from prunelab.data.base import DATASETS, RawData, Resource, extract_archive, fetch, not_found, read_npz
+from prunelab.data.base import (
+    DATASETS,
+    LAYOUTS,
+    Layout,
+    RawData,
+    Requirement,
+    Resource,
+    extract_archive,
+    fetch,
+    not_found,
+    read_npz,
+)
 from prunelab.data.splits import stratified_split
 from prunelab.errors import ConfigError, DataNotFoundError
 
@@ -67,6 +79,17 @@ def _locate(root: Path, download: bool, npz: Path) -> Path:
             extract_archive(outer, base, "caltech-101")
         inner = unpacked
     return extract_archive(inner, base, _FOLDER)
+
+
+def _caltech_layout(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+    # The reader's order: the .npz, the extracted folder, the inner archive (beside it or unpacked from the
+    # official zip), the official zip.
+    base = root / "caltech101"
+    inner = [base / _INNER_ARCHIVE, base / "caltech-101" / _INNER_ARCHIVE]
+    return [[[root / "caltech101.npz"]], [[base / _FOLDER]], [inner], [[base / CALTECH101_ARCHIVE.filename]]]
+
+
+LAYOUTS["caltech101"] = Layout(_caltech_layout)
 
 
 @DATASETS.register("caltech101")

@@ -10,14 +10,18 @@ unpickles anything and a whole file becomes an array with one ``np.fromfile`` an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from prunelab.data.base import (
     DATASETS,
+    LAYOUTS,
+    Layout,
     RawData,
+    Requirement,
     Resource,
     as_labels,
     extract_archive,
@@ -100,6 +104,21 @@ def _official_folder(
             raise not_found(name, [npz, extracted, tarball])
         tarball = fetch(archive, base)
     return extract_archive(tarball, base, folder)
+
+
+def _cifar_layout(name: str, archive: Resource, folder: str, files: tuple[str, ...]) -> Layout:
+    # The reader's order: <root>/<name>.npz, the extracted folder's files, the archive.
+    def alternatives(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+        base = root / name
+        return [[[root / f"{name}.npz"]], [[base / folder / f] for f in files], [[base / archive.filename]]]
+
+    return Layout(alternatives)
+
+
+LAYOUTS["cifar10"] = _cifar_layout(
+    "cifar10", CIFAR10_ARCHIVE, _CIFAR10_FOLDER, (*_CIFAR10_TRAIN, "test_batch.bin")
+)
+LAYOUTS["cifar100"] = _cifar_layout("cifar100", CIFAR100_ARCHIVE, _CIFAR100_FOLDER, ("train.bin", "test.bin"))
 
 
 @DATASETS.register("cifar10")

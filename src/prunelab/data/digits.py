@@ -8,11 +8,13 @@ runnable anywhere.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prunelab.data.base import DATASETS, RawData, read_npz
+from prunelab.data.base import DATASETS, LAYOUTS, Layout, RawData, Requirement, read_npz
 from prunelab.data.splits import stratified_split
 
 __all__ = ["DIGITS_SPLIT_SEED", "read_digits"]
@@ -22,6 +24,14 @@ __all__ = ["DIGITS_SPLIT_SEED", "read_digits"]
 DIGITS_SPLIT_SEED = 20_231_797
 
 _TEST_FRACTION = 0.2
+
+
+def _digits_layout(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+    # <root>/digits.npz when present, else scikit-learn's bundled copy (always there: an empty requirement).
+    return [[[root / "digits.npz"]], []]
+
+
+LAYOUTS["digits"] = Layout(_digits_layout)
 
 
 @DATASETS.register("digits")

@@ -8,13 +8,14 @@ sub-folder names; a test folder may lack some classes but may not add new ones.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
 from prunelab.data._images import class_folders, decode_images, list_images
-from prunelab.data.base import DATASETS, RawData, not_found, read_npz
+from prunelab.data.base import DATASETS, LAYOUTS, Layout, RawData, Requirement, not_found, read_npz
 from prunelab.errors import ConfigError, DataNotFoundError
 
 __all__ = ["read_image_folder"]
@@ -31,6 +32,29 @@ def _files(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     return files, np.asarray(labels, dtype=np.int64)
 
 
+_HINT = (
+    "pass path=<folder with train/<class>/ and test/<class>/ images> (or an .npz file), "
+    "or place image_folder.npz or image_folder/ in the data folder (PRUNELAB_DATA or --data-dir)"
+)
+
+
+def _locations(root: Path, path: str | os.PathLike[str] | None) -> tuple[Path | None, Path]:
+    """``(offline .npz file or None, image folder)`` the reader looks at, for ``path`` (or the default)."""
+    if path is not None:
+        target = Path(path).expanduser()
+        return (target if target.suffix == ".npz" else None), target
+    return root / "image_folder.npz", root / "image_folder"
+
+
+def _layout(root: Path, options: Mapping[str, Any]) -> list[list[Requirement]]:
+    npz, folder = _locations(root, options.get("path"))
+    images = [[folder / "train"], [folder / "test", folder / "val"]]
+    return ([[[npz]]] if npz is not None else []) + [images]
+
+
+LAYOUTS["image_folder"] = Layout(_layout, downloadable=False, options=frozenset({"path"}), hint=_HINT)
+
+
 @DATASETS.register("image_folder")
 def read_image_folder(
     root: Path,
@@ -38,7 +62,7 @@ def read_image_folder(
     download: bool = False,
     path: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] | None = None,
-    mode: str = "RGB",
+    mode: Literal["RGB", "L"] = "RGB",
 ) -> RawData:
     """A folder of images sorted into ``train/<class>/`` and ``test/<class>/`` (or ``val/<class>/``).
 
@@ -57,13 +81,7 @@ def read_image_folder(
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         image_size = (image_size, image_size)
     size = tuple(int(s) for s in image_size) if image_size is not None else None
-    if path is not None:
-        target = Path(path).expanduser()
-        npz = target if target.suffix == ".npz" else None
-        folder = target
-    else:
-        npz = root / "image_folder.npz"
-        folder = root / "image_folder"
+    npz, folder = _locations(root, path)
     if npz is not None and npz.is_file():
         raw = read_npz(npz, "image_folder")
     else:
@@ -74,8 +92,7 @@ def read_image_folder(
             raise not_found(
                 "image_folder",
                 looked,
-                hint="pass path=<folder with train/<class>/ and test/<class>/ images> (or an .npz file), "
-                "or place image_folder.npz or image_folder/ in the data folder (PRUNELAB_DATA or --data-dir)",
+                hint=_HINT,
             )
         classes = class_folders(train_dir)
         extra = sorted(set(class_folders(test_dir)) - set(classes))

@@ -12,11 +12,23 @@ already decompressed), after ``<root>/<name>.npz`` if that exists.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prunelab.data.base import DATASETS, RawData, Resource, fetch, not_found, read_npz
+from prunelab.data.base import (
+    DATASETS,
+    LAYOUTS,
+    Layout,
+    RawData,
+    Requirement,
+    Resource,
+    fetch,
+    not_found,
+    read_npz,
+)
 from prunelab.errors import DataNotFoundError
 
 __all__ = ["FASHION_MNIST_FILES", "MNIST_FILES", "read_fashion_mnist", "read_idx", "read_mnist"]
@@ -112,6 +124,20 @@ def _read_idx_dataset(
         classes=classes,
         source=str(folder),
     )
+
+
+def _idx_layout(name: str, files: tuple[Resource, ...]) -> Layout:
+    # The reader's order: <root>/<name>.npz, else the four IDX files (official .gz or decompressed).
+    def alternatives(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+        folder = root / name
+        idx = [[folder / r.filename, folder / r.filename[: -len(".gz")]] for r in files]
+        return [[[root / f"{name}.npz"]], idx]
+
+    return Layout(alternatives)
+
+
+LAYOUTS["mnist"] = _idx_layout("mnist", MNIST_FILES)
+LAYOUTS["fashion_mnist"] = _idx_layout("fashion_mnist", FASHION_MNIST_FILES)
 
 
 @DATASETS.register("mnist")

@@ -10,11 +10,24 @@ stored as label 10; labels are mapped back to 0–9. The ``extra`` set is not us
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prunelab.data.base import DATASETS, RawData, Resource, as_labels, fetch, not_found, read_npz
+from prunelab.data.base import (
+    DATASETS,
+    LAYOUTS,
+    Layout,
+    RawData,
+    Requirement,
+    Resource,
+    as_labels,
+    fetch,
+    not_found,
+    read_npz,
+)
 from prunelab.errors import DataNotFoundError
 
 __all__ = ["SVHN_FILES", "read_svhn", "read_svhn_mat"]
@@ -57,6 +70,14 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = as_labels(mat["y"], f"svhn: y in {path}")
     labels[labels == 10] = 0  # SVHN stores the digit 0 as class 10
     return images, labels
+
+
+def _svhn_layout(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+    # The reader's order: <root>/svhn.npz, else both official .mat files.
+    return [[[root / "svhn.npz"]], [[root / "svhn" / r.filename] for r in SVHN_FILES]]
+
+
+LAYOUTS["svhn"] = Layout(_svhn_layout)
 
 
 @DATASETS.register("svhn")

@@ -11,12 +11,25 @@ dataset. Classes follow the order of ``wnids.txt`` and are named by their WordNe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from prunelab.data._images import decode_images, list_images
-from prunelab.data.base import DATASETS, RawData, Resource, extract_archive, fetch, not_found, read_npz
+from prunelab.data.base import (
+    DATASETS,
+    LAYOUTS,
+    Layout,
+    RawData,
+    Requirement,
+    Resource,
+    extract_archive,
+    fetch,
+    not_found,
+    read_npz,
+)
 from prunelab.errors import DataNotFoundError
 
 __all__ = ["TINY_IMAGENET_ARCHIVE", "read_tiny_imagenet"]
@@ -82,6 +95,15 @@ def _read_folder(folder: Path) -> RawData:
         classes=wnids,
         source=str(folder),
     )
+
+
+def _tiny_layout(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
+    # The reader's order: the .npz, the extracted folder, the official zip.
+    base = root / "tiny_imagenet"
+    return [[[root / "tiny_imagenet.npz"]], [[base / _FOLDER]], [[base / TINY_IMAGENET_ARCHIVE.filename]]]
+
+
+LAYOUTS["tiny_imagenet"] = Layout(_tiny_layout)
 
 
 @DATASETS.register("tiny_imagenet")
