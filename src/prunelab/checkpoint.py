@@ -72,14 +72,53 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_version(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``payload`` if this prunelab can read its version, else a :class:`CheckpointError` naming the fix."""
-    if payload.get("version", 0) > CHECKPOINT_VERSION:
+    """``payload`` if this prunelab can read it, else a one-line :class:`CheckpointError` naming the fix.
+
+    Checks the version, then the parts every reader of a checkpoint indexes: ``arch`` (a mapping with
+    ``model``, ``kwargs``, ``num_classes`` and ``input_shape``), ``state_dict`` and ``masks`` (mappings of
+    tensors). Whether the weights fit the architecture is checked when they are loaded
+    (:func:`prunelab.core.masking.load_plain_state_dict`).
+    """
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(
+            f"{path}: checkpoint version {version!r} is not a number; the file is corrupted"
+        )
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} was written by a newer prunelab; upgrade prunelab to read it")
+    arch = payload.get("arch")
+    missing = [
+        k
+        for k in ("model", "kwargs", "num_classes", "input_shape")
+        if not isinstance(arch, dict) or k not in arch
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{path}: the checkpoint's arch lacks {', '.join(missing)}; the file is corrupted or was edited — "
+            "use the checkpoint as prunelab saved it, or re-create it"
+        )
+    for part in ("state_dict", "masks"):
+        entries = payload.get(part)
+        bad = None if isinstance(entries, dict) else part
+        bad = bad or next(
+            (f"{part}[{k!r}]" for k, v in entries.items() if not isinstance(v, torch.Tensor)), None
+        )
+        if bad:
+            raise CheckpointError(
+                f"{path}: the checkpoint's {bad} is not a tensor mapping; the file is corrupted or was edited — "
+                "use the checkpoint as prunelab saved it, or re-create it"
+            )
     return payload
 
 
 def build_from_checkpoint(path: str | Path) -> nn.Module:
-    """Rebuild the model stored in a prunelab checkpoint, masks included."""
+    """Rebuild the model stored in a prunelab checkpoint, masks included.
+
+    Raises:
+        CheckpointError: one line: the file is unreadable or not a checkpoint; its architecture spec does
+            not fit the model or its weights do not fit the spec (the first mismatching tensor is named);
+            or a tensor holds NaN/inf.
+    """
     from prunelab.models import build_model
 
     payload = load_checkpoint(path)
@@ -92,7 +131,7 @@ def build_from_checkpoint(path: str | Path) -> nn.Module:
     )
     apply_arch(model, arch)
     masking.load_masks(model, payload["masks"])
-    masking.load_plain_state_dict(model, payload["state_dict"])
+    masking.load_plain_state_dict(model, payload["state_dict"], source=str(path))
     return model
 
 

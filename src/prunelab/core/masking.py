@@ -20,9 +20,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunelab.errors import CheckpointError
+from prunelab.errors import CheckpointError, UnsupportedModelError
 
 _P = TypeVar("_P", bound=nn.Module)
+
+#: The fix named when a state_dict does not fit its model (an edited or mixed checkpoint, another model).
+_MISMATCH_FIX = (
+    "load weights saved from this very model (same builder, kwargs and architecture spec); a checkpoint "
+    "whose spec was edited or whose weights come from another model cannot be loaded — re-save it"
+)
 
 
 class Mask(nn.Module):
@@ -174,20 +180,31 @@ def masks_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def load_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
     """Attach and set the masks in ``masks`` (as produced by :func:`masks_state_dict`).
 
+    Every mask is checked before any is attached, so a refused set leaves the model untouched.
+
     Raises:
-        CheckpointError: if a mask names a tensor the model lacks or has the wrong shape.
+        CheckpointError: one line, if a mask names a tensor the model lacks, has the wrong shape, or holds
+            values other than 0/1 (True/False).
     """
     modules = dict(model.named_modules())
     for fqn, keep in masks.items():
         module_name, name = _split(fqn)
         module = modules.get(module_name)
         if module is None or not isinstance(getattr(module, name, None), Tensor):
-            raise CheckpointError(f"mask for {fqn!r} does not match any tensor of the model")
-        if tuple(getattr(module, name).shape) != tuple(keep.shape):
+            raise CheckpointError(f"mask for {fqn!r} does not match any tensor of the model; {_MISMATCH_FIX}")
+        if not isinstance(keep, Tensor) or tuple(getattr(module, name).shape) != tuple(keep.shape):
+            shape = tuple(keep.shape) if isinstance(keep, Tensor) else type(keep).__name__
             raise CheckpointError(
-                f"mask for {fqn!r} has shape {tuple(keep.shape)}, the model's tensor "
-                f"{tuple(getattr(module, name).shape)}"
+                f"mask for {fqn!r} has shape {shape}, the model's tensor "
+                f"{tuple(getattr(module, name).shape)}; {_MISMATCH_FIX}"
             )
+        if keep.dtype != torch.bool and not bool(((keep == 0) | (keep == 1)).all()):
+            raise CheckpointError(
+                f"mask for {fqn!r} holds values other than 0 and 1; the checkpoint is corrupted — re-create it"
+            )
+    for fqn, keep in masks.items():
+        module_name, name = _split(fqn)
+        module = modules[module_name]
         mask = add_mask(module, name)
         mask.mask.copy_(keep.to(torch.bool))
         original(module, name).mul_(mask.mask.to(original(module, name).dtype))
@@ -266,24 +283,131 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+def require_real_weights(model: nn.Module, what: str) -> None:
+    """Refuse a model whose tensors are on the meta device: it has shapes but no values to score or copy.
+
+    Args:
+        model: the model about to be pruned, traced or compacted.
+        what: the operation, for the message (``"Pruner"``, ``"compact"``).
+
+    Raises:
+        UnsupportedModelError: one line naming the first meta tensor and how to materialise the model.
+    """
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_meta:
+            raise UnsupportedModelError(
+                f"{what}: the model has no real weights ({name!r} is on the meta device); materialise it "
+                "first, e.g. model.to_empty(device='cpu') and then load its weights (load_weights)"
+            )
+
+
+def check_finite(state: Mapping[str, Any], source: str) -> None:
+    """Refuse a state_dict holding NaN or infinite values, so such a model is never trained or pruned silently.
+
+    Args:
+        state: ``{key: tensor}`` (non-tensor and non-floating entries are skipped).
+        source: where the tensors come from (a file path), for the message.
+
+    Raises:
+        CheckpointError: one line naming the first non-finite tensor and the fix.
+    """
+    for key, value in state.items():
+        if (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and not value.is_meta
+            and not bool(torch.isfinite(value).all())
+        ):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+            raise CheckpointError(
+                f"{source}: tensor {key!r} holds {kind} values; the file is corrupted or was saved after "
+                "training diverged — re-create it from a run with finite weights, or re-download it"
+            )
+
+
+def plain_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The keys of :func:`plain_state_dict` and their shapes, without copying any tensor.
+
+    Parametrized tensors appear under their ordinary key with their effective shape; reparametrization
+    internals (see :func:`plain_state_dict`) appear under their own keys.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    parametrized: set[str] = set()
+    internals: list[tuple[str, set[str]]] = []
+    for module_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            prefix = f"{module_name}." if module_name else ""
+            for name in module.parametrizations:  # type: ignore[union-attr]
+                with torch.no_grad():
+                    shapes[prefix + name] = tuple(getattr(module, name).shape)
+                parametrized.add(prefix + "parametrizations." + name + ".")
+            internals.extend(_reparam_prefixes(module_name, module))
+    for key, value in model.state_dict(keep_vars=True).items():
+        keep_internal = any(key.startswith(p) and key not in masks for p, masks in internals)
+        if isinstance(value, Tensor) and (keep_internal or not any(key.startswith(p) for p in parametrized)):
+            shapes[key] = tuple(value.shape)
+    return shapes
+
+
+def state_problems(model: nn.Module, state: Mapping[str, Tensor], strict: bool = True) -> list[str]:
+    """What keeps ``state`` (a plain state_dict) from loading into ``model``, in the model's key order.
+
+    A tensor whose shape differs is always a problem; with ``strict``, so are a tensor the model has but
+    ``state`` lacks (reparametrization internals and ``num_batches_tracked`` may be absent) and a key the
+    model does not have (internals of a reparametrization the model lacks are ignored, see
+    :func:`load_plain_state_dict`).
+    """
+    expected = plain_shapes(model)
+    problems: list[str] = []
+    for key, shape in expected.items():
+        if key in state:
+            got = tuple(state[key].shape) if isinstance(state[key], Tensor) else None
+            if got != shape:
+                problems.append(f"tensor {key!r} has shape {got} in the file but {shape} in the model")
+        elif strict and ".parametrizations." not in f".{key}" and not key.endswith("num_batches_tracked"):
+            problems.append(f"tensor {key!r} of the model is missing from the file")
+    if strict:
+        problems += [
+            f"unexpected tensor {key!r} in the file"
+            for key, value in state.items()
+            if key not in expected and isinstance(value, Tensor) and ".parametrizations." not in f".{key}"
+        ]
+    return problems
+
+
 @torch.no_grad()
-def load_plain_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict: bool = True) -> None:
+def load_plain_state_dict(
+    model: nn.Module, state: Mapping[str, Tensor], strict: bool = True, *, source: str = "state_dict"
+) -> None:
     """Load a plain state_dict (see :func:`plain_state_dict`) into a possibly masked model.
 
     Values for masked tensors go into their originals and are then multiplied by the current mask, so
-    the mask keeps winning over whatever the file holds.
+    the mask keeps winning over whatever the file holds. Everything is checked before anything is copied
+    (:func:`state_problems`, :func:`check_finite`), so a refused state leaves the model untouched.
+
+    Args:
+        model: the model to load into (in place).
+        state: the plain state_dict.
+        strict: also refuse missing and unexpected tensors (shape mismatches are always refused).
+        source: where ``state`` comes from (a checkpoint path), for the messages.
+
+    Raises:
+        CheckpointError: one line naming the first mismatching tensor (missing, unexpected, wrong shape)
+            or the first tensor holding NaN/inf, and the fix.
     """
+    problems = state_problems(model, state, strict)
+    if problems:
+        raise CheckpointError(
+            f"{source} does not fit {type(model).__name__} ({len(problems)} problem(s)); first: {problems[0]}; "
+            f"{_MISMATCH_FIX}"
+        )
+    check_finite(state, source)
     modules = dict(model.named_modules())
     rest: dict[str, Tensor] = {}
     for key, value in state.items():
         module_name, name = _split(key)
         module = modules.get(module_name)
         if module is not None and parametrize.is_parametrized(module, name):
-            if tuple(value.shape) != tuple(getattr(module, name).shape):
-                raise CheckpointError(
-                    f"{key}: checkpoint shape {tuple(value.shape)} != model shape "
-                    f"{tuple(getattr(module, name).shape)}"
-                )
             orig = original(module, name)
             # A reparametrization (filter basis) turns the plain value into what its original stores;
             # the internals, when the state has them, are loaded afterwards and win.
@@ -298,17 +422,13 @@ def load_plain_state_dict(model: nn.Module, state: Mapping[str, Tensor], strict:
         else:
             rest[key] = value
     own = model.state_dict()
-    expected = {k for k in own if ".parametrizations." not in k}
     # Reparametrization internals of a model that has them, loaded into one that does not (an
     # interspace checkpoint into a plain model): the effective value under the plain key suffices.
     rest = {k: v for k, v in rest.items() if ".parametrizations." not in f".{k}" or k in own}
+    if not strict:
+        rest = {k: v for k, v in rest.items() if k in own}
     # The per-module versions (state_dict()._metadata) do not survive a weights-only save; modules that
     # read them while loading (torchvision's MNASNet) get the freshly built model's own, the same code.
     loadable: Any = OrderedDict(rest)
     loadable._metadata = getattr(state, "_metadata", None) or getattr(own, "_metadata", None)
-    missing, unexpected = model.load_state_dict(loadable, strict=False)
-    missing = [k for k in missing if k in expected and k not in state]
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"state_dict does not match the model (missing {missing[:5]}, unexpected {list(unexpected)[:5]})"
-        )
+    model.load_state_dict(loadable, strict=False)

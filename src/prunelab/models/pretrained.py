@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab._io import download_url, file_digest, safe_torch_load
+from prunelab.core.masking import check_finite, load_plain_state_dict, plain_shapes
 from prunelab.core.targets import find_head
 from prunelab.errors import CheckpointError, DataNotFoundError
 from prunelab.models.base import build_model
@@ -40,6 +41,7 @@ __all__ = [
     "PRETRAINED",
     "PretrainedWeights",
     "build_pretrained",
+    "check_pretrained_present",
     "default_data_dir",
     "find_pretrained",
     "load_weights",
@@ -177,6 +179,39 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "prunelab"
 
 
+def _weights_path(spec: PretrainedWeights, data_dir: str | os.PathLike[str] | None) -> Path:
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    return root / "weights" / spec.filename
+
+
+def check_pretrained_present(
+    name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False
+) -> None:
+    """Check that the file of the pretrained weights ``name`` is there, without reading it.
+
+    Checks, in order: ``name`` is registered; ``<data_dir>/weights/<file>`` (``data_dir`` defaulting to
+    :func:`default_data_dir`) exists and is not empty — or it is absent, ``download`` is true and the
+    weights have an official URL (the network is not probed). The sha256 is not computed here;
+    :func:`find_pretrained` verifies it when the run starts.
+
+    Raises:
+        ConfigError: for an unknown name.
+        CheckpointError: one line: the file is absent (where it looked, how to get it) or empty.
+    """
+    spec = PRETRAINED.get(name)
+    path = _weights_path(spec, data_dir)
+    if path.is_file():
+        if path.stat().st_size == 0:
+            raise CheckpointError(
+                f"pretrained weights {name!r} at {path} are an empty file; delete it, then {spec.how_to_get(path)}"
+            )
+        return
+    if not (download and spec.url):
+        raise CheckpointError(
+            f"pretrained weights {name!r} not found: looked for {path}; {spec.how_to_get(path)}"
+        )
+
+
 def find_pretrained(
     name: str, data_dir: str | os.PathLike[str] | None = None, download: bool = False
 ) -> Path:
@@ -194,14 +229,10 @@ def find_pretrained(
         ConfigError: for an unknown name.
         CheckpointError: the file is missing (and cannot or may not be downloaded) or its sha256 differs.
     """
+    check_pretrained_present(name, data_dir, download)
     spec = PRETRAINED.get(name)
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    path = root / "weights" / spec.filename
+    path = _weights_path(spec, data_dir)
     if not path.is_file():
-        if not (download and spec.url):
-            raise CheckpointError(
-                f"pretrained weights {name!r} not found: looked for {path}; {spec.how_to_get(path)}"
-            )
         try:
             download_url(spec.url, path, sha256=spec.sha256)
         except DataNotFoundError as exc:
@@ -237,22 +268,6 @@ def _unwrap(obj: Any, source: str) -> dict[str, Tensor]:
     return state
 
 
-def _model_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Plain ``state_dict`` keys of ``model`` and their shapes, masked tensors under their ordinary name."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    internal: list[str] = []
-    for module_name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            prefix = f"{module_name}." if module_name else ""
-            for pname in module.parametrizations:  # type: ignore[union-attr]
-                shapes[prefix + pname] = tuple(module.parametrizations[pname].original.shape)  # type: ignore[index]
-                internal.append(prefix + "parametrizations." + pname + ".")
-    for key, value in model.state_dict().items():
-        if not any(key.startswith(p) for p in internal):
-            shapes[key] = tuple(value.shape)
-    return shapes
-
-
 def load_weights(
     model: nn.Module,
     path_or_state: str | os.PathLike[str] | Mapping[str, Any],
@@ -285,7 +300,8 @@ def load_weights(
         ``model``.
 
     Raises:
-        CheckpointError: unreadable file, or a key/shape mismatch (the message names the first bad key).
+        CheckpointError: unreadable file, a key/shape mismatch (the message names the first bad key), or a
+            tensor holding NaN/inf (named): such weights are never loaded.
         ConfigError: ``head`` is not a layer of ``model`` (see :func:`~prunelab.core.targets.find_head`).
     """
     if isinstance(path_or_state, Mapping):
@@ -294,7 +310,7 @@ def load_weights(
     else:
         source = str(path_or_state)
         state = _unwrap(safe_torch_load(path_or_state), source)
-    expected = _model_shapes(model)
+    expected = plain_shapes(model)
 
     skipped: set[str] = set()
     if reset_head:
@@ -327,11 +343,9 @@ def load_weights(
         )
 
     state = {k: v for k, v in state.items() if k in expected}
+    check_finite(state, source)
     if any(parametrize.is_parametrized(m) for m in model.modules()):
-        # Imported lazily: only masked models need the mask-aware loader.
-        from prunelab.core.masking import load_plain_state_dict
-
-        load_plain_state_dict(model, state, strict=False)
+        load_plain_state_dict(model, state, strict=False, source=source)
     else:
         model.load_state_dict(state, strict=False)
     return model

@@ -92,29 +92,63 @@ def _resize(module: nn.Module, key: str, shape: Sequence[int]) -> None:
         module._buffers[key] = torch.empty(tuple(shape), dtype=buf.dtype, device=buf.device)
 
 
+def _malformed(name: str, exc: BaseException) -> CheckpointError:
+    """The one-line error for a spec entry that cannot be applied (a key missing, a wrong type, a bad shape)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CheckpointError(
+        f"architecture spec entry of layer {name!r} is malformed ({type(exc).__name__}: {text[:120]}); "
+        "the checkpoint is corrupted or was edited — use it as prunelab saved it, or re-save it"
+    )
+
+
+def _check_shape(name: str, key: str, shape: Any) -> list[int]:
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape
+    ):
+        raise _malformed(name, ValueError(f"tensor {key!r} has shape {shape!r}, not a list of sizes >= 0"))
+    return list(shape)
+
+
 def _apply_v2(model: nn.Module, layers: Mapping[str, Any], keep_outputs: Sequence[str]) -> None:
     modules = dict(model.named_modules())
     for name, entry in layers.items():
-        module = modules.get(name)
-        if module is None:
-            raise CheckpointError(f"architecture spec names layer {name!r}, which the model lacks; "
-                                  "rebuild with the same model and kwargs")  # fmt: skip
-        if entry["type"] != type(module).__name__:
-            raise CheckpointError(f"architecture spec layer {name!r} is a {entry['type']}, the model has "
-                                  f"{type(module).__name__}; rebuild with the same model")  # fmt: skip
-        if isinstance(module, ChannelMappingLayer) and "entry" in entry:
-            module.load_arch_entry(entry["entry"])
-        keep = name in keep_outputs
-        for key, value in entry.get("attrs", {}).items():
-            if keep and key in ("out_features", "out_channels"):
-                continue  # the classifier keeps the class count of the model it is loaded into
-            if hasattr(module, key) and not callable(getattr(module, key)):
-                setattr(module, key, tuple(value) if isinstance(getattr(module, key), tuple) else value)
-        for key, shape in entry.get("tensors", {}).items():
-            current = getattr(module, key, None)
-            if keep and isinstance(current, torch.Tensor) and current.dim() > 0:
-                shape = [current.shape[0], *shape[1:]]
-            _resize(module, key, shape)
+        try:
+            _apply_v2_entry(model, modules, name, entry, keep_outputs)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            raise _malformed(name, exc) from None
+
+
+def _apply_v2_entry(
+    model: nn.Module, modules: Mapping[str, nn.Module], name: str, entry: Any, keep_outputs: Sequence[str]
+) -> None:
+    if not isinstance(entry, Mapping):
+        raise _malformed(name, TypeError(f"entry is a {type(entry).__name__}, not a mapping"))
+    module = modules.get(name)
+    if module is None:
+        raise CheckpointError(f"architecture spec names layer {name!r}, which the model lacks; "
+                              "rebuild with the same model and kwargs")  # fmt: skip
+    if entry["type"] != type(module).__name__:
+        raise CheckpointError(f"architecture spec layer {name!r} is a {entry['type']}, the model has "
+                              f"{type(module).__name__}; rebuild with the same model")  # fmt: skip
+    if isinstance(module, ChannelMappingLayer) and "entry" in entry:
+        module.load_arch_entry(entry["entry"])
+    keep = name in keep_outputs
+    for key, value in entry.get("attrs", {}).items():
+        ints = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+            raise _malformed(name, ValueError(f"attribute {key!r} is {value!r}, not an integer (list)"))
+        if keep and key in ("out_features", "out_channels"):
+            continue  # the classifier keeps the class count of the model it is loaded into
+        if hasattr(module, key) and not callable(getattr(module, key)):
+            setattr(module, key, tuple(value) if isinstance(getattr(module, key), tuple) else value)
+    for key, shape in entry.get("tensors", {}).items():
+        shape = _check_shape(name, key, shape)
+        current = getattr(module, key, None)
+        if keep and isinstance(current, torch.Tensor) and current.dim() > 0:
+            shape = [current.shape[0], *shape[1:]]
+        _resize(module, key, shape)
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -133,8 +167,13 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequen
             network is fine-tuned on a dataset with another class count (its inputs still narrow).
 
     Raises:
-        CheckpointError: if the spec is of another format, a newer version, or names a missing layer.
+        CheckpointError: one line, if the spec is of another format or a newer version, names a missing
+            layer or a layer of another type, or has a malformed entry (the layer is named).
     """
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("layers"), Mapping):
+        raise CheckpointError(
+            "architecture spec is not a mapping with 'layers'; the checkpoint is corrupted or was edited — re-save it"
+        )
     if spec.get("format") != ARCH_FORMAT:
         raise CheckpointError("architecture spec has an unknown format; it was not written by prunelab")
     if int(spec.get("version", 0)) > ARCH_VERSION:
@@ -144,7 +183,12 @@ def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequen
     if int(spec.get("version", 0)) >= 2:
         _apply_v2(model, spec["layers"], keep_outputs)
         return model
-    _apply_v1(model, spec["layers"], keep_outputs)
+    try:
+        _apply_v1(model, spec["layers"], keep_outputs)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise _malformed("(version 1 spec)", exc) from None
     return model
 
 
