@@ -29,6 +29,7 @@ from torch import nn
 
 from prunelab.core.criterion import applies_to, score_groups
 from prunelab.core.inputs import ExampleInputs
+from prunelab.core.masking import require_real_weights
 from prunelab.core.selectors import check_min_keep, check_scope, check_sparsity, select_channels
 from prunelab.criteria import build_criterion
 from prunelab.errors import ConfigError
@@ -146,7 +147,8 @@ def prune_channels(
         scope: ``"global"`` (one ranking over all groups) or ``"layer"`` (the same share in every group).
         head: the classifier head's module name (default: found from the graph).
         exclude: module names whose output channels stay.
-        min_keep: channels every group keeps at least.
+        min_keep: channels every group keeps at least; even with 0, a selection that would remove every
+            channel of a layer is refused (one-line :class:`~prunelab.errors.ConfigError` naming the layer).
         calibration: ``[(inputs, labels), ...]`` batches, for criteria that read data (``pls_vip``).
         criterion_kwargs: options of a named criterion (e.g. ``{"p": 2}`` for ``l1_filter``).
         tolerance: the equivalence check's maximum absolute output difference.
@@ -157,7 +159,8 @@ def prune_channels(
 
     Raises:
         ConfigError: a bad argument (amount, scope, criterion, head, calibration), one line.
-        UnsupportedModelError: the model cannot be traced, or has a layer type the surgery cannot handle.
+        UnsupportedModelError: the model cannot be traced, has a layer type the surgery cannot handle, or is
+            on the meta device (no weights: materialise it first).
         SurgeryMismatchError: the compacted model differs from the masked one (a bug: report it).
 
     Example:
@@ -169,6 +172,7 @@ def prune_channels(
         >>> small[0].out_channels, report.surgery.max_abs_diff <= 1e-4
         (4, True)
     """
+    require_real_weights(model, "prune_channels")
     amount = check_sparsity(amount, "amount")
     if amount >= 1.0:
         raise ConfigError("amount: must be below 1 (a share of channels to remove), e.g. 0.3")

@@ -204,6 +204,7 @@ class Pruner:
             scores count in their rows (``False``; their masks are read, never changed).
 
     Raises:
+        UnsupportedModelError: the model is on the meta device (no weights to score: materialise it).
         ConfigError: for an unknown component or option, a criterion without the entry level (a
             group-level criterion such as ``bn_scale``), targets the granularity cannot split, or a
             companion that is missing, of the wrong shape, itself a target, or used with a granularity
@@ -239,6 +240,7 @@ class Pruner:
         companion: str | None = None,
         prune_companion: bool = True,
     ) -> None:
+        masking.require_real_weights(model, "Pruner")
         check_scope(scope)
         check_min_keep(min_keep)
         self.model = model

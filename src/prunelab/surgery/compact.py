@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from prunelab.core.inputs import ExampleInputs, as_call, output_tensors, random_like
+from prunelab.core.masking import require_real_weights
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
 from prunelab.surgery.layers import ChannelMappingLayer
@@ -131,9 +132,18 @@ def _removed(graph: ChannelGraph, keep: Mapping[str, Tensor], min_keep: int = 1)
             raise ConfigError(
                 f"channel mask for {name!r} has {mask.numel()} entries, the group has {group.size}"
             )
-        if int(mask.sum()) < min(min_keep, group.size):
+        kept = int(mask.sum())
+        if kept == 0:
+            # Whatever min_keep says: a layer without output channels is no layer (its consumers would
+            # get no input), so this is refused before any surgery.
             raise ConfigError(
-                f"channel mask for {name!r} keeps {int(mask.sum())} channels; keep at least {min_keep}"
+                f"channel mask for {name!r} removes all {group.size} channels of layer {name!r}; every layer "
+                "keeps at least one: use min_keep >= 1 or a lower amount (sparsity)"
+            )
+        if kept < min(min_keep, group.size):
+            raise ConfigError(
+                f"channel mask for {name!r} keeps {kept} channels; keep at least {min_keep} (min_keep) — "
+                "lower the amount or min_keep"
             )
         gone = torch.nonzero(~mask).flatten().tolist()
         if group.divisions > 1 and gone != group.periodic(
@@ -481,11 +491,14 @@ def compact(
         ``(compacted model, report)``.
 
     Raises:
-        ConfigError: a mask names an unknown group, has the wrong length, keeps too few channels, or
-            breaks the periodic structure of a grouped conv / GroupNorm group.
+        ConfigError: a mask names an unknown group, has the wrong length, keeps no channel at all (even
+            with ``min_keep=0``: a layer keeps at least one) or fewer than ``min_keep``, or breaks the
+            periodic structure of a grouped conv / GroupNorm group.
+        UnsupportedModelError: the model is on the meta device (no weights to copy).
         ChannelRemovalError: some groups cannot be removed from this model (named, each with why).
         SurgeryMismatchError: the compacted model does not match the reference.
     """
+    require_real_weights(model, "compact")
     graph = graph or ChannelGraph(model, example_inputs, head=head)
     removed = _removed(graph, keep, min_keep)
     x = _batch(example_inputs, batch)

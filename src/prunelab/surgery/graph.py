@@ -40,6 +40,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prunelab.core.inputs import ExampleInputs, as_call
+from prunelab.core.masking import require_real_weights
 from prunelab.core.targets import check_head_name, output_layers
 from prunelab.errors import UnsupportedModelError
 from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
@@ -270,8 +271,8 @@ class ChannelGraph:
             cannot remove (see :meth:`refuse`); they are no longer in :attr:`groups`.
 
     Raises:
-        UnsupportedModelError: Torch-Pruning cannot trace the model, or a layer type it couples is not a
-            CNN channel layer (named, with the fix).
+        UnsupportedModelError: Torch-Pruning cannot trace the model, a layer type it couples is not a
+            CNN channel layer (named, with the fix), or the model is on the meta device (no weights).
         ConfigError: ``head`` is not a layer of ``model``; the model cannot run on ``example_inputs``.
     """
 
@@ -283,6 +284,8 @@ class ChannelGraph:
         *,
         head: str | None = None,
     ) -> None:
+        # A meta model traces, but every group built from it would be useless: refuse it here, first.
+        require_real_weights(model, "ChannelGraph")
         self.model = model
         self.example_inputs = example_inputs
         self._names = {m: n for n, m in model.named_modules()}
