@@ -1,39 +1,174 @@
-"""Atomic file writes and safe checkpoint loading.
+"""Atomic file writes, output-folder checks and safe checkpoint loading.
 
-Results are written to a temporary file in the same directory and renamed into place, so a crash or a
-kill never leaves a half-written ``summary.json`` or checkpoint behind.
+Results are written to a temporary file ``.<name>.XXXXXXXX.tmp`` in the same directory and renamed into
+place, so a crash or a kill never leaves a half-written ``summary.json`` or checkpoint behind; a kill
+between the two leaves only the temporary file, which :func:`remove_stale_temps` clears when the folder
+is opened again. Renamed files get the permissions of a plain ``open()`` (``0o666`` less the umask),
+not the ``0o600`` of :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prunelab.errors import CheckpointError
+from prunelab.errors import CheckpointError, ConfigError
+
+#: Suffix of the temporary files of atomic writes (and of the writability probe).
+TMP_SUFFIX = ".tmp"
+
+
+def _umask_from_proc() -> int | None:
+    # Linux >= 4.7 reports the umask here: reading it does not change it, so no other thread can
+    # create a file under a wrong umask meanwhile (os.umask can only read by setting).
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _umask_at_import() -> int:
+    umask = _umask_from_proc()
+    if umask is None:  # no /proc: set-and-restore once, at import, before any worker thread exists
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (else the one at import)."""
+    umask = _umask_from_proc()
+    return _UMASK_AT_IMPORT if umask is None else umask
+
+
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it gets umask permissions and replaces ``path``.
+
+    On any error (or a ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left directly in ``folder``; returns them.
+
+    Only names of the form ``.<name>.<random>.tmp`` are touched, so the folder's results never are.
+    Call it only where no other process is writing into ``folder``.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(f".*{TMP_SUFFIX}")):
+        if path.is_file() and not path.is_symlink() and path.name.count(".") >= 3:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _blocking_file(folder: Path) -> Path | None:
+    """The nearest existing ancestor of ``folder`` (or itself) when it is not a directory."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def ensure_writable_dir(
+    folder: str | os.PathLike[str], what: str, fix: str, *, for_file: str | os.PathLike[str] | None = None
+) -> Path:
+    """Create ``folder`` (with its parents) and prove a file can be written in it, before any work.
+
+    Args:
+        folder: the output folder.
+        what: how the message names the output, e.g. ``"--out"`` or ``"report folder"``.
+        fix: what the user can do instead, e.g. ``"choose another --out"``.
+        for_file: the output file in ``folder`` the user named, when it is a file: messages name it.
+
+    Raises:
+        ConfigError: one line naming the output, why it cannot be written and ``fix``: it is a file, it
+            lies under a file, its folder cannot be created, or a probe file cannot be created there.
+    """
+    folder = Path(folder)
+    named = Path(for_file) if for_file is not None else folder
+    blocker = _blocking_file(folder)
+    if blocker is not None and blocker == named:
+        raise ConfigError(f"{what} {named}: is an existing file, not a directory; {fix}")
+    if blocker is not None:
+        raise ConfigError(f"{what} {named}: lies under {blocker}, which is a file, not a directory; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{what} {named}: cannot create {folder} ({exc.strerror or exc}); {fix}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=TMP_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if named == folder else f" ({folder})"
+        raise ConfigError(
+            f"{what} {named}: not writable{where} ({exc.strerror or exc}); fix its permissions or {fix}"
+        ) from None
+    return folder
+
+
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict[str, Any]:
+    """The JSON object stored in ``path``.
+
+    Raises:
+        ConfigError: one line naming ``path``, what is wrong (missing, unreadable, binary, not UTF-8,
+            invalid JSON, not an object) and ``fix``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: does not exist; {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); {fix}") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: is a binary file, not JSON; {fix}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: is not UTF-8 text (offset {exc.start}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (temporary file + ``os.replace``), with umask permissions."""
+    with _replacing(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -69,17 +204,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """``torch.save`` to ``path`` atomically, with umask permissions."""
+    with _replacing(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
@@ -153,6 +280,7 @@ def download_url(
                 f"checksum mismatch for {url}; the download is corrupted or the file changed upstream — "
                 "retry, or place a verified copy at " + str(dest)
             )
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, dest)
     except DataNotFoundError:
         raise

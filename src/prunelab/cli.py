@@ -56,14 +56,32 @@ def _registry(kind: str):
 
 
 def _default_out(name: str) -> Path:
+    """A new run directory ``runs/<name>-<timestamp>[-N]``, created here so no other run can take it.
+
+    Where ``runs/`` cannot be created the path is returned as it is and the run's directory check
+    reports why.
+    """
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{name}-{stamp}"
+    base = Path("runs") / f"{name}-{stamp}"
+    out, n = base, 1
+    while True:
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            if not out.is_dir():
+                return out
+            n += 1  # another run started in the same second
+            out = base.with_name(f"{base.name}-{n}")
+            continue
+        except OSError:
+            return out
+        return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``prunelab run RECIPE``: validate, then execute one recipe."""
     from prunelab import distributed as dist
-    from prunelab.experiments.runner import run_recipe
+    from prunelab.experiments.runner import check_run_dir, headline, run_recipe
     from prunelab.experiments.schema import load_recipe
 
     overrides = list(args.set or [])
@@ -75,23 +93,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     dist.init_distributed()
     main_process = dist.is_main_process()  # read before cleanup() forgets the process group
     try:
-        # Under torchrun every rank must agree on the directory; rank 0's timestamp decides.
-        out = Path(args.out) if args.out else Path(dist.broadcast_object(str(_default_out(recipe.name))))
-        summary = run_recipe(
-            recipe,
-            out,
-            data_dir=args.data_dir,
-            progress=not args.quiet,
-            echo=None if args.quiet else print,
-            resume=args.resume,
+        # Under torchrun every rank must agree on the directory; rank 0 picks (and creates) it.
+        out = (
+            Path(args.out)
+            if args.out
+            else Path(dist.broadcast_object(str(_default_out(recipe.name)) if main_process else ""))
         )
+        # Before any data is loaded: a finished run is kept, an unwritable --out is refused.
+        summary = check_run_dir(out, resume=args.resume, overwrite=args.overwrite)
+        finished = summary is not None
+        if not finished:
+            summary = run_recipe(
+                recipe,
+                out,
+                data_dir=args.data_dir,
+                progress=not args.quiet,
+                echo=None if args.quiet else print,
+                resume=args.resume,
+                overwrite=args.overwrite,
+            )
     finally:
         dist.cleanup()
     if main_process:
-        print(
-            f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
-            f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x -> {out}"
-        )
+        prefix = f"{out} is already finished, nothing to resume: " if finished else ""
+        print(f"{prefix}{headline(summary)} -> {out}")
     return 0
 
 
@@ -202,7 +227,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``prunelab export SOURCE``: deployable files (BatchNorm folded, verified, timed) from a checkpoint."""
-    from prunelab.export import check_format, export_checkpoint, report_path_for
+    from prunelab._io import ensure_writable_dir
+    from prunelab.export import (
+        SUFFIXES,
+        check_format,
+        default_export_path,
+        export_checkpoint,
+        report_path_for,
+    )
 
     names = [f.strip() for value in (args.format or ["onnx"]) for f in value.split(",") if f.strip()]
     formats = list(dict.fromkeys(check_format(f) for f in names))
@@ -211,6 +243,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--out names one file but {len(formats)} formats were asked for; give one --format with --out, "
             "or leave --out out to write each file next to the source"
         )
+    # Where the files go is checked before any export work (a missing source is the export's error).
+    if args.out and Path(args.out).is_dir():
+        example = Path(args.out) / f"model{SUFFIXES[formats[0]]}"
+        raise ConfigError(f"--out {args.out}: is a directory; name the file to write, e.g. --out {example}")
+    if Path(args.source).exists():
+        what, fix = ("--out", "choose another --out") if args.out else ("export folder", "pass --out FILE")
+        targets = [Path(args.out)] if args.out else [default_export_path(args.source, f) for f in formats]
+        for target in targets:
+            ensure_writable_dir(target.parent, what, fix, for_file=target)
     for fmt in formats:
         report = export_checkpoint(
             args.source,
@@ -261,7 +302,12 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run in --out from its stage checkpoints",
+        help="continue an interrupted run in --out from its stage checkpoints (a finished one is left as it is)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in --out (refused without this flag)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=cmd_run)

@@ -29,9 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from prunelab._io import atomic_write_text
+from prunelab._io import atomic_write_text, ensure_writable_dir
+from prunelab.dataclass_yaml import load_yaml_file
 from prunelab.errors import ConfigError
 
 __all__ = [
@@ -78,39 +77,90 @@ AGGREGATED: tuple[str, ...] = (
 )
 
 
+#: What a report input should be, in its error messages.
+_INPUTS = "pass run directories written by 'prunelab run', folders of runs or a sweep directory"
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """Run directories (those holding ``summary.json``) at or below ``paths``, sorted.
 
+    A path to a ``summary.json`` itself stands for its run directory.
+
     Raises:
-        ConfigError: if a path does not exist or holds no run.
+        ConfigError: if a path does not exist, is another file, or holds no run.
     """
     runs: list[Path] = []
     for raw in paths:
         path = Path(raw)
+        if path.name == "summary.json" and path.is_file():
+            path = path.parent
         if not path.exists():
-            raise ConfigError(f"{path}: no such run directory; pass a directory written by 'prunelab run'")
+            raise ConfigError(f"{path}: no such run directory; {_INPUTS}")
+        if not path.is_dir():
+            raise ConfigError(f"{path}: is a file, not a run directory; {_INPUTS}")
         found = (
             [path]
             if (path / "summary.json").is_file()
-            else sorted(p.parent for p in path.rglob("summary.json"))
+            else sorted(p.parent for p in path.rglob("summary.json") if p.is_file())
         )
         if not found:
-            raise ConfigError(f"{path}: holds no summary.json; is the run finished?")
+            raise ConfigError(
+                f"{path}: holds no finished run (no summary.json at or below it); {_INPUTS}, "
+                "or finish the runs first (prunelab run --resume)"
+            )
         runs.extend(found)
     return runs
 
 
+def _fix(run: Path) -> str:
+    """The fix for a damaged file of run ``run``."""
+    return f"re-run that run (prunelab run RECIPE --out {run} --overwrite) or leave it out of the report"
+
+
 def load_summaries(runs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Read each run's ``summary.json``, adding ``run_dir``."""
+    """Read each run's ``summary.json``, adding ``run_dir``.
+
+    Raises:
+        ConfigError: one line naming a ``summary.json`` that is unreadable, not JSON, not an object,
+            lacks the keys of a run summary or has a malformed ``latency_ms``, and the fix.
+    """
+    from prunelab.experiments.runner import read_summary
+
     rows = []
     for run in runs:
-        try:
-            row = json.loads((run / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{run / 'summary.json'}: unreadable ({exc}); re-run that recipe") from None
+        row = read_summary(run, _fix(run))
+        latency = row.get("latency_ms")
+        if latency is not None and not (
+            isinstance(latency, dict)
+            and all(str(k).isdigit() and isinstance(v, (int, float)) for k, v in latency.items())
+        ):
+            raise ConfigError(
+                f"{run / 'summary.json'}: latency_ms is not a mapping of batch size to milliseconds; {_fix(run)}"
+            )
         row["run_dir"] = str(run)
         rows.append(row)
     return rows
+
+
+def _load_config(run: Path) -> dict[str, Any]:
+    """The recipe fields of ``run/config.yaml`` (none when the run has no config.yaml).
+
+    Raises:
+        ConfigError: one line naming a ``config.yaml`` that is unreadable, binary, invalid YAML or not
+            a mapping, and the fix.
+    """
+    config = run / "config.yaml"
+    if not config.exists():
+        return {}
+    try:
+        data = load_yaml_file(config, "run config")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (or {_fix(run)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config}: holds a {type(data).__name__}, not a recipe mapping; {_fix(run)}")
+    return data
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -149,13 +199,7 @@ def load_records(runs: Sequence[Path]) -> list[dict[str, Any]]:
     sweeps: dict[Path, dict[str, dict[str, Any]]] = {}
     for summary in load_summaries(runs):
         run_dir = Path(summary["run_dir"])
-        record: dict[str, Any] = {}
-        config = run_dir / "config.yaml"
-        if config.is_file():
-            try:
-                record.update(_flatten(yaml.safe_load(config.read_text()) or {}))
-            except yaml.YAMLError:
-                pass  # the summary alone still makes a useful row
+        record: dict[str, Any] = _flatten(_load_config(run_dir))
         sweep_dir = run_dir.parent.parent
         if sweep_dir not in sweeps:
             sweeps[sweep_dir] = _sweep_rows(sweep_dir)
@@ -243,7 +287,7 @@ def aggregate(
     out = []
     for key in sorted(cells, key=lambda k: tuple(_sort_key(v) for v in k)):
         members = cells[key]
-        seeds = [m.get("seed") for m in members]
+        seeds = [_hashable(m.get("seed")) for m in members]
         row: dict[str, Any] = dict(zip(group_by, key[:-1], strict=True))
         row[x] = key[-1]
         row["n"] = len(members)
@@ -415,6 +459,30 @@ def _markdown_to_html(lines: Sequence[str], images: dict[str, Path]) -> str:
     )
 
 
+def _report_path(out: str | Path | None, first: Path, html: bool) -> Path:
+    """The markdown file to write, its folder created and proven writable before any plot is drawn.
+
+    Raises:
+        ConfigError: ``out`` is a directory or an ``.html`` file (the HTML page goes beside the
+            markdown), or its folder cannot be created or written.
+    """
+    if out is None:
+        ensure_writable_dir(first, "report folder", "pass --out FILE in a writable folder")
+        return first / "report.md"
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(
+            f"--out {path}: is a directory; name the report file, e.g. --out {path / 'report.md'}"
+        )
+    if html and path.suffix.lower() in (".html", ".htm"):
+        raise ConfigError(
+            f"--out {path}: name the markdown file (e.g. {path.with_suffix('.md')}); "
+            "report.html is written beside it"
+        )
+    ensure_writable_dir(path.parent, "--out", "choose another --out", for_file=path)
+    return path
+
+
 def write_report(
     paths: Iterable[str | Path],
     out: str | Path | None = None,
@@ -436,11 +504,13 @@ def write_report(
         The path of the markdown report.
 
     Raises:
-        ConfigError: a path holds no runs, or a ``group_by`` field is unknown.
+        ConfigError: a path holds no runs, a run's ``summary.json`` or ``config.yaml`` is malformed, a
+            ``group_by`` field is unknown, or ``out`` is a directory, an HTML file, or not writable.
     """
     paths = [Path(p) for p in paths]
     group_by = list(group_by or ["method"])
-    records = load_records(find_runs(paths))
+    runs = find_runs(paths)
+    records = load_records(runs)
     records.sort(
         key=lambda r: (
             tuple(_sort_key(_hashable(r.get(g))) for g in group_by),
@@ -450,7 +520,7 @@ def write_report(
         )
     )
     rows = aggregate(records, group_by)
-    out_path = Path(out) if out is not None else paths[0] / "report.md"
+    out_path = _report_path(out, runs[0] if paths[0].is_file() else paths[0], html)
     batch = next((r["latency_batch"] for r in records if "latency_batch" in r), None)
     images: dict[str, Path] = {}
     for x, name, label in PLOTS:
@@ -459,7 +529,7 @@ def write_report(
         plot = plot_accuracy(rows, out_path.with_name(name), x=x, group_by=group_by, xlabel=label)
         if plot is not None:
             images[name] = plot
-    seeds = sorted({r.get("seed") for r in records}, key=_sort_key)
+    seeds = sorted({_hashable(r.get("seed")) for r in records}, key=_sort_key)
     lines = [
         f"# {title}",
         "",

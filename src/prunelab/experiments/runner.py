@@ -12,7 +12,19 @@ Stages (each a plain function call, in this order):
 The run directory holds ``config.yaml`` (the resolved recipe), ``summary.json``, ``layers.csv``,
 ``metrics.jsonl``, ``checkpoint.pt`` (plain state_dict + masks, loadable with ``weights_only=True``),
 ``rounds.csv`` for iterative schedules, and ``log.txt``. Files are written atomically; under DDP only
-rank 0 writes.
+rank 0 writes, and only into the run directory.
+
+A finished run (one with a valid ``summary.json``) is never destroyed: running into its directory again
+is refused unless ``overwrite`` is given, and ``resume`` on it returns its summary without retraining or
+writing anything. These checks, and the check that the directory can be written, come before the data
+is loaded.
+
+Headline numbers are relative to the *dense* network (the one that entered the method, after
+initialisation and dense training), so a compacted model that lost parameters to surgery shows them:
+``sparsity = 1 − final non-zero / dense total``, ``compression = dense total / final non-zero``,
+``macs_ratio = dense MACs / final effective MACs`` and, with ``eval.latency``, ``speedup`` per batch size
+= dense latency / final latency, both timed the same way. For unstructured runs the dense and final
+totals are equal, so these are the plain within-model figures.
 """
 
 from __future__ import annotations
@@ -32,6 +44,9 @@ from prunelab._io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
+    ensure_writable_dir,
+    read_json_object,
+    remove_stale_temps,
     safe_torch_load,
 )
 from prunelab._version import __version__
@@ -43,9 +58,23 @@ from prunelab.checkpoint import (
     save_checkpoint,
 )
 from prunelab.core import masking
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, PrunelabError
 from prunelab.experiments.schema import Recipe
-from prunelab.methods.base import Driver, MethodContext, MethodResult
+from prunelab.methods.base import Driver, MethodContext, MethodResult, dense_relative
+
+#: The files a run writes itself; ``overwrite`` deletes them (stage checkpoints ``*_last.pt`` too).
+RUN_FILES: tuple[str, ...] = (
+    "summary.json",
+    "checkpoint.pt",
+    "layers.csv",
+    "rounds.csv",
+    "metrics.jsonl",
+    "log.txt",
+)
+
+#: Keys a ``summary.json`` must hold (numbers where :func:`headline` formats them) to count as a result.
+SUMMARY_KEYS: tuple[str, ...] = ("name", "method", "accuracy", "accuracy_dense", "sparsity", "compression")
+_SUMMARY_NUMBERS: tuple[str, ...] = ("accuracy", "accuracy_dense", "sparsity", "compression")
 
 
 class RunLog:
@@ -189,22 +218,125 @@ class _Run:
     input_shape: tuple[int, ...] = ()
     arch: dict[str, Any] = field(default_factory=dict)
     device: torch.device | None = None
+    latency_dense: dict[str, float] | None = None
 
 
-def _open_run_dir(recipe: Recipe, out: Path, resume: bool, echo: Callable[[str], None] | None) -> _Run:
-    """Create the run directory, write ``config.yaml`` and the log (rank 0 only)."""
+def read_summary(run_dir: str | Path, fix: str) -> dict[str, Any]:
+    """The ``summary.json`` of ``run_dir``, checked to be a run's summary.
+
+    Raises:
+        ConfigError: one line naming the file, what is wrong with it (missing, unreadable, binary,
+            invalid JSON, not an object, a key of :data:`SUMMARY_KEYS` missing or not a number) and ``fix``.
+    """
+    path = Path(run_dir) / "summary.json"
+    summary = read_json_object(path, fix)
+    missing = [key for key in SUMMARY_KEYS if key not in summary]
+    if missing:
+        raise ConfigError(f"{path}: is not a run summary (no {', '.join(missing)}); {fix}")
+    for key in _SUMMARY_NUMBERS:
+        value = summary[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: {key} is {value!r}, not a number; {fix}")
+    return summary
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The one-line result of a run: accuracies and the dense-relative sparsity, compression, MACs, speed-up."""
+    line = (
+        f"accuracy {summary['accuracy']:.4f} (dense {summary['accuracy_dense']:.4f}), "
+        f"sparsity {summary['sparsity']:.4f}, compression {summary['compression']:.2f}x"
+    )
+    if isinstance(summary.get("macs_ratio"), (int, float)):
+        line += f", MACs {summary['macs_ratio']:.2f}x fewer"
+    speedup = summary.get("latency_speedup")
+    if isinstance(speedup, dict) and speedup:
+        line += ", speed-up " + " ".join(f"{v:.2f}x@{bs}" for bs, v in speedup.items())
+    return line
+
+
+def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """:func:`check_run_dir` on one process (no file of a result is touched)."""
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume and --overwrite exclude each other; --resume continues the run in --out, "
+            "--overwrite replaces it"
+        )
+    has_summary = (out / "summary.json").is_file()
+    if has_summary and not overwrite:
+        try:
+            summary = read_summary(
+                out,
+                "pass --resume to finish that run again, --overwrite to replace it, or choose another --out",
+            )
+        except ConfigError:
+            if resume:
+                return None  # a damaged summary is no result (the sweep re-runs it too): it is rewritten
+            raise
+        if resume:
+            return summary
+        raise ConfigError(
+            f"run directory {out} holds a finished run (summary.json); pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    ensure_writable_dir(out, "run directory", "choose another --out")
+    return None
+
+
+def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any] | None:
+    """What a run into ``out`` may do, decided before any work; :func:`run_recipe` calls it first.
+
+    Rank 0 decides (creating ``out`` and probing that a file can be written in it) and every rank gets
+    the same outcome, so all ranks stop together.
+
+    Returns:
+        The existing summary when ``resume`` finds the run finished (nothing is to be done), else ``None``.
+
+    Raises:
+        ConfigError: ``resume`` and ``overwrite`` together; ``out`` cannot be written; ``out`` holds a
+            finished run (or a damaged ``summary.json``) and neither ``overwrite`` nor ``resume`` is given.
+    """
+    from prunelab import distributed as dist
+
+    outcome: tuple[str, Any] = ("ok", None)
+    if dist.is_main_process():
+        try:
+            outcome = ("ok", _check_run_dir(Path(out), resume, overwrite))
+        except PrunelabError as exc:
+            outcome = ("error", exc)
+    kind, value = dist.broadcast_object(outcome)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _open_run_dir(
+    recipe: Recipe, out: Path, resume: bool, overwrite: bool, echo: Callable[[str], None] | None
+) -> _Run:
+    """Clear what an earlier attempt left that this run replaces, write ``config.yaml``, start the log.
+
+    Runs after :func:`_check_run_dir`, on rank 0 only: a fresh start deletes the earlier attempt's log,
+    metrics and stage checkpoints (with ``overwrite`` also the finished run's results); every start
+    removes the temporary files of atomic writes a kill interrupted.
+    """
     from prunelab import distributed as dist
 
     started = time.perf_counter()
     main = dist.is_main_process()
+    stale_temps: list[Path] = []
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        stale_temps = remove_stale_temps(out)
         if not resume:
-            stale = ["log.txt", "metrics.jsonl", "summary.json", *[p.name for p in out.glob("*_last.pt")]]
+            # summary.json goes first: an interrupted overwrite must not leave a "finished" run behind.
+            stale = [*(RUN_FILES if overwrite else ("log.txt", "metrics.jsonl")), *out.glob("*_last.pt")]
             for name in stale:
                 (out / name).unlink(missing_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     log = RunLog(out / "log.txt" if main else None, echo if main else None)
+    if stale_temps:
+        log(
+            f"removed {len(stale_temps)} temporary file(s) of interrupted writes: "
+            + ", ".join(p.name for p in stale_temps)
+        )
     log(
         f"recipe {recipe.name}: model={recipe.model.name} data={recipe.data.name} method={recipe.prune.method}"
     )
@@ -319,7 +451,23 @@ def _train_dense(run: _Run, ctx: MethodContext) -> tuple[float, dict[str, int]]:
     run.log(
         f"dense: test accuracy {accuracy:.4f}, {dense['params_total']} params, {dense['macs_dense']} MACs"
     )
+    if run.main and recipe.eval.latency:
+        # Timed now, the way the final model is timed, so the speed-up compares like with like.
+        run.latency_dense = _latency_ms(run, ctx.model)
     return accuracy, dense
+
+
+def _latency_ms(run: _Run, model: nn.Module) -> dict[str, float]:
+    """Median latency (ms) of ``model`` per ``eval.latency_batch_sizes`` entry (keys: batch sizes as text)."""
+    from prunelab.metrics import measure_latency
+
+    ev = run.recipe.eval
+    return {
+        str(bs): measure_latency(model, run.input_shape, batch_size=bs, repeats=ev.latency_repeats)[
+            "median_ms"
+        ]
+        for bs in ev.latency_batch_sizes
+    }
 
 
 def _summarize(
@@ -343,6 +491,7 @@ def _summarize(
     costs = REPARAMS.get(p.reparam.name).costs
     if run.arch.get("reparam") is not None and costs is not None:
         extra[p.reparam.name] = costs(model, run.input_shape)
+    relative = dense_relative(final, dense)
     return {
         "name": recipe.name,
         "model": recipe.model.name,
@@ -354,16 +503,22 @@ def _summarize(
         "accuracy_before_finetune": result.accuracy_before_finetune,
         "params_total": final["params_total"],
         "params_nonzero": final["params_nonzero"],
-        "sparsity": 1.0 - final["params_nonzero"] / final["params_total"],
+        "sparsity": relative["sparsity"],
         # Methods that choose the sparsity themselves have no target.
         "target_sparsity": p.sparsity if driver.uses_sparsity else None,
         "targeted_sparsity": _targeted_sparsity(model),
-        "compression": final["params_total"] / max(final["params_nonzero"], 1),
+        "compression": relative["compression"],
         "macs_dense": dense["macs_dense"],
         "macs_effective": final["macs_effective"],
+        "macs_ratio": relative["macs_ratio"],
         "params_dense_total": dense["params_total"],
         "params_dense_nonzero": dense["params_nonzero"],
-        "parameter_convention": "all learnable parameters incl. BN; masked weights count as zeros",
+        "parameter_convention": (
+            "all learnable parameters incl. BN; masked weights count as zeros; params_total/params_nonzero "
+            "are the final model's; sparsity = 1 - params_nonzero/params_dense_total, compression = "
+            "params_dense_total/params_nonzero, macs_ratio = macs_dense/macs_effective and latency_speedup "
+            "= latency_dense_ms/latency_ms, all against the dense network that entered the method"
+        ),
         **extra,
     }
 
@@ -371,7 +526,7 @@ def _summarize(
 def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> None:
     """Checkpoint, per-layer and per-round tables, latency, environment and ``summary.json`` (rank 0)."""
     from prunelab import distributed as dist
-    from prunelab.metrics import file_size, layer_table, measure_latency
+    from prunelab.metrics import file_size, layer_table
 
     recipe, out, model = run.recipe, run.out, result.model
     save_checkpoint(out / "checkpoint.pt", model, run.arch)
@@ -379,13 +534,10 @@ def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> 
     atomic_write_csv(out / "layers.csv", layer_table(model, run.input_shape))
     atomic_write_csv(out / "rounds.csv", result.rounds)
     if recipe.eval.latency:
-        model.eval()
-        summary["latency_ms"] = {
-            str(bs): measure_latency(
-                model, run.input_shape, batch_size=bs, repeats=recipe.eval.latency_repeats
-            )["median_ms"]
-            for bs in recipe.eval.latency_batch_sizes
-        }
+        summary["latency_ms"] = final = _latency_ms(run, model)
+        if run.latency_dense is not None:
+            summary["latency_dense_ms"] = run.latency_dense
+            summary["latency_speedup"] = {bs: run.latency_dense[bs] / final[bs] for bs in final}
     summary["environment"] = {
         "prunelab": __version__,
         "torch": torch.__version__,
@@ -410,31 +562,44 @@ def run_recipe(
     progress: bool = True,
     echo: Callable[[str], None] | None = print,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Execute ``recipe`` and write its run directory to ``out_dir``.
 
     Args:
         recipe: a validated recipe (see :func:`prunelab.experiments.schema.load_recipe`).
-        out_dir: the run directory (created; an existing ``summary.json`` there is overwritten).
+        out_dir: the run directory (created). One that holds a finished run is refused unless
+            ``overwrite`` or ``resume`` is given.
         data_dir: the data root (default ``$PRUNELAB_DATA`` or ``~/.cache/prunelab``).
         progress: show progress bars (only on a terminal).
         echo: where log lines go besides ``log.txt`` (``None`` for silence).
         resume: continue an interrupted run in ``out_dir``: every training stage restarts from its
             ``<stage>_last.pt`` checkpoint (finished stages are not trained again), and pruning steps,
             which are deterministic functions of the restored weights, are recomputed. Stage
-            checkpoints are deleted once the run is complete.
+            checkpoints are deleted once the run is complete. A finished run is not touched: its
+            summary is returned as it is.
+        overwrite: replace a finished run in ``out_dir`` (its results are deleted before this run starts).
 
     Returns:
-        The summary written to ``summary.json``.
+        The summary written to ``summary.json`` (with ``resume`` on a finished run, the one there).
+
+    Raises:
+        ConfigError: before any data is loaded: ``out_dir`` holds a finished run (and neither
+            ``overwrite`` nor ``resume`` is given), cannot be created or written, or both flags are given.
     """
     from prunelab.methods import DRIVERS
 
     driver = DRIVERS.get(recipe.prune.driver)
-    run = _open_run_dir(recipe, Path(out_dir), resume, echo)
+    out = Path(out_dir)
+    finished = check_run_dir(out, resume=resume, overwrite=overwrite)
+    if finished is not None:
+        return finished
+    run = _open_run_dir(recipe, out, resume, overwrite, echo)
     _load_data_and_model(run, data_dir)
     ctx = _method_context(run, driver, resume, progress)
     _attach_reparam(run)
     accuracy_dense, dense = _train_dense(run, ctx)
+    ctx.dense = dense
     result = driver.run(ctx, recipe.prune.options)
     if result.surgery is not None:
         run.arch["surgery"] = result.surgery

@@ -86,6 +86,20 @@ class MethodResult:
     surgery: dict[str, Any] | None = None
 
 
+def dense_relative(now: Mapping[str, int], dense: Mapping[str, int]) -> dict[str, float]:
+    """Sparsity, compression and MACs ratio of measurements ``now`` relative to the dense network's.
+
+    Both are :meth:`MethodContext.measure` dicts. The denominators are the dense network's, so a model
+    that surgery made smaller shows what it lost: ``sparsity = 1 − now non-zero / dense total``,
+    ``compression = dense total / now non-zero``, ``macs_ratio = dense MACs / now effective MACs``.
+    """
+    return {
+        "sparsity": 1.0 - now["params_nonzero"] / dense["params_total"],
+        "compression": dense["params_total"] / max(now["params_nonzero"], 1),
+        "macs_ratio": dense["macs_dense"] / max(now["macs_effective"], 1),
+    }
+
+
 def _never(options: Any) -> bool:
     return False
 
@@ -228,6 +242,8 @@ class MethodContext:
         initial_weights: the plain weights before any training, when the driver declared the need.
         resume: whether training stages continue from their stage checkpoints.
         progress: whether to show progress bars.
+        dense: the dense network's :meth:`measure` (set by the runner after dense training); the
+            denominators of ``rounds.csv``'s remaining percent, compression and MACs ratio.
     """
 
     model: nn.Module
@@ -248,6 +264,7 @@ class MethodContext:
     initial_weights: dict[str, Any] | None = None
     resume: bool = False
     progress: bool = True
+    dense: dict[str, int] | None = None
 
     def evaluate(self, model: nn.Module) -> float:
         """Top-1 accuracy of ``model`` on the test split (reported, never used for selection)."""
@@ -345,17 +362,23 @@ class MethodContext:
         after: float,
         **columns: Any,
     ) -> dict[str, Any]:
-        """One ``rounds.csv`` row for ``model`` (remaining %, compression and MACs measured here), logged."""
+        """One ``rounds.csv`` row for ``model`` (remaining %, compression and MACs measured here), logged.
+
+        Remaining percent, compression and MACs ratio are relative to :attr:`dense` (the model itself
+        when unset), so rounds after surgery count the removed channels.
+        """
         m = self.measure(model)
+        relative = dense_relative(m, self.dense or m)
         row = {
             "round": index,
             "target_sparsity": round(float(target), 6),
             "sparsity": round(float(sparsity), 6),
             "accuracy_before_finetune": round(before, 6),
             "accuracy_after_finetune": round(after, 6),
-            "remaining_percent": round(100.0 * m["params_nonzero"] / m["params_total"], 4),
-            "compression": round(m["params_total"] / max(m["params_nonzero"], 1), 4),
+            "remaining_percent": round(100.0 * (1.0 - relative["sparsity"]), 4),
+            "compression": round(relative["compression"], 4),
             "macs_effective": m["macs_effective"],
+            "macs_ratio": round(relative["macs_ratio"], 4),
             **columns,
         }
         self.log(
