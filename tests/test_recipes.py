@@ -76,7 +76,11 @@ def test_docs_show_recipe_snippets() -> None:
 
 @pytest.mark.parametrize("where,block", DOC_SNIPPETS, ids=[w for w, _ in DOC_SNIPPETS])
 def test_every_doc_recipe_snippet_validates(where: str, block: str) -> None:
-    recipe_from_dict(yaml.safe_load(block))
+    # A snippet without a model is a prune fragment: check it on a small CNN with BatchNorm (the default
+    # MLP has neither the BN scales slimming ranks nor the KxK convolutions interspace pruning needs).
+    data = yaml.safe_load(block)
+    data.setdefault("model", {"name": "small_cnn"})
+    recipe_from_dict(data)
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -305,7 +309,9 @@ def test_shared_field_the_method_does_not_read_is_an_error(prune: dict, field: s
 
 def test_reparam_none_is_not_a_given_field() -> None:
     # ``reparam: {name: none}`` is the default (a resolved config.yaml repeats it), so it is no error.
-    recipe = recipe_from_dict({"prune": {"method": "network_slimming", "reparam": {"name": "none"}}})
+    recipe = recipe_from_dict(
+        {"model": {"name": "small_cnn"}, "prune": {"method": "network_slimming", "reparam": {"name": "none"}}}
+    )
     assert recipe.prune.reparam.name == "none"
 
 
@@ -353,7 +359,10 @@ def test_merge_options_merges_nested_mappings_key_by_key() -> None:
 def test_options_are_parsed_once_and_kept_typed(method: str, options_class: str) -> None:
     from prunelab.methods.base import parse_options
 
-    recipe = recipe_from_dict({"prune": {"method": method}, "finetune": {"epochs": 1}})  # agp needs epochs
+    # agp needs epochs; slimming needs a model with BatchNorm
+    recipe = recipe_from_dict(
+        {"model": {"name": "small_cnn"}, "prune": {"method": method}, "finetune": {"epochs": 1}}
+    )
     options = recipe.prune.options
     assert type(options).__name__ == options_class
     assert isinstance(options, DRIVERS.get(recipe.prune.driver).options)
@@ -367,7 +376,9 @@ def test_dense_has_no_options() -> None:
 
 @pytest.mark.parametrize("method", METHODS.names())
 def test_resolved_recipe_of_every_method_revalidates_to_itself(method: str) -> None:
-    recipe = recipe_from_dict({"prune": {"method": method}, "finetune": {"epochs": 1}})
+    recipe = recipe_from_dict(
+        {"model": {"name": "small_cnn"}, "prune": {"method": method}, "finetune": {"epochs": 1}}
+    )
     again = recipe_from_dict(yaml.safe_load(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
     assert again.to_dict() == recipe.to_dict()
     assert again.prune.options == recipe.prune.options

@@ -122,10 +122,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """``prunelab validate FILE ...``: check recipes, and sweeps (``*.sweep.yaml``: every expanded run),
-    without running them."""
-    from prunelab.experiments.schema import load_recipe
+    without running them; every problem of a file is printed, one line each.
+
+    With ``--data-dir DIR`` (or ``--check-data``: the default data root) the dataset and pretrained
+    weights each recipe reads must also be present there.
+    """
+    from prunelab.experiments.schema import check_recipe_files, load_recipe
     from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
 
+    check_files = args.data_dir is not None or args.check_data
     failed = 0
     for path in args.recipes:
         try:
@@ -135,10 +140,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         f"{path}: --set applies to recipes; a sweep's overrides go in its stages"
                     )
                 spec = load_sweep(path)
-                detail = f" ({len(expand_sweep(spec, _sweep_dir(spec, None)))} runs)"
+                runs = expand_sweep(spec, _sweep_dir(spec, None))
+                if check_files:
+                    from prunelab.experiments.schema import recipe_from_dict
+
+                    data_dir = args.data_dir or spec.data_dir
+                    for run in runs:
+                        try:
+                            check_recipe_files(recipe_from_dict(run.recipe), data_dir)
+                        except ConfigError as exc:
+                            raise exc.prefixed(f"{path}: run {run.id}: ") from None
+                detail = f" ({len(runs)} runs)"
             else:
-                load_recipe(path, list(args.set or []))
+                recipe = load_recipe(path, list(args.set or []))
+                if check_files:
+                    try:
+                        check_recipe_files(recipe, args.data_dir)
+                    except ConfigError as exc:
+                        raise exc.prefixed(f"{path}: ") from None
                 detail = ""
+        except ConfigError as exc:
+            failed += 1
+            for line in exc.errors:
+                print(f"prunelab: error: {line}", file=sys.stderr)
         except PrunelabError as exc:
             failed += 1
             print(f"prunelab: error: {exc}", file=sys.stderr)
@@ -181,19 +205,23 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _sweep_dir(spec: SweepSpec, out: str | None) -> Path:
-    """The directory a sweep writes to: ``out``, or ``sweeps/<name>``."""
-    return Path(out) if out else Path("sweeps") / spec.name
+    """The directory a sweep writes to: ``out``, or ``sweeps/<name>`` (a checked name: never outside)."""
+    from prunelab.dataclass_yaml import check_name
+
+    return Path(out) if out else Path("sweeps") / check_name(spec.name, "sweep.name")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``prunelab sweep SWEEP.yaml``: run (or continue) a grid of recipes; exit 1 if any run failed."""
-    from prunelab.experiments.sweep import run_sweep
-    from prunelab.experiments.sweep_spec import expand_sweep, load_sweep
+    from prunelab.experiments.sweep import plan_sweep, run_sweep
+    from prunelab.experiments.sweep_spec import load_sweep
 
     spec = load_sweep(args.sweep)
     out = _sweep_dir(spec, args.out)
+    stages = None if args.stage is None else [s.strip() for s in args.stage.split(",") if s.strip()]
     if args.dry_run:
-        for run in expand_sweep(spec, out):
+        # The checks of a real sweep that write nothing (options, every run), then the chosen stages' runs.
+        for run in plan_sweep(spec, out, workers=args.workers, stages=stages).selected():
             print(f"{run.stage}\t{run.id}\t{' '.join(f'{k}={v}' for k, v in run.overrides)}")
         return 0
     result = run_sweep(
@@ -202,7 +230,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         data_dir=args.data_dir,
         echo=None if args.quiet else print,
-        stages=[s.strip() for s in args.stage.split(",") if s.strip()] if args.stage else None,
+        stages=stages,
     )
     print(
         f"sweep {spec.name}: {result.done}/{result.total} done ({result.skipped} already finished, "
@@ -338,12 +366,21 @@ def _add_validate(sub: Any) -> None:
     p = sub.add_parser(
         "validate",
         help="check recipes without running them",
-        description="Validate recipes, and sweep files (*.sweep.yaml) run by run: unknown keys, wrong "
-        "types, out-of-range values and unknown names are reported as 'file: field.path: reason'; "
-        "exit code 2 on any error.",
+        description="Validate recipes, and sweep files (*.sweep.yaml) run by run, with every check a run "
+        "makes before training: unknown keys, wrong types, out-of-range values, unknown names, model and "
+        "data options, include/exclude patterns, the method's requirements; with --data-dir, the data "
+        "and weights files. Every problem is reported as 'file: field.path: reason'; exit code 2 on any.",
     )
     p.add_argument("recipes", nargs="+", help="recipe YAML files, or sweep files (*.sweep.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override applied before validation")
+    p.add_argument(
+        "--data-dir", help="also check that the datasets and pretrained weights the recipes read are in DIR"
+    )
+    p.add_argument(
+        "--check-data",
+        action="store_true",
+        help="also check datasets and weights in the default data root ($PRUNELAB_DATA or ~/.cache/prunelab)",
+    )
     p.set_defaults(func=cmd_validate)
 
 
@@ -445,6 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrunelabError as exc:
         print(f"prunelab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The environment, not prunelab: a full disk, a permission, a vanished path. One line, no traceback.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"prunelab: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)
         return 130

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -20,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from prunelab.errors import ConfigError
+from prunelab.errors import ConfigError, ErrorCollector
 
 __all__ = ["build_section", "check_name", "load_yaml_file", "parse_overrides", "set_dotted"]
 
@@ -162,11 +163,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         # YAML reads 1e-3 (no dot) as a string; accept it as the number the user meant.
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -185,13 +188,19 @@ def build_section(cls: Any, data: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
+    # Every key is checked, so one pass reports all the section's mistakes (nested sections included).
+    errors = ErrorCollector()
     for key, value in data.items():
         sub = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(fields))}"
-            raise ConfigError(f"{sub}: unknown key{hint}")
-        kwargs[key] = _convert(value, hints[key], sub)
+        with errors:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+                hint = (
+                    f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(fields))}"
+                )
+                raise ConfigError(f"{sub}: unknown key{hint}")
+            kwargs[key] = _convert(value, hints[key], sub)
+    errors.raise_if_any()
     try:
         return cls(**kwargs)
     except ConfigError as exc:

@@ -19,9 +19,63 @@ class PrunelabError(Exception):
 
 
 class ConfigError(PrunelabError):
-    """A recipe or option is invalid; the message reads ``file: field.path: reason``."""
+    """A recipe or option is invalid; the message reads ``file: field.path: reason``.
+
+    Validation collects every problem it can find in one pass (``errors``, one line each); the message
+    is the first of them and says how many more there are, so a run still fails with one line while
+    ``prunelab validate`` prints them all.
+
+    Attributes:
+        errors: every problem found, one line each (``[message]`` for a single one).
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, errors: list[str] | None = None) -> None:
+        self.errors: list[str] = list(errors) if errors else [message]
+        more = len(self.errors) - 1
+        message = self.errors[0]
+        if more:
+            message = (
+                f"{self.errors[0]} (and {more} more error{'s' if more > 1 else ''}; "
+                "prunelab validate lists them all)"
+            )
+        super().__init__(message)
+
+    def prefixed(self, prefix: str) -> ConfigError:
+        """The same errors, each starting with ``prefix`` (a file name, a section path)."""
+        return ConfigError(errors=[f"{prefix}{e}" for e in self.errors])
+
+
+class ErrorCollector:
+    """Gathers the :class:`ConfigError` s of independent checks, so one pass reports all of them.
+
+    Example:
+        >>> errors = ErrorCollector()
+        >>> with errors:
+        ...     raise ConfigError("a: bad")
+        >>> with errors:
+        ...     raise ConfigError("b: bad")
+        >>> errors.messages
+        ['a: bad', 'b: bad']
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __enter__(self) -> ErrorCollector:  # noqa: PYI034 - typing.Self needs Python 3.11
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, ConfigError):
+            self.messages.extend(exc.errors)
+            return True  # collected; the next check runs
+        return False
+
+    def raise_if_any(self) -> None:
+        """Raise one :class:`ConfigError` carrying every collected message, if there are any."""
+        if self.messages:
+            raise ConfigError(errors=self.messages)
 
 
 class DataNotFoundError(PrunelabError):

@@ -14,6 +14,7 @@ from prunelab.criteria import bn_scale, l1_filter, magnitude, pls_vip, random_sc
 from prunelab.criteria.registry import (
     CRITERIA,
     build_criterion,
+    check_criterion,
     check_level,
     describe_criteria,
     levels_of,
@@ -27,6 +28,7 @@ __all__ = [
     "CRITERIA",
     "bn_scale",
     "build_criterion",
+    "check_criterion",
     "check_level",
     "describe_criteria",
     "l1_filter",

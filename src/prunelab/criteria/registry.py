@@ -14,14 +14,14 @@ Which level a registered factory has is read from the factory itself
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prunelab.core.criterion import LEVELS, Level, criterion_levels
 from prunelab.errors import ConfigError
 from prunelab.registry import Registry
 
-__all__ = ["CRITERIA", "build_criterion", "check_level", "describe_criteria", "levels_of", "names_at"]
+__all__ = ["CRITERIA", "build_criterion", "check_criterion", "check_level", "describe_criteria", "levels_of", "names_at"]
 
 #: Criterion factories by name, both levels: ``build_criterion("magnitude", "entry", p=2)``.
 CRITERIA: Registry[Callable[..., Any]] = Registry("criterion")
@@ -86,6 +86,21 @@ def build_criterion(name: str, level: Level, /, **kwargs: Any) -> Any:
         return CRITERIA.get(name)(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"criterion {name!r}: bad options {kwargs} ({exc})") from None
+
+
+def check_criterion(name: str, level: Level, kwargs: Mapping[str, Any] | None = None) -> None:
+    """Fail at validation unless ``name`` is a criterion of ``level`` that accepts the options ``kwargs``.
+
+    Building checks the name, the level and the options at once (criteria are cheap to construct), so a
+    typo in ``criterion_kwargs`` fails before anything trains.
+
+    Raises:
+        ConfigError: ``criterion: reason``; the options section adds its path.
+    """
+    try:
+        build_criterion(name, level, **dict(kwargs or {}))
+    except ConfigError as exc:
+        raise ConfigError(f"criterion: {exc}") from None
 
 
 def describe_criteria() -> list[tuple[str, tuple[Level, ...], str]]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from prunelab.dataclass_yaml import build_section, load_yaml_file, parse_overrides, set_dotted
-from prunelab.errors import ConfigError, PrunelabError
+from prunelab.dataclass_yaml import build_section, check_name, load_yaml_file, parse_overrides, set_dotted
+from prunelab.errors import ConfigError, ErrorCollector, PrunelabError
 from prunelab.reparam import ReparamConfig
 from prunelab.training.config import TrainSection
 
@@ -137,6 +138,20 @@ class EvalSection:
     latency_repeats: int = 20
     batch_size: int = 256
 
+    def __post_init__(self) -> None:
+        # Checked here so a bad value fails at validation, not after the training it would follow.
+        bad = [b for b in self.latency_batch_sizes if b < 1]
+        if bad:
+            raise ConfigError(
+                f"latency_batch_sizes: {bad[0]} is not a batch size; use positive integers, e.g. [1, 64]"
+            )
+        if self.latency and not self.latency_batch_sizes:
+            raise ConfigError("latency_batch_sizes: empty; give at least one batch size, or latency: false")
+        if self.latency_repeats < 1:
+            raise ConfigError("latency_repeats: must be >= 1 (timed repetitions per batch size)")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+
 
 @dataclass
 class Recipe:
@@ -153,6 +168,7 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
 
     def __post_init__(self) -> None:
+        check_name(self.name, "name")  # it becomes the run directory's name
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ConfigError(
                 f"device: {self.device!r} is not a device; use auto (CUDA when available), cpu, cuda or cuda:N"
@@ -167,11 +183,23 @@ class Recipe:
 # Loading and validation
 
 
-def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ()) -> Recipe:  # type: ignore[assignment]
+def recipe_from_dict(
+    raw: dict[str, Any],
+    overrides: list[tuple[str, Any]] = (),  # type: ignore[assignment]
+    *,
+    check_paths: bool = False,
+) -> Recipe:
     """Build and validate a :class:`Recipe` from plain data (method preset merged, overrides last).
 
+    ``check_paths`` also requires a ``model.init`` path to exist (a recipe about to run; a sweep's
+    later stage names a run directory an earlier stage has not written yet).
+
+    Every independent check runs, so the error carries all problems found (``ConfigError.errors``):
+    the sections' keys and values first; the names, the model's options and the method's
+    cross-checks once the sections parse.
+
     Raises:
-        ConfigError: ``field.path: reason`` for the first problem found.
+        ConfigError: ``field.path: reason`` for each problem found.
     """
     data = copy.deepcopy(raw) if raw is not None else {}
     if not isinstance(data, dict):
@@ -181,11 +209,22 @@ def recipe_from_dict(raw: dict[str, Any], overrides: list[tuple[str, Any]] = ())
     prune = data.get("prune") or {}
     if not isinstance(prune, dict):
         raise ConfigError("prune: expected a mapping")
-    data["prune"] = _resolve_prune(prune)
-    options = data["prune"].pop("options")
-    recipe = build_section(Recipe, data, "")
-    recipe.prune.options = _parse_method_options(recipe.prune, options)
-    check_names(recipe)
+    errors = ErrorCollector()
+    options: Any = None
+    with errors:
+        data["prune"] = _resolve_prune(prune)
+        options = data["prune"].pop("options")
+    if options is None:  # the prune section failed; still check the others
+        data["prune"] = {}
+    recipe = None
+    with errors:
+        recipe = build_section(Recipe, data, "")
+    if recipe is None or options is None:
+        errors.raise_if_any()
+    with errors:
+        recipe.prune.options = _parse_method_options(recipe.prune, options)
+        check_names(recipe, check_paths=check_paths)
+    errors.raise_if_any()
     return recipe
 
 
@@ -240,37 +279,62 @@ def _parse_method_options(section: PruneSection, options: dict[str, Any]) -> Any
     return parse_options(section.driver, options)
 
 
-def check_names(recipe: Recipe) -> None:
-    """Resolve every registry name and model/data option of ``recipe`` (cheap: nothing is trained)."""
-    from prunelab.data import DATASETS
-    from prunelab.methods import DRIVERS
+def check_names(recipe: Recipe, *, check_paths: bool = False) -> None:
+    """Every check of ``recipe`` that needs no data: registry names, the model and data options, the
+    init file, the include/exclude patterns, the method's and the reparametrization's cross-checks.
+
+    Cheap: the model is built on the meta device (layers, no weights) and nothing is loaded or trained.
+    ``check_paths``: a ``model.init`` path must exist.
+    Independent checks all run; the :class:`ConfigError` carries every problem found.
+    """
+    from prunelab.data import DATASETS, check_dataset_options
     from prunelab.models import PRETRAINED, check_model_name
 
-    # A zoo name, torchvision:<name>, timm:<name> or package.module:callable (prunelab.models.external).
-    try:
-        check_model_name(recipe.model.name)
-    except ConfigError as exc:
-        raise ConfigError(f"model.name: {exc}") from None
-    reserved = sorted({"num_classes", "input_shape"} & set(recipe.model.kwargs))
-    if reserved:
-        raise ConfigError(
-            f"model.kwargs.{reserved[0]}: set by the data (its classes and input shape); remove it"
-        )
-    if recipe.data.name not in DATASETS:
-        raise ConfigError(f"data.name: {DATASETS.unknown_message(recipe.data.name)}")
-    if recipe.model.init == "pretrained":
+    errors = ErrorCollector()
+    model = None
+    with errors:
+        # A zoo name, torchvision:<name>, timm:<name> or package.module:callable (prunelab.models.external).
+        try:
+            check_model_name(recipe.model.name)
+        except ConfigError as exc:
+            raise ConfigError(f"model.name: {exc}") from None
+        reserved = sorted({"num_classes", "input_shape"} & set(recipe.model.kwargs))
+        if reserved:
+            raise ConfigError(
+                f"model.kwargs.{reserved[0]}: set by the data (its classes and input shape); remove it"
+            )
+        model = _meta_model(recipe)
+    with errors:
+        if recipe.data.name not in DATASETS:
+            raise ConfigError(f"data.name: {DATASETS.unknown_message(recipe.data.name)}")
+        check_dataset_options(recipe.data.name, recipe.data.kwargs)
+    with errors:
+        _check_init(recipe, PRETRAINED, check_paths)
+    if model is not None:
+        with errors:
+            _check_patterns(recipe, model)
+        with errors:
+            _check_method(recipe, model)
+    errors.raise_if_any()
+
+
+def _check_init(recipe: Recipe, pretrained: Any, check_paths: bool) -> None:
+    """``model.init``: registered weights that exist in the registry, or (``check_paths``) a path that exists."""
+    init = recipe.model.init
+    if init == "pretrained":
         if recipe.model.pretrained is None:
             raise ConfigError("model.pretrained: required with init: pretrained (e.g. resnet20_cifar10)")
-        if recipe.model.pretrained not in PRETRAINED:
-            raise ConfigError(f"model.pretrained: {PRETRAINED.unknown_message(recipe.model.pretrained)}")
-    driver = DRIVERS.get(recipe.prune.driver)
-    if driver.check is not None:
-        driver.check(recipe.prune.options, recipe)
-    _check_model_kwargs(recipe)
+        if recipe.model.pretrained not in pretrained:
+            raise ConfigError(f"model.pretrained: {pretrained.unknown_message(recipe.model.pretrained)}")
+    if check_paths and init not in ("scratch", "pretrained") and not Path(init).exists():
+        raise ConfigError(
+            f"model.init: {init!r} is neither scratch, pretrained, nor an existing weights file or run directory; "
+            "check the path"
+        )
 
 
-def _check_model_kwargs(recipe: Recipe) -> None:
-    """Check ``model.kwargs`` and ``model.head`` on the model built on the meta device."""
+def _meta_model(recipe: Recipe) -> Any:
+    """The recipe's model built on the meta device (checks ``model.kwargs`` and ``model.head``)."""
     import torch
 
     from prunelab.core.targets import find_head
@@ -286,21 +350,106 @@ def _check_model_kwargs(recipe: Recipe) -> None:
             raise ConfigError(f"model.kwargs: {exc}") from None
     if recipe.model.head is not None:
         find_head(model, (), recipe.model.head)  # a named head is checked, not traced
+    return model
+
+
+def _check_patterns(recipe: Recipe, model: Any) -> None:
+    """Each ``prune.include`` / ``prune.exclude`` glob names at least one module of the model.
+
+    A pattern that matches nothing is a typo that would leave the intended layers pruned (exclude) or
+    fail after dense training (include), so it fails here.
+    """
+    import fnmatch
+
+    names = [name for name, _ in model.named_modules() if name]
+    errors = ErrorCollector()
+    for key in ("include", "exclude"):
+        for i, pattern in enumerate(getattr(recipe.prune, key) or []):
+            with errors:
+                if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                    close = difflib.get_close_matches(pattern, names, n=1)
+                    hint = (
+                        f"did you mean {close[0]!r}?"
+                        if close
+                        else f"module names: {', '.join(names[:6])}, ..."
+                    )
+                    raise ConfigError(
+                        f"prune.{key}[{i}]: {pattern!r} matches no module of {recipe.model.name}; {hint}"
+                    )
+    errors.raise_if_any()
+
+
+def _check_method(recipe: Recipe, model: Any) -> None:
+    """The method's and the reparametrization's cross-checks against the recipe and the (meta) model."""
+    from prunelab.methods import DRIVERS
+    from prunelab.reparam import check_reparam
+
+    p = recipe.prune
+    errors = ErrorCollector()
+    driver = DRIVERS.get(p.driver)
+    with errors:
+        if driver.check is not None:
+            driver.check(p.options, recipe, model)
+    with errors:
+        check_reparam(p.reparam, model, p.include, p.exclude, getattr(p.options, "granularity", None))
+    errors.raise_if_any()
+
+
+def check_recipe_files(recipe: Recipe, data_dir: str | None = None) -> None:
+    """Fail unless the files ``recipe`` reads are present: its dataset and its registered pretrained
+    weights, looked up where a run would look (``data_dir``, else ``$PRUNELAB_DATA`` or
+    ``~/.cache/prunelab``). Nothing is loaded; with ``data.download: true`` missing files are fine.
+
+    Raises:
+        ConfigError: one ``data.name`` / ``model.pretrained`` line per missing file, with where it
+            looked and how to get it.
+    """
+    from prunelab.data import check_dataset_present
+    from prunelab.models.pretrained import check_pretrained_present
+
+    errors = ErrorCollector()
+    with errors:
+        try:
+            check_dataset_present(recipe.data.name, data_dir, recipe.data.download)
+        except PrunelabError as exc:
+            raise ConfigError(f"data.name: {exc}") from None
+    if recipe.model.init == "pretrained" and recipe.model.pretrained is not None:
+        with errors:
+            try:
+                check_pretrained_present(recipe.model.pretrained, data_dir, recipe.data.download)
+            except PrunelabError as exc:
+                raise ConfigError(f"model.pretrained: {exc}") from None
+    errors.raise_if_any()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, merge and validate a recipe file.
 
+    An empty file is an error (it would train every default); a recipe without ``name`` is named
+    after the file (made a safe name).
+
     Raises:
-        ConfigError: ``file: field.path: reason``.
+        ConfigError: ``file: field.path: reason`` for each problem found (``ConfigError.errors``).
     """
     path = Path(path)
     raw = load_yaml_file(path, "recipe")
+    if raw is None or raw == {}:
+        raise ConfigError(
+            f"{path}: the recipe is empty; give at least model, data and prune sections (see recipes/ for examples)"
+        )
     try:
         parsed = parse_overrides(overrides or [])
-        recipe = recipe_from_dict(raw or {}, parsed)
+        recipe = recipe_from_dict(raw, parsed, check_paths=True)
+    except ConfigError as exc:
+        raise exc.prefixed(f"{path}: ") from None
     except PrunelabError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if recipe.name == Recipe.name:
-        recipe.name = path.stem
+        recipe.name = _name_from_file(path)
     return recipe
+
+
+def _name_from_file(path: Path) -> str:
+    """A safe run name from a recipe file's name (``my recipe.yaml`` -> ``my-recipe``)."""
+    name = re.sub(r"[^A-Za-z0-9._+=-]+", "-", path.stem).strip(".-")[:128].rstrip(".")
+    return name or "recipe"

@@ -15,7 +15,8 @@ A driver declares what it needs instead of the runner guessing from option names
 - ``reads``: which shared ``prune`` fields it reads at all (a field it does not read is an error);
 - ``needs_initial_weights(options)``: whether the runner must keep the weights before any training
   (lottery-ticket and relief rewinding);
-- ``check(options, recipe)``: cross-section checks run at validation time, before anything trains.
+- ``check(options, recipe, model)``: cross-section checks run at validation time, before anything trains
+  (``model`` is the recipe's network built on the meta device: names and layer types, no weights).
 
 A **method** (``prune.method`` in a recipe, ``prunelab list methods``) is a preset: a driver plus
 default options and, for drivers that read it, a default sparsity. A recipe's ``prune.options`` are
@@ -115,8 +116,9 @@ class Driver:
         uses_sparsity: whether ``prune.sparsity`` is the method's target.
         reads: the shared ``prune`` fields (:data:`SHARED_FIELDS`) the method reads.
         needs_initial_weights: ``fn(options) -> bool``: keep the weights before any training for it.
-        check: ``fn(options, recipe)`` raising :class:`~prunelab.errors.ConfigError` for a recipe the
-            method cannot run (checked at validation, before anything trains); ``None`` for none.
+        check: ``fn(options, recipe, model)`` raising :class:`~prunelab.errors.ConfigError` for a recipe
+            the method cannot run (checked at validation, before anything trains; ``model`` is built on
+            the meta device, so it has the layers but no weights); ``None`` for none.
     """
 
     run: Callable[[MethodContext, Any], MethodResult]
@@ -125,7 +127,7 @@ class Driver:
     uses_sparsity: bool = True
     reads: frozenset[str] = SHARED_FIELDS
     needs_initial_weights: Callable[[Any], bool] = _never
-    check: Callable[[Any, Any], None] | None = None
+    check: Callable[[Any, Any, Any], None] | None = None
 
 
 #: Drivers by name (``prunelab list drivers``).
@@ -139,7 +141,7 @@ def register_driver(
     uses_sparsity: bool = True,
     reads: frozenset[str] | set[str] | None = None,
     needs_initial_weights: bool | Callable[[Any], bool] = False,
-    check: Callable[[Any, Any], None] | None = None,
+    check: Callable[[Any, Any, Any], None] | None = None,
 ) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
     """Decorator registering ``fn(ctx, options) -> MethodResult`` as the driver ``name``.
 

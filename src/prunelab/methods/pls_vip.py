@@ -59,13 +59,12 @@ from torch import Tensor, nn
 
 from prunelab.core.criterion import score_groups
 from prunelab.core.selectors import guard_min_keep
-from prunelab.criteria import build_criterion
+from prunelab.criteria import build_criterion, check_criterion
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 from prunelab.methods.structured import (
     Record,
     channel_graph,
-    check_group_criterion,
     structured_round,
 )
 
@@ -139,7 +138,7 @@ class PlsVipOptions:
             raise ConfigError("finetune_epochs: must be >= 0, or null for finetune.epochs")
         if self.tolerance <= 0:
             raise ConfigError("tolerance: must be > 0")
-        check_group_criterion(self.criterion)
+        check_criterion(self.criterion, "group")
         # The PLS settings are checked by the criterion they configure; its messages start with the field.
         build_criterion("pls_vip", "group", **self.pls_settings())
 

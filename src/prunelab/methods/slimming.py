@@ -40,11 +40,11 @@ from torch import Tensor, nn
 
 from prunelab.core.criterion import GroupMemberLike, MemberGroupCriterion, Stats, score_groups
 from prunelab.core.selectors import guard_min_keep, select_channels
-from prunelab.criteria import build_criterion
+from prunelab.criteria import build_criterion, check_criterion
 from prunelab.dataclass_yaml import build_section
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
-from prunelab.methods.structured import channel_graph, check_group_criterion, structured_round
+from prunelab.methods.structured import channel_graph, structured_round
 from prunelab.training.config import TrainSection
 
 __all__ = ["ProximalSlimmingOptions", "SlimmingOptions", "StructuredOptions"]
@@ -141,7 +141,7 @@ class StructuredOptions(_Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_group_criterion(self.criterion, self.criterion_kwargs)
+        check_criterion(self.criterion, "group", self.criterion_kwargs)
 
 
 #: Channel surgery reads these shared fields; ``include`` and ``reparam`` have no meaning for it.
@@ -254,7 +254,24 @@ def _finish(
     )
 
 
-@register_driver("slimming", options=SlimmingOptions, reads=_READS)
+def _check_batchnorm(options: Any, recipe: Any, model: nn.Module) -> None:
+    """Slimming needs affine BatchNorm layers (their scales γ carry the L1 pressure and the ranking)."""
+    from prunelab.regularizers import batchnorm_layers
+
+    if not batchnorm_layers(model):
+        raise ConfigError(
+            f"prune.method: {recipe.prune.method!r} ranks channels by BatchNorm scales, but model "
+            f"{recipe.model.name!r} has no affine BatchNorm layer; use method l1_filter or a model with BatchNorm"
+        )
+
+
+def _check_structured(options: StructuredOptions, recipe: Any, model: nn.Module) -> None:
+    """A BN-scale criterion needs BatchNorm layers, like slimming."""
+    if options.criterion == "bn_scale":
+        _check_batchnorm(options, recipe, model)
+
+
+@register_driver("slimming", options=SlimmingOptions, reads=_READS, check=_check_batchnorm)
 def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
     """Network slimming: L1 on BN γ during training, global |γ| threshold, surgery, fine-tune (Liu et al. 2017)."""
     from prunelab.regularizers import L1SubgradientHook
@@ -282,7 +299,11 @@ def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
 
 
 @register_driver(
-    "proximal_slimming", options=ProximalSlimmingOptions, uses_sparsity=False, reads=_READS - {"sparsity"}
+    "proximal_slimming",
+    options=ProximalSlimmingOptions,
+    uses_sparsity=False,
+    reads=_READS - {"sparsity"},
+    check=_check_batchnorm,
 )
 def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) -> MethodResult:
     """Proximal network slimming: ξ/γ proximal updates, prune where ξ = 0, fine-tuning optional (Bui et al. 2023)."""
@@ -317,7 +338,7 @@ def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) 
                    gamma_zero_share=float((torch.cat(list(gamma.values())) == 0).float().mean()))  # fmt: skip
 
 
-@register_driver("structured", options=StructuredOptions, reads=_READS)
+@register_driver("structured", options=StructuredOptions, reads=_READS, check=_check_structured)
 def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResult:
     """One-shot structured channel pruning by a group criterion (L1-filter, BN scale, ...), surgery, fine-tune."""
 

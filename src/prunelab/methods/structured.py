@@ -11,7 +11,7 @@ is the same sequence for all of them, written here once:
    section, evaluated again if it trained, measured, and its ``rounds.csv`` row is recorded.
 
 Also here, for the same methods: the channel graph of the recipe's model (:func:`channel_graph`), the
-group-level criterion a method's options name (:func:`check_group_criterion`); the statistics a
+group-level criterion a method's options name (:func:`prunelab.criteria.check_criterion`); the statistics a
 criterion requires come from :meth:`prunelab.methods.base.MethodContext.statistics`.
 """
 
@@ -23,11 +23,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from prunelab.criteria import build_criterion
-from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext
 
-__all__ = ["StructuredRound", "channel_graph", "check_group_criterion", "structured_round"]
+__all__ = ["StructuredRound", "channel_graph", "structured_round"]
 
 #: What a method records for a round: ``(target, sparsity, extra rounds.csv columns)`` from the compacted,
 #: fine-tuned model, the surgery report and the model's measures (``MethodContext.measure``).
@@ -60,20 +58,6 @@ def channel_graph(ctx: MethodContext, model: nn.Module) -> Any:
     from prunelab.surgery import ChannelGraph
 
     return ChannelGraph(model, ctx.input_shape, exclude=list(ctx.exclude or []), head=ctx.head)
-
-
-def check_group_criterion(name: str, kwargs: Mapping[str, Any] | None = None) -> None:
-    """Fail at validation unless ``name`` is a group-level criterion that accepts ``kwargs``.
-
-    Raises:
-        ConfigError: ``criterion: reason`` (an unknown name, an entry-level criterion, bad options); the
-            options section adds its path.
-    """
-    try:
-        # Building checks the level and the options at once; criteria are cheap to construct.
-        build_criterion(name, "group", **dict(kwargs or {}))
-    except ConfigError as exc:
-        raise ConfigError(f"criterion: {exc}") from None
 
 
 def structured_round(

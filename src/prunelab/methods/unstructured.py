@@ -25,21 +25,7 @@ from typing import Any, Literal
 from prunelab.errors import ConfigError
 from prunelab.methods.base import MethodContext, MethodResult, register_driver, register_method
 
-__all__ = ["AGPOptions", "IterativeOptions", "MaskOptions", "check_criterion"]
-
-
-def check_criterion(name: str, level: str) -> None:
-    """Fail unless ``name`` is a registered criterion that works at ``level`` (``entry`` or ``group``).
-
-    Raises:
-        ConfigError: ``criterion: reason`` (the caller's section adds the path).
-    """
-    from prunelab.criteria import check_level
-
-    try:
-        check_level(name, level)
-    except ConfigError as exc:
-        raise ConfigError(f"criterion: {exc}") from None
+__all__ = ["AGPOptions", "IterativeOptions", "MaskOptions"]
 
 
 @dataclass
@@ -60,8 +46,9 @@ class MaskOptions:
 
     def __post_init__(self) -> None:
         from prunelab.core.granularity import GRANULARITIES
+        from prunelab.criteria import check_criterion
 
-        check_criterion(self.criterion, "entry")
+        check_criterion(self.criterion, "entry", self.criterion_kwargs)
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity: {GRANULARITIES.unknown_message(self.granularity)}")
 
@@ -167,7 +154,7 @@ def run_iterative(ctx: MethodContext, options: IterativeOptions) -> MethodResult
     return prune_rounds(ctx, options, targets, rewind=options.rewind)
 
 
-def _check_agp(options: AGPOptions, recipe: Any) -> None:
+def _check_agp(options: AGPOptions, recipe: Any, model: Any) -> None:
     if recipe.finetune.epochs == 0:
         raise ConfigError("finetune.epochs: agp prunes gradually during fine-tuning, so it needs epochs > 0")
 

@@ -26,6 +26,7 @@ from prunelab.reparam.interspace import (
     interspace_layers,
     interspace_state_dict,
     load_interspace_state_dict,
+    supports_interspace,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "attach_from_config",
     "attach_interspace",
     "attach_reparam",
+    "check_reparam",
     "compact_interspace",
     "dct_basis",
     "interspace_costs",
@@ -57,10 +59,15 @@ class Reparametrization:
         costs: ``costs(model, input_shape) -> dict`` of the honest inference costs of a model carrying
             it (recorded in ``summary.json`` under the reparametrization's name); ``None`` when its costs
             are the plain model's.
+        supports: ``supports(module, param) -> bool``, whether a target can carry it (checked at
+            validation: a recipe whose targets include none fails before training); ``None`` = any.
+        granularities: the mask granularities it is meaningful at; ``None`` = any.
     """
 
     attach: Callable[..., list[str]]
     costs: Callable[..., dict[str, Any]] | None = None
+    supports: Callable[[Any, str], bool] | None = None
+    granularities: tuple[str, ...] | None = None
 
 
 def _attach_nothing(targets: Iterable[Any], **options: Any) -> list[str]:
@@ -75,7 +82,17 @@ REPARAMS.register("none", help="Standard pruning: masks act on the weights thems
 REPARAMS.register(
     "interspace",
     help="Interspace pruning: K×K conv filters as coefficients over a trainable filter basis (CVPR 2022).",
-)(Reparametrization(attach_to_targets, interspace_costs))
+)(
+    Reparametrization(
+        attach_to_targets,
+        interspace_costs,
+        supports=supports_interspace,
+        # IP is defined on individual coefficients (Wimmer et al. prune them with unstructured
+        # methods). A mask over whole filters or input channels removes structure no basis can change,
+        # and such a run silently collapses (global filter masks empty whole layers): refused.
+        granularities=("element", "kernel"),
+    )
+)
 
 
 @dataclass
@@ -110,6 +127,40 @@ class ReparamConfig:
     def as_dict(self) -> dict[str, Any]:
         """Plain data (stored in checkpoints' ``arch``)."""
         return asdict(self)
+
+
+def check_reparam(
+    config: ReparamConfig,
+    model: Any,
+    include: Any = None,
+    exclude: Any = None,
+    granularity: str | None = None,
+) -> None:
+    """Fail at validation unless ``config``'s reparametrization fits the recipe (``model`` may be on meta).
+
+    Checks that the mask ``granularity`` is one it is meaningful at and that at least one of the
+    targets the patterns select can carry it (IP needs a K×K convolution with ``groups=1``).
+
+    Raises:
+        ConfigError: ``prune.reparam...: reason; fix``.
+    """
+    if config.name == "none":
+        return
+    entry = REPARAMS.get(config.name)
+    if entry.granularities is not None and granularity is not None and granularity not in entry.granularities:
+        raise ConfigError(
+            f"prune.options.granularity: {granularity!r} masks whole filters or channels, which reparam "
+            f"{config.name!r} is not defined for; use {' or '.join(entry.granularities)}, or reparam: none"
+        )
+    if entry.supports is not None:
+        from prunelab.core.targets import find_targets
+
+        targets = find_targets(model, include=include, exclude=exclude)
+        if not any(entry.supports(t.module, t.param) for t in targets):
+            raise ConfigError(
+                f"prune.reparam.name: {config.name!r} applies to none of the {len(targets)} targeted layers "
+                "(interspace needs a KxK convolution with groups=1); use reparam: none or include such layers"
+            )
 
 
 def attach_reparam(targets: Iterable[Any], name: str | None, **options: Any) -> list[str]:
