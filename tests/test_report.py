@@ -156,3 +156,34 @@ def test_report_without_latency_skips_that_plot(tmp_path: Path) -> None:
     assert (tmp_path / "accuracy_vs_params.png").is_file()
     assert not (tmp_path / "accuracy_vs_latency.png").exists()
     assert "accuracy_vs_latency" not in (tmp_path / "report.md").read_text()
+
+
+def test_report_tables_are_relative_to_the_dense_model(tmp_path: Path) -> None:
+    """A structured run (400 of 1000 parameters left after surgery) and one written before the convention."""
+    structured = _record("pre", 0, 0.5, 0.7, 0.8, latency=1.0)
+    structured.update(
+        params_total=400, params_nonzero=400, params_dense_total=1000, sparsity=0.6, compression=2.5,
+        macs_effective=2000, macs_ratio=2.5, latency_speedup={"1": 1.6, "8": 2.0},
+    )  # fmt: skip
+    old = _record("pre", 1, 0.5, 0.72, 0.8)
+    old.update(
+        params_total=400, params_nonzero=400, params_dense_total=1000, sparsity=0.0, compression=1.0,
+        macs_effective=2000,
+    )  # fmt: skip
+    _fake_run(tmp_path, "new", structured)
+    _fake_run(tmp_path, "old", old)
+    records = {r["name"]: r for r in load_records(sorted((tmp_path / "runs").iterdir()))}
+    assert records["old"]["sparsity"] == pytest.approx(0.6) and records["old"]["compression"] == 2.5
+    assert records["old"]["macs_ratio"] == pytest.approx(5000 / 2000)
+    assert records["new"]["measured_speedup"] == 1.6
+    write_report([tmp_path], html=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "| 0.5 | 2 | 71.00 ± 1.41 | 80.00 ± 0.00 | 0.600 | 2.50x | 400 | 2,000 | 2.50x |" in md
+    assert (
+        "| new | 0 | 0.5 | agp | 0.600 | 0.7000 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 | 2.50x | 1.60x |"
+        in md
+    )
+    assert (
+        "| old | 1 | 0.5 | agp | 0.600 | 0.7200 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 | 2.50x | – |"
+        in md
+    )

@@ -58,6 +58,10 @@ def test_one_shot_run_directory(tmp_path: Path) -> None:
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert set(REQUIRED) <= set(on_disk)
     assert on_disk == json.loads(json.dumps(summary))
+    # Unstructured: the dense and final totals are equal, so the dense-relative figures are the plain ones.
+    assert on_disk["params_dense_total"] == on_disk["params_total"]
+    assert on_disk["sparsity"] == pytest.approx(1 - on_disk["params_nonzero"] / on_disk["params_total"])
+    assert on_disk["compression"] == pytest.approx(on_disk["params_total"] / on_disk["params_nonzero"])
     assert 0.0 <= on_disk["accuracy"] <= 1.0
     assert on_disk["targeted_sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert on_disk["compression"] == pytest.approx(on_disk["params_total"] / on_disk["params_nonzero"])
@@ -76,6 +80,36 @@ def test_one_shot_run_directory(tmp_path: Path) -> None:
         "scope": "global",
     }
     assert recipe_from_dict(config).to_dict() == config
+
+
+def test_structured_run_numbers_are_relative_to_the_dense_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Channel pruning + surgery: the compacted model is smaller, and the headline numbers show it."""
+    recipe = tmp_path / "l1.yaml"
+    # No driver-side speed comparison (speed_batch_sizes: []): the runner times dense and final itself.
+    prune = {"method": "l1_filter", "sparsity": 0.5, "options": {"speed_batch_sizes": []}}
+    recipe.write_text(yaml.safe_dump(_recipe(**prune).to_dict()))
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    dense, final = s["params_dense_total"], s["params_nonzero"]
+    assert s["params_total"] < dense  # surgery removed channels
+    assert s["sparsity"] == pytest.approx(1 - final / dense) and s["sparsity"] > 0.5
+    assert s["compression"] == pytest.approx(dense / final)
+    assert s["macs_ratio"] == pytest.approx(s["macs_dense"] / s["macs_effective"]) and s["macs_ratio"] > 1.5
+    assert set(s["latency_speedup"]) == set(s["latency_ms"]) == set(s["latency_dense_ms"]) == {"1", "8"}
+    for bs, speedup in s["latency_speedup"].items():
+        assert speedup == pytest.approx(s["latency_dense_ms"][bs] / s["latency_ms"][bs])
+    assert "params_dense_total" in s["parameter_convention"]
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"sparsity {s['sparsity']:.4f}, compression {s['compression']:.2f}x" in line
+    assert f"MACs {s['macs_ratio']:.2f}x" in line
+    with open(out / "rounds.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert float(row["remaining_percent"]) == pytest.approx(100 * final / dense, abs=1e-3)
+    assert float(row["compression"]) == pytest.approx(dense / final, abs=1e-3)
+    assert float(row["macs_ratio"]) == pytest.approx(s["macs_ratio"], abs=1e-3)
 
 
 def test_checkpoint_round_trip_reproduces_accuracy(tmp_path: Path) -> None:

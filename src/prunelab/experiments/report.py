@@ -11,6 +11,10 @@ and writes, beside ``report.md``:
   against remaining (non-zero) parameters, effective MACs and measured latency, one line per group,
   error bars = one standard deviation.
 
+Sparsity, compression, MACs ratio and measured speed-up are relative to the dense network of each
+run (see :mod:`prunelab.experiments.runner`), so structured runs whose surgery made the model smaller
+show what they removed; summaries written before that convention are brought to it on reading.
+
 Each run becomes a flat *record*: the ``summary.json`` fields, every recipe field of its ``config.yaml``
 under its dotted name (``prune.scope``, ``model.init``, ``data.image_size``), and the labels a sweep
 gave it (``vars.init`` in the sweep file → ``init``). ``--group-by`` takes any of these names.
@@ -54,9 +58,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("accuracy_dense", "dense acc.", "{:.4f}"),
     ("params_nonzero", "non-zero params", "{:,}"),
     ("params_total", "params", "{:,}"),
+    ("params_dense_total", "dense params", "{:,}"),
     ("compression", "compression", "{:.2f}x"),
     ("macs_effective", "eff. MACs", "{:,}"),
     ("macs_dense", "dense MACs", "{:,}"),
+    ("macs_ratio", "MACs ratio", "{:.2f}x"),
+    ("measured_speedup", "speed-up", "{:.2f}x"),
 )
 
 #: The plots of a report: (record key on the x axis, file name, axis label).
@@ -71,9 +78,12 @@ AGGREGATED: tuple[str, ...] = (
     "accuracy",
     "accuracy_dense",
     "sparsity",
+    "compression",
     "params_nonzero",
     "macs_effective",
+    "macs_ratio",
     "latency",
+    "measured_speedup",
 )
 
 
@@ -138,8 +148,23 @@ def load_summaries(runs: Sequence[Path]) -> list[dict[str, Any]]:
                 f"{run / 'summary.json'}: latency_ms is not a mapping of batch size to milliseconds; {_fix(run)}"
             )
         row["run_dir"] = str(run)
-        rows.append(row)
+        rows.append(_dense_relative(row))
     return rows
+
+
+def _dense_relative(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` with sparsity, compression and MACs ratio against the dense network.
+
+    Summaries from before that convention (no ``macs_ratio``) computed them on the final model alone,
+    which hides what surgery removed; they are recomputed from ``params_dense_total``.
+    """
+    from prunelab.methods.base import dense_relative
+
+    keys = ("params_total", "params_nonzero", "macs_dense", "macs_effective", "params_dense_total")
+    if "macs_ratio" in summary or not all(isinstance(summary.get(k), (int, float)) for k in keys):
+        return summary
+    dense = {"params_total": summary["params_dense_total"], "macs_dense": summary["macs_dense"]}
+    return {**summary, **dense_relative(summary, dense)}
 
 
 def _load_config(run: Path) -> dict[str, Any]:
@@ -193,7 +218,8 @@ def load_records(runs: Sequence[Path]) -> list[dict[str, Any]]:
 
     Summary fields win over recipe fields of the same name; the sweep label ``vars.X`` is available as
     ``X`` unless the summary already has that key, and as ``vars.X`` always. ``latency`` is the measured
-    latency at the smallest batch size (``latency_batch``).
+    latency at the smallest batch size (``latency_batch``), ``measured_speedup`` the dense model's
+    latency over it at that batch size.
     """
     records = []
     sweeps: dict[Path, dict[str, dict[str, Any]]] = {}
@@ -218,6 +244,9 @@ def load_records(runs: Sequence[Path]) -> list[dict[str, Any]]:
             batch = min(latency, key=lambda b: int(b))
             record["latency"] = latency[batch]
             record["latency_batch"] = int(batch)
+            speedup = summary.get("latency_speedup")
+            if isinstance(speedup, dict) and isinstance(speedup.get(batch), (int, float)):
+                record["measured_speedup"] = speedup[batch]
         records.append(record)
     return records
 
@@ -318,9 +347,12 @@ def grouped_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], x: st
         "accuracy (%)",
         "dense acc. (%)",
         "sparsity",
+        "compression",
         "non-zero params",
         "eff. MACs",
+        "MACs ratio",
         "latency (ms)",
+        "speed-up",
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in rows:
@@ -331,9 +363,12 @@ def grouped_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], x: st
             _pm(row, "accuracy", 100, 2),
             _pm(row, "accuracy_dense", 100, 2),
             _cell(row.get("sparsity_mean"), "{:.3f}"),
+            _cell(row.get("compression_mean"), "{:.2f}x"),
             _cell(round(row["params_nonzero_mean"]) if "params_nonzero_mean" in row else None, "{:,}"),
             _cell(round(row["macs_effective_mean"]) if "macs_effective_mean" in row else None, "{:,}"),
+            _cell(row.get("macs_ratio_mean"), "{:.2f}x"),
             _pm(row, "latency", 1, 3),
+            _cell(row.get("measured_speedup_mean"), "{:.2f}x"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -536,8 +571,11 @@ def write_report(
         (
             f"{len(records)} run(s), seeds {', '.join(map(str, seeds))}. Accuracy is final top-1 on the "
             "test split; parameters count every learnable tensor (BatchNorm included) and masked weights "
-            "as zeros; compression = params / non-zero params; effective MACs scale each conv/linear "
-            "layer's MACs by its weight density; latency is the median of the measured forward passes."
+            "as zeros; sparsity = 1 - non-zero params / dense params and compression = dense params / "
+            "non-zero params, against the dense network the method started from (so removed channels "
+            "count); effective MACs scale each conv/linear layer's MACs by its weight density, MACs ratio = "
+            "dense MACs / effective MACs; latency is the median of the measured forward passes, speed-up = "
+            "the dense network's latency / the final one's at the same batch size."
         ),
         "",
         f"## Grouped by {', '.join(group_by)} and target sparsity (mean ± std over runs)",
