@@ -170,18 +170,22 @@ def test_api_resume_with_overwrite_is_refused(finished: Path, tiny_recipe: Path,
     assert tree(finished) == before
 
 
-def test_overwrite_replaces_the_finished_run(
-    finished: Path, tiny_recipe: Path, capsys: pytest.CaptureFixture[str]
+def test_overwrite_replaces_the_finished_run_and_writes_only_there(
+    finished: Path, workdir: Path, tiny_recipe: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (finished / "summary.json").write_text(
         json.dumps({**json.loads((finished / "summary.json").read_text()), "name": "old"})
     )
     (finished / ".checkpoint.pt.stale123.tmp").write_bytes(b"half a checkpoint")
+    outside = {k: v for k, v in tree(workdir).items() if not k.startswith("run/")}
     code, out, err = cli(["run", tiny_recipe, "--out", finished, "--overwrite", "--quiet"], capsys)
     assert code == 0, err
     assert json.loads((finished / "summary.json").read_text())["name"] == "tiny"
     assert not list(finished.glob(".*.tmp"))
     assert str(finished) in out
+    # Nothing was written beside the chosen run directory.
+    assert {k: v for k, v in tree(workdir).items() if not k.startswith("run/")} == outside
+    assert sorted(p.name for p in workdir.iterdir()) == ["run", "tiny.yaml"]
 
 
 # --------------------------------------------------------------------------------------------------
