@@ -7,7 +7,10 @@ run`` in its own subprocess writing ``<sweep_dir>/runs/<run-id>`` from the recip
 that has one is done and never recomputed; a run without one is started again with ``--resume`` (it
 continues from its stage checkpoints). The SQLite index ``<sweep_dir>/sweep.db``
 (:mod:`prunelab.experiments.sweep_index`) records each run's status (pending / running / done /
-failed), error text and summary fields.
+failed), error text and summary fields; an index that cannot be read is moved aside and rebuilt from the
+runs' ``summary.json`` files. :func:`plan_sweep` does every check that needs no file written (options,
+every expanded recipe), then :func:`run_sweep` checks that the sweep directory can be written, so a bad
+input fails before any run starts.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from typing import Any, TextIO
 
 import yaml
 
-from prunelab._io import atomic_write_text
+from prunelab._io import atomic_write_text, ensure_writable_dir
+from prunelab.dataclass_yaml import check_name
 from prunelab.errors import ConfigError
 from prunelab.experiments.sweep_index import SweepIndex
-from prunelab.experiments.sweep_spec import RunSpec, SweepSpec, expand_sweep
+from prunelab.experiments.sweep_spec import RunSpec, SweepSpec, expand_sweep, select_stages
 
-__all__ = ["SweepResult", "run_sweep"]
+__all__ = ["SweepPlan", "SweepResult", "plan_sweep", "run_sweep"]
 
 
 @dataclass
@@ -53,6 +57,61 @@ class SweepResult:
     skipped: int
     executed: int
     failed: dict[str, str]
+
+
+@dataclass
+class SweepPlan:
+    """A sweep checked and expanded, ready to run; nothing has been written for it yet.
+
+    Attributes:
+        sweep_dir: the absolute sweep directory (not checked yet: :func:`plan_sweep` writes nothing).
+        runs: every run of the sweep, all stages, each recipe validated.
+        stages: the stages to run, in sweep order.
+        workers: runs executed at the same time.
+    """
+
+    sweep_dir: Path
+    runs: list[RunSpec]
+    stages: list[str]
+    workers: int
+
+    def selected(self) -> list[RunSpec]:
+        """The runs of the stages to run, in sweep order."""
+        return [run for run in self.runs if run.stage in self.stages]
+
+
+def plan_sweep(
+    spec: SweepSpec,
+    sweep_dir: str | Path,
+    *,
+    workers: int | None = None,
+    stages: Sequence[str] | None = None,
+) -> SweepPlan:
+    """Check the options, expand ``spec`` and validate every run; write nothing (``--dry-run`` is this).
+
+    Args:
+        spec: the parsed sweep.
+        sweep_dir: the sweep directory (``--out``).
+        workers: parallel runs (default: the sweep's ``workers``).
+        stages: the stages to run (default: all).
+
+    Raises:
+        ConfigError: one line for the first problem: ``--workers``, ``--stage``, or a run.
+    """
+    workers = spec.workers if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(
+            f"--workers {workers}: must be a positive integer (the runs executed at the same time)"
+        )
+    selected = select_stages(spec, None if stages is None else list(stages))
+    sweep_dir = Path(sweep_dir).resolve()
+    runs = expand_sweep(spec, sweep_dir)  # every run of every stage: later stages' ids and templates too
+    return SweepPlan(sweep_dir=sweep_dir, runs=runs, stages=selected, workers=workers)
+
+
+def _run_dir(sweep_dir: Path, run_id: str) -> Path:
+    """Where run ``run_id`` writes: always directly under ``sweep_dir/runs`` (its id is one path component)."""
+    return sweep_dir / "runs" / check_name(run_id, "run id")
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -116,16 +175,13 @@ def _recipe_text(run: RunSpec) -> str:
     return header + yaml.safe_dump(run.recipe, sort_keys=False)
 
 
-def _prepare_recipe(sweep_dir: Path, run: RunSpec, run_dir: Path) -> Path:
-    path = sweep_dir / "recipes" / f"{run.id}.yaml"
-    text = _recipe_text(run)
-    if path.is_file() and path.read_text() != text and run_dir.exists():
+def _check_recipe_unchanged(path: Path, text: str, run: RunSpec, run_dir: Path) -> None:
+    """Refuse to continue a started run under a different recipe (its files would mix two recipes)."""
+    if path.is_file() and run_dir.exists() and path.read_text(errors="replace") != text:
         raise ConfigError(
             f"run {run.id}: its recipe changed since the sweep started it; use a new sweep directory "
             f"or delete {run_dir} to recompute it"
         )
-    atomic_write_text(path, text)
-    return path
 
 
 @contextlib.contextmanager
@@ -177,7 +233,7 @@ class _Launcher:
 
     def execute(self, run: RunSpec) -> None:
         """Run ``run`` in a subprocess (resuming if an earlier attempt left files); record the outcome."""
-        run_dir = self.sweep_dir / "runs" / run.id
+        run_dir = _run_dir(self.sweep_dir, run.id)
         resume = run_dir.exists()  # a previous attempt left files: continue from its stage checkpoints
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe = self.recipes[run.id]
@@ -243,17 +299,24 @@ def _register_runs(
 ) -> tuple[SweepIndex, dict[str, Path]]:
     """Create the sweep directory and its index, write every run's recipe and register every run.
 
+    An unreadable index is moved aside (one warning line on stderr) and rebuilt: every run is registered
+    again here, and :func:`_unfinished` marks done those with a ``summary.json``.
+
     Returns:
         The index and, by run id, the recipe file of each run.
     """
+    texts = {run.id: _recipe_text(run) for run in runs}
+    recipes = {run.id: sweep_dir / "recipes" / f"{run.id}.yaml" for run in runs}
+    for run in runs:  # every run is checked before any file is written
+        _check_recipe_unchanged(recipes[run.id], texts[run.id], run, _run_dir(sweep_dir, run.id))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     index = SweepIndex(sweep_dir / "sweep.db")
+    if index.recovered:
+        print(f"warning: {index.recovered}; rebuilding it from the runs' summary.json files", file=sys.stderr)
     index.set_meta("spec", {"name": spec.name, "source": str(spec.source) if spec.source else None})
-    recipes = {}
     for run in runs:
-        run_dir = sweep_dir / "runs" / run.id
-        recipes[run.id] = _prepare_recipe(sweep_dir, run, run_dir)
-        index.register(run, run_dir)
+        atomic_write_text(recipes[run.id], texts[run.id])
+        index.register(run, _run_dir(sweep_dir, run.id))
     return index, recipes
 
 
@@ -267,7 +330,7 @@ def _unfinished(
     """
     todo: list[RunSpec] = []
     for run in runs:
-        run_dir = sweep_dir / "runs" / run.id
+        run_dir = _run_dir(sweep_dir, run.id)
         while _running_orphan(pids.get(run.id), run_dir):
             # A previous sweep was killed but its run lives on: let it finish rather than race it.
             time.sleep(1.0)
@@ -309,16 +372,15 @@ def run_sweep(
         The counts and the errors of failed runs.
 
     Raises:
-        ConfigError: the sweep does not expand or validate (nothing is started then).
+        ConfigError: a bad option or run (:func:`plan_sweep`; nothing is written then), a sweep directory
+            that cannot be written, or a started run whose recipe changed; no run has started then.
     """
     say = echo or (lambda _: None)
-    sweep_dir = Path(sweep_dir).resolve()
-    runs = expand_sweep(spec, sweep_dir)  # validates everything before any run starts
-    known = [stage.name for stage in spec.stages]
-    for name in stages or ():
-        if name not in known:
-            raise ConfigError(f"--stage {name}: no such stage; the sweep has {', '.join(known)}")
-    workers = workers or spec.workers
+    plan = plan_sweep(spec, sweep_dir, workers=workers, stages=stages)  # before anything is written
+    sweep_dir, runs, workers = plan.sweep_dir, plan.runs, plan.workers
+    ensure_writable_dir(
+        sweep_dir, "sweep directory", "choose another --out"
+    )  # a file, under a file, read-only
     threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
     index, recipes = _register_runs(spec, runs, sweep_dir)
     launcher = _Launcher(
@@ -334,7 +396,7 @@ def run_sweep(
     pids = {row["id"]: row["pid"] for row in index.rows() if row["status"] == "running"}
     with contextlib.ExitStack() as locks, _sigterm_as_interrupt():
         for stage in spec.stages:
-            if stages and stage.name not in stages:
+            if stage.name not in plan.stages:
                 continue
             locks.enter_context(_lock_stage(sweep_dir, stage.name))  # closing the file releases its lock
             in_stage = [r for r in runs if r.stage == stage.name]

@@ -3,12 +3,16 @@
 Each row records a run's stage, position, overrides and labels, its status (one of :data:`STATUSES`:
 pending / running / done / failed), attempts, process id, error text and the summary fields listed in
 :data:`SUMMARY_FIELDS`. The index is a record, not the source of truth: a run's ``summary.json`` is
-(see :mod:`prunelab.experiments.sweep`), so a lost update is repaired when the sweep restarts.
+(see :mod:`prunelab.experiments.sweep`), so a lost update is repaired when the sweep restarts, and an
+index that cannot be read (garbage bytes, a truncated file, another program's database, a directory in
+its place) is moved aside to ``sweep.db.corrupt-<time>`` and started afresh (:attr:`SweepIndex.recovered`);
+the sweep then registers its runs again and marks those with a ``summary.json`` done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
 import time
@@ -34,6 +38,56 @@ SUMMARY_FIELDS: tuple[str, ...] = (
     "wall_time_s",
 )
 
+_RUNS_TABLE = """CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    stage TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    overrides TEXT NOT NULL,
+    vars TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    error TEXT,
+    started REAL,
+    finished REAL,
+    accuracy REAL,
+    accuracy_dense REAL,
+    sparsity REAL,
+    params_nonzero INTEGER,
+    params_total INTEGER,
+    macs_effective INTEGER,
+    wall_time_s REAL
+)"""
+_META_TABLE = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+
+
+def _tables(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """The user tables of ``conn``'s database with their column names."""
+    names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+    return {name: [col[1] for col in conn.execute(f"PRAGMA table_info('{name}')")] for (name,) in names}
+
+
+@functools.cache
+def _schema() -> dict[str, list[str]]:
+    """The tables of an index this module writes, with their columns: anything else is not our index."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute(_RUNS_TABLE)
+        conn.execute(_META_TABLE)
+        return _tables(conn)
+    finally:
+        conn.close()
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` says the file is not a readable database (rather than busy, locked or read-only)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    # A busy or locked index is another sweep process at work: never a reason to move it aside.
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+        not name and any(text in str(exc) for text in ("malformed", "not a database"))
+    )
+
 
 class SweepIndex:
     """The sweep's SQLite index (``sweep.db``): one row per run with status, error and summary fields.
@@ -45,32 +99,57 @@ class SweepIndex:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        #: ``None``, or one line saying what was wrong with the file found at ``path`` and where it was
+        #: moved; the index is then empty and its runs must be registered again.
+        self.recovered: str | None = None
+        problem = self._damage()
+        if problem is not None:
+            aside = self._move_aside()
+            self.recovered = f"{self.path} {problem}; moved it to {aside.name}"
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS runs (
-                    id TEXT PRIMARY KEY,
-                    stage TEXT NOT NULL,
-                    position INTEGER NOT NULL,
-                    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
-                    overrides TEXT NOT NULL,
-                    vars TEXT NOT NULL,
-                    run_dir TEXT NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0,
-                    pid INTEGER,
-                    error TEXT,
-                    started REAL,
-                    finished REAL,
-                    accuracy REAL,
-                    accuracy_dense REAL,
-                    sparsity REAL,
-                    params_nonzero INTEGER,
-                    params_total INTEGER,
-                    macs_effective INTEGER,
-                    wall_time_s REAL
-                )"""
-            )
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(_RUNS_TABLE)
+            conn.execute(_META_TABLE)
+
+    def _damage(self) -> str | None:
+        """What makes the file at ``path`` unusable as this index, or ``None`` (fine, or absent)."""
+        if not self.path.exists():
+            return None
+        if not self.path.is_file():
+            return "is a directory, not an index file" if self.path.is_dir() else "is not a regular file"
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                check = str(conn.execute("PRAGMA quick_check").fetchone()[0])
+                if check != "ok":
+                    return f"is damaged ({check.splitlines()[0]})"
+                tables = _tables(conn)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                return f"is not a readable SQLite database ({exc})"
+            raise
+        # A crash between creating the two tables leaves one of them: that is still this index.
+        if any(_schema().get(name) != columns for name, columns in tables.items()):
+            return f"is not a sweep index (tables: {', '.join(sorted(tables))})"
+        return None
+
+    def _move_aside(self) -> Path:
+        """Rename the file at ``path`` (and its WAL files) to a free ``<name>.corrupt-<time>``; returns it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            n += 1
+        self.path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            # A write-ahead log belongs to the old file; replayed into a new one it would be garbage.
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                side.rename(aside.with_name(aside.name + suffix))
+        return aside
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -21,6 +21,10 @@ defaults) run one after the other, so a later stage can start from an earlier st
 name and by its last component when that is unambiguous, plus ``{runs}`` (the absolute runs folder)
 and ``{sweep_dir}``.
 
+The sweep's name, every stage name and every run id become directories (``sweeps/<name>``,
+``runs/<id>``), so each must be one safe path component (:func:`~prunelab.dataclass_yaml.check_name`);
+a bad one is an error when the sweep is loaded or expanded, never a directory outside the sweep.
+
 :func:`load_sweep` / :func:`sweep_from_dict` parse a sweep into a :class:`SweepSpec`;
 :func:`expand_sweep` expands it into :class:`RunSpec` objects and validates every expanded recipe, so
 a sweep that would fail on a recipe error fails before any run starts. Run ids are stable functions of
@@ -39,14 +43,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunelab.dataclass_yaml import load_yaml_file
+from prunelab.dataclass_yaml import check_name, load_yaml_file
 from prunelab.errors import ConfigError, PrunelabError
 
-__all__ = ["RunSpec", "StageSpec", "SweepSpec", "expand_sweep", "load_sweep", "sweep_from_dict"]
+__all__ = [
+    "RunSpec",
+    "StageSpec",
+    "SweepSpec",
+    "expand_sweep",
+    "load_sweep",
+    "select_stages",
+    "sweep_from_dict",
+]
 
 _TOP_KEYS = {"name", "base", "grid", "set", "id", "stages", "workers", "threads", "data_dir"}
 _STAGE_KEYS = {"name", "base", "grid", "set", "id"}
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+#: The longest run id :func:`~prunelab.dataclass_yaml.check_name` accepts; derived ids are cut to fit.
+_MAX_ID = 128
 
 
 @dataclass
@@ -121,22 +135,33 @@ def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | No
         raise ConfigError(f"{where}: expected a mapping")
     _check_keys(raw, _STAGE_KEYS, where)
     merged = {**defaults, **raw}
-    name = merged.get("name") if "name" in raw else ("main" if index < 0 else f"stage{index + 1}")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"{where}.name: {name!r} must be letters, digits, '.', '_' or '-'")
-    base = merged.get("base")
-    if isinstance(base, str):
+    name = raw["name"] if "name" in raw else ("main" if index < 0 else f"stage{index + 1}")
+    check_name(name, f"{where}.name")  # it names the stage's lock file and, in templates, run ids
+    if "base" not in merged:
+        raise ConfigError(
+            f"{where}.base: missing; give a recipe file (relative to the sweep file) or an inline recipe mapping"
+        )
+    base = merged["base"]
+    if isinstance(base, str) and base.strip():
         path = Path(base)
         if not path.is_absolute() and root is not None:
             path = root / path
-        base = load_yaml_file(path, "base recipe") or {}
+        try:
+            base = load_yaml_file(path, "base recipe")
+        except ConfigError as exc:
+            raise ConfigError(f"{where}.base: {exc}") from None
         if not isinstance(base, dict):
-            raise ConfigError(f"{path}: expected a recipe mapping")
-    elif base is None:
-        base = {}
+            got = "an empty file" if base is None else type(base).__name__
+            raise ConfigError(f"{where}.base: {path}: expected a recipe mapping, got {got}")
     elif not isinstance(base, dict):
-        raise ConfigError(f"{where}.base: expected a recipe path or an inline recipe mapping")
-    grid = merged.get("grid") or {}
+        raise ConfigError(f"{where}.base: expected a recipe path or an inline recipe mapping, got {base!r}")
+    grid = merged.get("grid")
+    if grid is None or grid == {}:
+        # An empty grid would silently be one run of the base recipe; 'prunelab run' is for that.
+        raise ConfigError(
+            f"{where}.grid: empty; give at least one dotted recipe field with a list of values, "
+            "e.g. 'grid: {seed: [0, 1]}'"
+        )
     if not isinstance(grid, dict):
         raise ConfigError(f"{where}.grid: expected a mapping of dotted recipe fields to lists")
     for key, values in grid.items():
@@ -163,9 +188,14 @@ def sweep_from_dict(raw: Any, source: Path | None = None) -> SweepSpec:
         raise ConfigError("sweep: expected a mapping at the top level")
     _check_keys(raw, _TOP_KEYS, "sweep")
     root = source.parent if source is not None else None
-    name = raw.get("name") or (source.name.split(".")[0] if source is not None else "sweep")
-    if not isinstance(name, str):
-        raise ConfigError("sweep.name: expected a string")
+    if "name" in raw:
+        name = check_name(raw["name"], "sweep.name")
+    elif source is not None:
+        name = check_name(
+            source.name.split(".")[0], f"sweep.name (from the file name {source.name}; add a name:)"
+        )
+    else:
+        name = "sweep"
     workers = raw.get("workers", 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"sweep.workers: {workers!r} must be a positive integer")
@@ -256,8 +286,9 @@ def _default_id(stage: str, point: dict[str, Any], overrides: list[tuple[str, An
     # Sorted, so the order of the grid keys in the file does not change the id.
     canonical = json.dumps(sorted(overrides, key=lambda kv: kv[0]), sort_keys=True, default=str)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    readable = _sanitize(",".join(parts))[:80]
     prefix = f"{stage}-" if multi else ""
+    # The readable part is cut so that the id stays a valid name; the digest keeps it unique.
+    readable = _sanitize(",".join(parts))[: min(80, _MAX_ID - len(prefix) - len(digest) - 1)]
     return f"{prefix}{readable}-{digest}" if parts else f"{prefix}{digest}"
 
 
@@ -265,9 +296,20 @@ def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
     """Expand every stage's grid into runs and validate each run's recipe.
 
     Raises:
-        ConfigError: a bad template, a duplicate run id, or ``run <id>: field.path: reason`` for the first
-            run whose recipe does not validate. Nothing has been started when this raises.
+        ConfigError: a bad template or run id, a duplicate run id, or ``run <id>: field.path: reason`` for
+            the first run whose recipe does not validate, after ``file: `` when the sweep came from a file.
+            Nothing has been started when this raises.
     """
+    try:
+        return _expand(spec, sweep_dir)
+    except PrunelabError as exc:
+        if spec.source is None:
+            raise
+        raise ConfigError(f"{spec.source}: {exc}") from None
+
+
+def _expand(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
+    """:func:`expand_sweep` without the file name in its errors."""
     from prunelab.dataclass_yaml import set_dotted
     from prunelab.experiments.schema import recipe_from_dict
 
@@ -286,9 +328,14 @@ def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
             overrides += derived
             labels = {k[len("vars.") :]: v for k, v in point.items() if k.startswith("vars.")}
             if stage.id is not None:
-                run_id = _sanitize(_fill(stage.id, context, f"stage {stage.name}: id"))
+                # Checked, not rewritten: the user chose this id, so a '/' or '..' in it is an error.
+                run_id = check_name(
+                    _fill(stage.id, context, f"stage {stage.name}: id"), f"stage {stage.name}: id"
+                )
             else:
-                run_id = _default_id(stage.name, point, overrides, multi)
+                run_id = check_name(
+                    _default_id(stage.name, point, overrides, multi), f"stage {stage.name}: run id"
+                )
             if run_id in seen:
                 raise ConfigError(
                     f"stage {stage.name}: run id {run_id!r} is produced by two grid points; "
@@ -319,3 +366,20 @@ def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
     if not runs:
         raise ConfigError("sweep: the grid expands to no runs")
     return runs
+
+
+def select_stages(spec: SweepSpec, names: list[str] | None = None) -> list[str]:
+    """The stages to run, in sweep order: all of them, or ``names`` (``--stage``) once each is checked.
+
+    Raises:
+        ConfigError: a name is not a stage of ``spec`` (the message lists its stages), or ``names`` is empty.
+    """
+    known = [stage.name for stage in spec.stages]
+    if names is None:
+        return known
+    if not names:
+        raise ConfigError(f"--stage: no stage given; the sweep has {', '.join(known)}")
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"--stage {name}: no such stage; the sweep has {', '.join(known)}")
+    return [name for name in known if name in names]
