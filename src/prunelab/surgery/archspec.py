@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunelab.errors import CheckpointError
 from prunelab.surgery.layers import ChannelMappingLayer
@@ -52,16 +53,31 @@ def _shape_attrs(module: nn.Module) -> dict[str, Any]:
     return attrs
 
 
+def _type_name(module: nn.Module) -> str:
+    """The module's class name; for a parametrized (masked) module, that of the class it was built as."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]  # parametrize swaps in a generated subclass "Parametrized<Cls>"
+    return cls.__name__
+
+
 def arch_spec(model: nn.Module) -> dict[str, Any]:
     """The shapes of ``model``: per module, its own tensors' shapes and its integer configuration.
 
     A channel-mapping layer (:class:`~prunelab.surgery.layers.ChannelMappingLayer`, e.g. the option-A
-    shortcut ``PadShortcut``) also stores ``layer.arch_entry()`` under ``"entry"``.
+    shortcut ``PadShortcut``) also stores ``layer.arch_entry()`` under ``"entry"``. A masked
+    (parametrized) tensor is recorded under its plain name with its effective shape, and the
+    parametrizations' own modules are left out: masks are saved apart and re-attached on loading.
     """
     layers: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        entry: dict[str, Any] = {"type": type(m).__name__, "attrs": _shape_attrs(m)}
+        if ".parametrizations." in f".{name}.":
+            continue
+        entry: dict[str, Any] = {"type": _type_name(m), "attrs": _shape_attrs(m)}
         tensors = {k: list(t.shape) for k, t in m._parameters.items() if t is not None}
+        if parametrize.is_parametrized(m):
+            with torch.no_grad():
+                tensors.update({k: list(getattr(m, k).shape) for k in m.parametrizations})  # type: ignore[union-attr]
         tensors.update({k: list(t.shape) for k, t in m._buffers.items() if t is not None})
         if tensors:
             entry["tensors"] = tensors
@@ -129,9 +145,9 @@ def _apply_v2_entry(
     if module is None:
         raise CheckpointError(f"architecture spec names layer {name!r}, which the model lacks; "
                               "rebuild with the same model and kwargs")  # fmt: skip
-    if entry["type"] != type(module).__name__:
+    if entry["type"] != _type_name(module):
         raise CheckpointError(f"architecture spec layer {name!r} is a {entry['type']}, the model has "
-                              f"{type(module).__name__}; rebuild with the same model")  # fmt: skip
+                              f"{_type_name(module)}; rebuild with the same model")  # fmt: skip
     if isinstance(module, ChannelMappingLayer) and "entry" in entry:
         module.load_arch_entry(entry["entry"])
     keep = name in keep_outputs
