@@ -109,6 +109,11 @@ BAD_RECIPES = [
     ("field-not-read", _with("{method: relief, sparsity: 0.5}"), ["prune.sparsity", "does not read"]),
     ("moved-key", _with("{method: magnitude, criterion: magnitude}"), ["prune.criterion", "moved"]),
     ("unknown-method", _with("{method: magnitud}"), ["prune.method", "magnitude"]),
+    (
+        "dense-with-finetune",
+        _with("{method: dense}") + "finetune: {epochs: 2}\n",
+        ["finetune.epochs", "never fine-tunes"],
+    ),
     ("agp-no-finetune", _with("{method: agp, sparsity: 0.5}"), ["finetune.epochs", "agp"]),
     (
         "model-kwargs-unknown",

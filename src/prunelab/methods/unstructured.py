@@ -124,7 +124,16 @@ def prune_rounds(
     return result
 
 
-@register_driver("none", uses_sparsity=False, reads={"reparam"})
+def _check_none(options: None, recipe: Any, model: Any) -> None:
+    # Nothing is pruned, so nothing is fine-tuned: epochs there would be silently ignored.
+    if recipe.finetune.epochs > 0:
+        raise ConfigError(
+            f"finetune.epochs: method {recipe.prune.method!r} prunes nothing, so it never fine-tunes; "
+            "put the training in train.epochs and remove finetune"
+        )
+
+
+@register_driver("none", uses_sparsity=False, reads={"reparam"}, check=_check_none)
 def run_none(ctx: MethodContext, options: None) -> MethodResult:
     """No pruning: the dense network is the result."""
     # A dense run's target is "nothing removed", which the study tables use as their reference point.
