@@ -137,8 +137,8 @@ def _removed(graph: ChannelGraph, keep: Mapping[str, Tensor], min_keep: int = 1)
             # Whatever min_keep says: a layer without output channels is no layer (its consumers would
             # get no input), so this is refused before any surgery.
             raise ConfigError(
-                f"channel mask for {name!r} removes all {group.size} channels of layer {name!r}; every layer "
-                "keeps at least one: use min_keep >= 1 or a lower amount (sparsity)"
+                f"channel mask for {name!r} removes all {group.size} channels of layer {name!r}; a layer must "
+                "keep at least one: use min_keep >= 1 or a lower amount (sparsity)"
             )
         if kept < min(min_keep, group.size):
             raise ConfigError(
