@@ -59,7 +59,7 @@ def test_templates_labels_and_stages(tmp_path: Path) -> None:
         "stages": [
             {
                 "name": "dense",
-                "base": {**BASE, "prune": {"method": "dense"}},
+                "base": {**{k: v for k, v in BASE.items() if k != "finetune"}, "prune": {"method": "dense"}},
                 "grid": {"vars.init": ["scratch"], "seed": [0, 1]},
                 "set": {"model.init": "{init}"},
                 "id": "dense-{init}-s{seed}",

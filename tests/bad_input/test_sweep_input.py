@@ -269,6 +269,15 @@ BAD_FILES = [
     pytest.param("grid: {train.epochs: [1, -1]}\n", "train.epochs", id="one-run-invalid-epochs"),
     pytest.param("grid: {modle.name: [small_cnn]}\n", "modle", id="grid-key-typo"),
     pytest.param("grid: {seed: [0]}\nstages: []\n", "sweep.stages", id="stages-empty"),
+    # Not a later stage's run directory, so it must exist now, as 'prunelab run' would require.
+    pytest.param(
+        "grid: {seed: [0]}\nset: {model.init: nowhere/w.pt}\n", "model.init: 'nowhere/w.pt'", id="init-typo"
+    ),
+    pytest.param(
+        "grid: {seed: [0]}\nset: {train.epochs: -1, prune.sparsity: 2.0}\n",
+        "(and 1 more error",
+        id="two-problems-one-line",
+    ),
 ]
 
 

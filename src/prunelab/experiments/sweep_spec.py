@@ -124,6 +124,11 @@ class RunSpec:
     recipe: dict[str, Any]
 
 
+def _prefixed(exc: PrunelabError, prefix: str) -> ConfigError:
+    """``exc`` as a :class:`ConfigError` whose every problem starts with ``prefix`` (none is dropped)."""
+    return exc.prefixed(prefix) if isinstance(exc, ConfigError) else ConfigError(f"{prefix}{exc}")
+
+
 def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in data:
         if key not in allowed:
@@ -147,9 +152,9 @@ def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | No
         if not path.is_absolute() and root is not None:
             path = root / path
         try:
-            base = load_yaml_file(path, "base recipe")
+            base = load_yaml_file(path, "base recipe file")
         except ConfigError as exc:
-            raise ConfigError(f"{where}.base: {exc}") from None
+            raise _prefixed(exc, f"{where}.base: ") from None
         if not isinstance(base, dict):
             got = "an empty file" if base is None else type(base).__name__
             raise ConfigError(f"{where}.base: {path}: expected a recipe mapping, got {got}")
@@ -232,7 +237,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     try:
         return sweep_from_dict(raw, source=path)
     except PrunelabError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise _prefixed(exc, f"{path}: ") from None
 
 
 def _format_value(value: Any) -> str:
@@ -297,15 +302,28 @@ def expand_sweep(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
 
     Raises:
         ConfigError: a bad template or run id, a duplicate run id, or ``run <id>: field.path: reason`` for
-            the first run whose recipe does not validate, after ``file: `` when the sweep came from a file.
-            Nothing has been started when this raises.
+            each problem of the first run whose recipe does not validate, after ``file: `` when the sweep
+            came from a file. Nothing has been started when this raises.
     """
     try:
         return _expand(spec, sweep_dir)
     except PrunelabError as exc:
         if spec.source is None:
             raise
-        raise ConfigError(f"{spec.source}: {exc}") from None
+        raise _prefixed(exc, f"{spec.source}: ") from None
+
+
+def _made_by_sweep(recipe: dict[str, Any], sweep_dir: Path) -> bool:
+    """Whether the recipe's ``model.init`` is a path in the sweep directory (an earlier stage's run).
+
+    Such a path may not exist yet; any other init path is checked now, as ``prunelab run`` would (the
+    runs start in this working directory), so a typo fails before the sweep starts rather than per run.
+    """
+    model = recipe.get("model")
+    init = model.get("init") if isinstance(model, dict) else None
+    if not isinstance(init, str) or init in ("scratch", "pretrained"):
+        return False
+    return Path(init).resolve().is_relative_to(sweep_dir)
 
 
 def _expand(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
@@ -344,15 +362,12 @@ def _expand(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
             seen[run_id] = stage.name
             recipe = copy.deepcopy(stage.base)
             recipe["name"] = run_id  # a run's name is its id unless the sweep sets one
-            for key, value in overrides:
-                try:
-                    set_dotted(recipe, key, value)
-                except ConfigError as exc:
-                    raise ConfigError(f"run {run_id}: {exc}") from None
             try:
-                recipe_from_dict(recipe)
+                for key, value in overrides:
+                    set_dotted(recipe, key, value)
+                recipe_from_dict(recipe, check_paths=not _made_by_sweep(recipe, sweep_dir))
             except PrunelabError as exc:
-                raise ConfigError(f"run {run_id}: {exc}") from None
+                raise _prefixed(exc, f"run {run_id}: ") from None
             runs.append(
                 RunSpec(
                     id=run_id,
