@@ -126,6 +126,72 @@ def test_image_folder_npz_path_refuses_a_corrupted_file(tmp_path: Path) -> None:
     assert tree(tmp_path) == before
 
 
+def _idx(dims: tuple[int, ...]) -> bytes:
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    return header + bytes(int(np.prod(dims)))
+
+
+#: Broken official files: name → (files to write under the data root, needles of the message).
+OFFICIAL_FILES: dict[str, tuple[dict[str, bytes], tuple[str, ...]]] = {
+    "idx_header_claims_200_dims": (
+        {
+            "mnist/train-images-idx3-ubyte": bytes([0, 0, 8, 200]) + b"\0" * 8,
+            "mnist/train-labels-idx1-ubyte": _idx((4,)),
+            "mnist/t10k-images-idx3-ubyte": _idx((2, 28, 28)),
+            "mnist/t10k-labels-idx1-ubyte": _idx((2,)),
+        },
+        ("train-images-idx3-ubyte", "truncated", "download again"),
+    ),
+    "idx_gzip_garbage": (
+        {
+            "mnist/train-images-idx3-ubyte.gz": b"\x1f\x8b" + b"\xff" * 40,
+            "mnist/train-labels-idx1-ubyte": _idx((4,)),
+            "mnist/t10k-images-idx3-ubyte": _idx((2, 28, 28)),
+            "mnist/t10k-labels-idx1-ubyte": _idx((2,)),
+        },
+        ("train-images-idx3-ubyte.gz", "cannot read", "download again"),
+    ),
+    "cifar_batch_of_odd_size": (
+        {f"cifar10/cifar-10-batches-bin/{f}": b"\0" * 100 for f in
+         [*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin"]},
+        ("data_batch_1.bin", "not a CIFAR binary file", "download again"),
+    ),
+    "cifar_archive_garbage": (
+        {"cifar10/cifar-10-binary.tar.gz": b"\x1f\x8b\x08" + b"\0" * 64},
+        ("cifar-10-binary.tar.gz", "cannot extract", "delete it"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(OFFICIAL_FILES))
+def test_broken_official_files_are_one_line(tmp_path: Path, kind: str) -> None:
+    files, needles = OFFICIAL_FILES[kind]
+    for rel, content in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(content)
+    before = tree(tmp_path)
+    name = kind.split("_")[0].replace("idx", "mnist").replace("cifar", "cifar10")
+    assert_one_line_message(_load_error(name, tmp_path), *needles)
+    assert tree(tmp_path) == before  # a failed extraction leaves no half-extracted folder either
+
+
+@pytest.mark.parametrize("which", ["first", "later"])
+def test_undecodable_image_in_a_folder(tmp_path: Path, which: str) -> None:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "ds" / split / cls / f"{i}.png")
+    bad = tmp_path / "ds" / "train" / "a" / ("0.png" if which == "first" else "1.png")
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(40))
+    before = tree(tmp_path)
+    err = _load_error("image_folder", tmp_path, path=str(tmp_path / "ds"))
+    assert_one_line_message(err, str(bad), "cannot decode", "remove or replace")
+    assert tree(tmp_path) == before
+
+
 def _bad_layout(tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     arrays = _arrays()
     change(arrays)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prunelab.data.base import one_line
 from prunelab.errors import ConfigError, DataNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "class_folders", "decode_images", "list_images"]
@@ -42,8 +43,7 @@ def class_folders(folder: Path, exclude: Sequence[str] = ()) -> list[str]:
 
 def _undecodable(path: Path, exc: BaseException) -> DataNotFoundError:
     """The one-line error for an image file Pillow cannot decode (its message can span lines)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return DataNotFoundError(f"cannot decode image {path} ({text[:160]}); remove or replace the file")
+    return DataNotFoundError(f"cannot decode image {path} ({one_line(exc, 160)}); remove or replace the file")
 
 
 def decode_images(

@@ -42,6 +42,7 @@ __all__ = [
     "fetch",
     "not_found",
     "npz_corrupted",
+    "one_line",
     "read_npz",
     "read_npz_arrays",
     "resolve_data_dir",
@@ -49,6 +50,15 @@ __all__ = [
 
 #: Augmentation policies a dataset can default to (see :mod:`prunelab.data.loader`).
 AUGMENTATIONS = ("none", "flip", "crop", "crop_flip")
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace and line breaks collapsed), for a one-line error.
+
+    Decoders (tarfile, zlib, Pillow) report several lines; the user gets them as one.
+    """
+    text = " ".join(str(exc).split())
+    return (text[:limit] + "…" if len(text) > limit else text) or type(exc).__name__
 
 
 def default_data_dir() -> Path:
@@ -257,9 +267,9 @@ def extract_archive(archive: Path, dest: Path, expect: str) -> Path:
                         tar.extractall(tmp, filter="data")
                     else:  # pragma: no cover - only on old Python patch releases
                         tar.extractall(tmp, members=_safe_members(tar, tmp))
-        except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             raise DataNotFoundError(
-                f"cannot extract {archive} ({exc}); delete it and download again (--download)"
+                f"cannot extract {archive} ({one_line(exc)}); delete it and download again (--download)"
             ) from None
         found = tmp / expect
         if not found.exists():
@@ -392,10 +402,10 @@ def read_npz_arrays(path: Path, keys: Sequence[str], optional: Sequence[str] = (
     except DataNotFoundError:
         raise
     except _NPZ_READ_ERRORS as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = one_line(exc, 160)
         if "pickle" in text:
             text = "an array holds Python objects, which are never unpickled"
-        raise npz_corrupted(path, f"is corrupted ({text[:160]})") from None
+        raise npz_corrupted(path, f"is corrupted ({text})") from None
 
 
 def not_found(

@@ -12,6 +12,7 @@ already decompressed), after ``<root>/<name>.npz`` if that exists.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from prunelab.data.base import (
     Resource,
     fetch,
     not_found,
+    one_line,
     read_npz,
 )
 from prunelab.errors import DataNotFoundError
@@ -81,13 +83,15 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             data = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataNotFoundError(
-            f"cannot read {path} ({exc}); delete it and download again (--download)"
+            f"cannot read {path} ({one_line(exc)}); delete it and download again (--download)"
         ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataNotFoundError(f"{path} is not a uint8 IDX file; delete it and download again (--download)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataNotFoundError(f"{path} is truncated; delete it and download again (--download)")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):

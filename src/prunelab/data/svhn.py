@@ -26,6 +26,7 @@ from prunelab.data.base import (
     as_labels,
     fetch,
     not_found,
+    one_line,
     read_npz,
 )
 from prunelab.errors import DataNotFoundError
@@ -57,7 +58,7 @@ def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         mat = loadmat(path, variable_names=("X", "y"))
     except (OSError, ValueError, NotImplementedError, EOFError, TypeError, MatReadError) as exc:
         raise DataNotFoundError(
-            f"cannot read {path} ({exc}); delete it and download again (--download)"
+            f"cannot read {path} ({one_line(exc)}); delete it and download again (--download)"
         ) from None
     if "X" not in mat or "y" not in mat or mat["X"].ndim != 4:
         raise DataNotFoundError(f"{path} lacks X (32, 32, 3, N) or y; it is not an SVHN cropped-digits file")
