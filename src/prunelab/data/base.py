@@ -156,8 +156,9 @@ class Layout:
 
     Attributes:
         alternatives: ``alternatives(root, options)`` returns the ways the dataset can lie on disk, in the
-            order the reader tries them; each way is a sequence of requirements that must all be met. An
-            empty way is always met (data bundled with a package).
+            order the reader tries them; each way is a sequence of requirements. The reader takes the
+            first way whose first requirement is met, and then needs all of that way's requirements. An
+            empty way is always taken (data bundled with a package).
         downloadable: whether ``download=True`` fetches the files when they are absent.
         options: reader options the locations depend on (``path`` of ``image_folder``): without them the
             locations are unknown, so such a dataset is checked only when its options are given.

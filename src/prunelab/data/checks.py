@@ -170,8 +170,9 @@ def check_dataset_present(
 
     The data root is :func:`~prunelab.data.resolve_data_dir` of ``data_dir`` (then ``$PRUNELAB_DATA``,
     then ``~/.cache/prunelab``). The dataset's :class:`~prunelab.data.base.Layout` lists the ways its files
-    can lie there, in the order its reader tries them; the first way whose paths all exist is the one the
-    reader will use, and its files are checked to be non-empty (an ``.npz`` also to be a zip archive,
+    can lie there, in the order its reader tries them. The reader takes the first way whose first path
+    exists: every other path of that way must exist too (else the dataset is incomplete, unless
+    ``download`` can fetch the rest), and its files must be non-empty (an ``.npz`` also a zip archive,
     which reads only its directory). Nothing is read, created or downloaded.
 
     Passes without checking: a dataset without a registered layout (a plugin's), and one whose locations
@@ -186,8 +187,9 @@ def check_dataset_present(
 
     Raises:
         ConfigError: an unknown dataset name.
-        DataNotFoundError: one line: the files are absent (every path looked at, and how to get them), or
-            a file the reader would read is empty or not an archive (delete it and re-create/re-download).
+        DataNotFoundError: one line: the files are absent (every path looked at, and how to get them),
+            incomplete (the missing ones named), or a file the reader would read is empty or not an
+            archive (delete it and re-create/re-download).
     """
     DATASETS.get(name)
     layout = LAYOUTS.get(name)
@@ -197,10 +199,18 @@ def check_dataset_present(
     ways = layout.alternatives(root, dict(options or {}))
     for way in ways:
         found = [next((p for p in req if p.exists()), None) for req in way]
-        if all(p is not None for p in found):
-            for p in found:
-                _check_not_empty(p)  # type: ignore[arg-type]
-            return
+        if way and found[0] is None:
+            continue  # the reader does not take this way
+        missing = [str(req[0]) for req, p in zip(way, found) if p is None]
+        if missing and not (download and layout.downloadable):
+            raise DataNotFoundError(
+                f"dataset {name!r} is incomplete at {found[0]}: {', '.join(missing)} missing; delete the partial "
+                "files, then extract or download them again (--download)"
+            )
+        for p in found:
+            if p is not None:
+                _check_not_empty(p)
+        return
     if download and layout.downloadable:
         return
     looked = list(dict.fromkeys(p for way in ways for req in way for p in req))

@@ -107,10 +107,11 @@ def _official_folder(
 
 
 def _cifar_layout(name: str, archive: Resource, folder: str, files: tuple[str, ...]) -> Layout:
-    # The reader's order: <root>/<name>.npz, the extracted folder's files, the archive.
+    # The reader's order: <root>/<name>.npz, the extracted folder (then all its files), the archive.
     def alternatives(root: Path, _options: Mapping[str, Any]) -> list[list[Requirement]]:
         base = root / name
-        return [[[root / f"{name}.npz"]], [[base / folder / f] for f in files], [[base / archive.filename]]]
+        extracted = [[base / folder], *([base / folder / f] for f in files)]
+        return [[[root / f"{name}.npz"]], extracted, [[base / archive.filename]]]
 
     return Layout(alternatives)
 
