@@ -436,6 +436,22 @@ def test_damaged_index_is_moved_aside_and_rebuilt(
     assert outside_after == outside_before
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only file anyway")
+def test_read_only_index_is_one_line(
+    workdir: Path, capsys: pytest.CaptureFixture[str], finished_sweep: Path
+) -> None:
+    """An index that cannot be written is the user's to fix (not damage): one line, nothing moved aside."""
+    sweep = _sweep_file(workdir, SWEEP)
+    out = workdir / "sweeps" / "t"
+    shutil.copytree(finished_sweep, out)
+    (out / "sweep.db").chmod(0o444)
+    try:
+        _fails(["sweep", sweep, "--quiet"], capsys, out / "runs", "sweep.db", "cannot use the sweep index")
+    finally:
+        (out / "sweep.db").chmod(0o644)
+    assert not list(out.glob("sweep.db.corrupt-*"))
+
+
 def test_restarting_a_finished_sweep_touches_nothing(
     workdir: Path, capsys: pytest.CaptureFixture[str], finished_sweep: Path
 ) -> None:

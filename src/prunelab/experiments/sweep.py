@@ -154,7 +154,7 @@ def _lock_stage(sweep_dir: Path, stage: str) -> TextIO:
     """
     import fcntl
 
-    handle = open(sweep_dir / f".lock-{stage}", "a")  # noqa: SIM115 -- kept open while the stage runs
+    handle = open(sweep_dir / f".lock-{check_name(stage, 'stage name')}", "a")  # noqa: SIM115 -- kept open while the stage runs
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

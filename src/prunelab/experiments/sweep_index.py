@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prunelab.errors import ConfigError
 from prunelab.experiments.sweep_spec import RunSpec
 
 __all__ = ["STATUSES", "SUMMARY_FIELDS", "SweepIndex"]
@@ -89,6 +90,31 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     )
 
 
+#: SQLite errors that are the user's to fix (permissions, a full disk, a process holding the lock), as
+#: opposed to a bug in a statement here; they become one-line :class:`ConfigError` s.
+_USER_ERRORS = (
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_PERM",
+    "SQLITE_AUTH",
+)
+
+
+def _user_error(path: Path, exc: sqlite3.Error) -> ConfigError | None:
+    """``exc`` as a one-line error naming ``path`` when the user can fix it, else ``None`` (a bug)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if not name.startswith(_USER_ERRORS):
+        return None
+    return ConfigError(
+        f"{path}: cannot use the sweep index ({exc}); check its permissions and the free disk space, "
+        "or stop the process that holds it"
+    )
+
+
 class SweepIndex:
     """The sweep's SQLite index (``sweep.db``): one row per run with status, error and summary fields.
 
@@ -129,7 +155,7 @@ class SweepIndex:
         except sqlite3.DatabaseError as exc:
             if _is_damage(exc):
                 return f"is not a readable SQLite database ({exc})"
-            raise
+            raise _user_error(self.path, exc) or exc from None
         # A crash between creating the two tables leaves one of them: that is still this index.
         if any(_schema().get(name) != columns for name, columns in tables.items()):
             return f"is not a sweep index (tables: {', '.join(sorted(tables))})"
@@ -153,12 +179,15 @@ class SweepIndex:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0)
         try:
-            with conn:  # one transaction: committed on success, rolled back on error
-                yield conn
-        finally:
-            conn.close()
+            conn = sqlite3.connect(self.path, timeout=30.0)
+            try:
+                with conn:  # one transaction: committed on success, rolled back on error
+                    yield conn
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:
+            raise _user_error(self.path, exc) or exc from None
 
     def set_meta(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value under ``key`` in the ``meta`` table."""
@@ -217,12 +246,9 @@ class SweepIndex:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every run as a mapping of column → value, in sweep order."""
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
+        with self._connect() as conn:
             conn.row_factory = sqlite3.Row
             return [dict(r) for r in conn.execute("SELECT * FROM runs ORDER BY position")]
-        finally:
-            conn.close()
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status (every status present, zeros included)."""
