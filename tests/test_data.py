@@ -19,11 +19,13 @@ import torch
 from prunelab._io import file_digest
 from prunelab.data import (
     DATASETS,
+    LAYOUTS,
     Augment,
     DataSplits,
     Resource,
     TensorImageDataset,
     augment_batch,
+    check_dataset_present,
     load_dataset,
     make_loader,
     resolve_data_dir,
@@ -742,3 +744,22 @@ def test_image_folder_missing_message(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="path=") as info:
         load_dataset("image_folder", data_dir=tmp_path, path=str(tmp_path / "nope"))
     assert str(tmp_path / "nope" / "train") in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layouts_name_every_path_their_reader_looks_at(tmp_path: Path, name: str) -> None:
+    """A Layout restates where its reader looks; on an empty data root both refuse, naming the same paths."""
+    options = {"path": str(tmp_path / "mine")} if LAYOUTS[name].options else {}
+    try:
+        load_dataset(name, data_dir=tmp_path, **options)
+    except DataNotFoundError as exc:
+        looked = str(exc).split("looked at: ", 1)[1].split(")", 1)[0].split(", ")
+    else:
+        looked = []  # bundled data (digits): the check must pass as well
+    if not looked:
+        check_dataset_present(name, tmp_path, False, options=options)
+        return
+    with pytest.raises(DataNotFoundError) as info:
+        check_dataset_present(name, tmp_path, False, options=options)
+    assert all(path in str(info.value) for path in looked), (looked, str(info.value))
+    assert not any(tmp_path.iterdir())
