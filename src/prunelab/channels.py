@@ -159,8 +159,8 @@ def prune_channels(
 
     Raises:
         ConfigError: a bad argument (amount, scope, criterion, head, calibration), one line.
-        UnsupportedModelError: the model cannot be traced, has a layer type the surgery cannot handle, or is
-            on the meta device (no weights: materialise it first).
+        UnsupportedModelError: the model cannot be traced, has a layer type the surgery cannot handle, is
+            on the meta device (no weights: materialise it first) or holds NaN/inf weights.
         SurgeryMismatchError: the compacted model differs from the masked one (a bug: report it).
 
     Example:

@@ -529,6 +529,27 @@ def test_meta_model_is_refused(call: str) -> None:
     assert_one_line_message(info.value, "meta device", "no real weights", "to_empty", "'0.weight'")
 
 
+def test_pruner_step_after_training_diverged() -> None:
+    model = _net()
+    pruner = prunelab.Pruner(model).prepare()
+    with torch.no_grad():
+        model[5].parametrizations.weight.original[0, 0] = float("nan")  # what a diverged step leaves
+    with pytest.raises(UnsupportedModelError) as info:
+        pruner.step(0.5)
+    assert_one_line_message(info.value, "Pruner.step", "5.parametrizations.weight.original", "NaN or inf")
+    assert pruner.sparsity() == 0.0  # nothing was pruned
+
+
+@pytest.mark.parametrize("call", ["prune_channels", "compact"])
+def test_structured_pruning_of_a_model_with_inf_weights(call: str) -> None:
+    model = _net()
+    with torch.no_grad():
+        model[1].running_var[3] = float("inf")
+    with pytest.raises(UnsupportedModelError) as info:
+        META_CALLS[call](model)
+    assert_one_line_message(info.value, "'1.running_var'", "NaN or inf")
+
+
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_min_keep_zero_cannot_empty_a_layer(scope: str) -> None:
     model = _net()

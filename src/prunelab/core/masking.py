@@ -284,20 +284,30 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def require_real_weights(model: nn.Module, what: str) -> None:
-    """Refuse a model whose tensors are on the meta device: it has shapes but no values to score or copy.
+    """Refuse a model without real weights: tensors on the meta device, or holding NaN/inf.
+
+    A meta model has shapes but no values to score or copy; a model with NaN/inf weights (training
+    diverged) would be scored, pruned and compacted into garbage without a word.
 
     Args:
         model: the model about to be pruned, traced or compacted.
         what: the operation, for the message (``"Pruner"``, ``"compact"``).
 
     Raises:
-        UnsupportedModelError: one line naming the first meta tensor and how to materialise the model.
+        UnsupportedModelError: one line naming the first such tensor and the fix.
     """
-    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+    tensors = (*model.named_parameters(), *model.named_buffers())
+    for name, tensor in tensors:
         if tensor.is_meta:
             raise UnsupportedModelError(
                 f"{what}: the model has no real weights ({name!r} is on the meta device); materialise it "
                 "first, e.g. model.to_empty(device='cpu') and then load its weights (load_weights)"
+            )
+    for name, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+            raise UnsupportedModelError(
+                f"{what}: tensor {name!r} of the model holds NaN or inf values (did training diverge?); "
+                "prune a model with finite weights: lower the learning rate or restore a good checkpoint"
             )
 
 

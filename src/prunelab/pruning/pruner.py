@@ -204,7 +204,8 @@ class Pruner:
             scores count in their rows (``False``; their masks are read, never changed).
 
     Raises:
-        UnsupportedModelError: the model is on the meta device (no weights to score: materialise it).
+        UnsupportedModelError: the model has no real weights: it is on the meta device (materialise it)
+            or holds NaN/inf values.
         ConfigError: for an unknown component or option, a criterion without the entry level (a
             group-level criterion such as ``bn_scale``), targets the granularity cannot split, or a
             companion that is missing, of the wrong shape, itself a target, or used with a granularity
@@ -353,9 +354,13 @@ class Pruner:
         Raises:
             ConfigError: a sparsity outside [0, 1], missing statistics, an unprepared pruner, or a
                 sparsity the ``min_keep`` guard makes impossible.
+            UnsupportedModelError: the model's weights hold NaN/inf (training diverged since
+                :meth:`prepare`); nothing is pruned.
         """
         sparsity = check_sparsity(sparsity)
         self._check_prepared()
+        # Checked at every step, not only at construction: training runs between the steps.
+        masking.require_real_weights(self.model, "Pruner.step")
         stats = {} if stats is None else stats
         missing = self.requires - set(stats)
         if missing:

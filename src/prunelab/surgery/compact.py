@@ -494,7 +494,7 @@ def compact(
         ConfigError: a mask names an unknown group, has the wrong length, keeps no channel at all (even
             with ``min_keep=0``: a layer keeps at least one) or fewer than ``min_keep``, or breaks the
             periodic structure of a grouped conv / GroupNorm group.
-        UnsupportedModelError: the model is on the meta device (no weights to copy).
+        UnsupportedModelError: the model has no real weights (meta device, NaN/inf values).
         ChannelRemovalError: some groups cannot be removed from this model (named, each with why).
         SurgeryMismatchError: the compacted model does not match the reference.
     """

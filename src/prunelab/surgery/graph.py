@@ -272,7 +272,7 @@ class ChannelGraph:
 
     Raises:
         UnsupportedModelError: Torch-Pruning cannot trace the model, a layer type it couples is not a
-            CNN channel layer (named, with the fix), or the model is on the meta device (no weights).
+            CNN channel layer (named, with the fix), or the model has no real weights (meta device, NaN/inf).
         ConfigError: ``head`` is not a layer of ``model``; the model cannot run on ``example_inputs``.
     """
 
