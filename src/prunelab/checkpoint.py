@@ -76,7 +76,7 @@ def check_version(payload: dict[str, Any], path: Path) -> dict[str, Any]:
 
     Checks the version, then the parts every reader of a checkpoint indexes: ``arch`` (a mapping with
     ``model``, ``kwargs``, ``num_classes`` and ``input_shape``), ``state_dict`` and ``masks`` (mappings of
-    tensors). Whether the weights fit the architecture is checked when they are loaded
+    tensors; a state_dict's ``_extra_state`` entries may be anything). Whether the weights fit the architecture is checked when they are loaded
     (:func:`prunelab.core.masking.load_plain_state_dict`).
     """
     version = payload.get("version", 0)
@@ -100,8 +100,14 @@ def check_version(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     for part in ("state_dict", "masks"):
         entries = payload.get(part)
         bad = None if isinstance(entries, dict) else part
+        # A module's get_extra_state() is the one non-tensor entry a state_dict may hold.
         bad = bad or next(
-            (f"{part}[{k!r}]" for k, v in entries.items() if not isinstance(v, torch.Tensor)), None
+            (
+                f"{part}[{k!r}]"
+                for k, v in entries.items()
+                if not isinstance(v, torch.Tensor) and not str(k).endswith("_extra_state")
+            ),
+            None,
         )
         if bad:
             raise CheckpointError(

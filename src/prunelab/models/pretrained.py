@@ -325,7 +325,9 @@ def load_weights(
         if key in skipped:
             continue
         if key not in state:
-            if strict and not key.endswith("num_batches_tracked"):
+            # A reparametrization's internals are optional: the plain value under the ordinary key suffices.
+            optional = key.endswith("num_batches_tracked") or ".parametrizations." in f".{key}"
+            if strict and not optional:
                 problems.append(f"key {key!r} is missing from the file")
         elif tuple(state[key].shape) != shape:
             problems.append(
