@@ -154,7 +154,8 @@ def _lock_stage(sweep_dir: Path, stage: str) -> TextIO:
     """
     import fcntl
 
-    handle = open(sweep_dir / f".lock-{check_name(stage, 'stage name')}", "a")  # noqa: SIM115 -- kept open while the stage runs
+    path = sweep_dir / f".lock-{check_name(stage, 'stage name')}"
+    handle = open(path, "a")  # noqa: SIM115 -- kept open while the stage runs
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -378,9 +379,8 @@ def run_sweep(
     say = echo or (lambda _: None)
     plan = plan_sweep(spec, sweep_dir, workers=workers, stages=stages)  # before anything is written
     sweep_dir, runs, workers = plan.sweep_dir, plan.runs, plan.workers
-    ensure_writable_dir(
-        sweep_dir, "sweep directory", "choose another --out"
-    )  # a file, under a file, read-only
+    # A file, a folder under a file or a read-only folder fails here, after the runs validated.
+    ensure_writable_dir(sweep_dir, "sweep directory", "choose another --out")
     threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
     index, recipes = _register_runs(spec, runs, sweep_dir)
     launcher = _Launcher(
