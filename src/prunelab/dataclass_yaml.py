@@ -65,8 +65,8 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     return total
 
 
-def load_yaml_file(path: Any, what: str = "recipe") -> Any:
-    """The data of YAML file ``path`` (``what`` names it in errors: recipe, sweep file, ...).
+def load_yaml_file(path: Any, what: str = "recipe file") -> Any:
+    """The data of YAML file ``path`` (``what`` names it in errors: recipe file, sweep file, ...).
 
     Raises:
         ConfigError: one line ``path: reason; fix`` when the file is missing, unreadable, binary, not
@@ -75,13 +75,15 @@ def load_yaml_file(path: Any, what: str = "recipe") -> Any:
     from pathlib import Path
 
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a {what}; give the YAML file's path")
     if not path.is_file():
-        raise ConfigError(f"{path}: {what} file not found; check the path")
+        raise ConfigError(f"{path}: {what} not found; check the path")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"{path}: cannot read the {what} file ({exc.strerror}); check its permissions"
+            f"{path}: cannot read the {what} ({exc.strerror}); check its permissions"
         ) from None
     if b"\0" in raw:
         raise ConfigError(f"{path}: is a binary file, not a YAML {what}; check the path")

@@ -432,7 +432,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         ConfigError: ``file: field.path: reason`` for each problem found (``ConfigError.errors``).
     """
     path = Path(path)
-    raw = load_yaml_file(path, "recipe")
+    raw = load_yaml_file(path, "recipe file")
     if raw is None or raw == {}:
         raise ConfigError(
             f"{path}: the recipe is empty; give at least model, data and prune sections (see recipes/ for examples)"
