@@ -452,6 +452,39 @@ def test_read_only_index_is_one_line(
     assert not list(out.glob("sweep.db.corrupt-*"))
 
 
+def test_runs_folder_is_a_file(
+    workdir: Path, capsys: pytest.CaptureFixture[str], finished_sweep: Path
+) -> None:
+    sweep = _sweep_file(workdir, SWEEP)
+    out = workdir / "sweeps" / "t"
+    shutil.copytree(finished_sweep, out)
+    shutil.rmtree(out / "runs")
+    (out / "runs").write_text("not a folder\n")
+    _fails(["sweep", sweep, "--quiet"], capsys, workdir.parent, "runs folder", "is an existing file")
+
+
+def test_a_run_folder_that_is_a_file_fails_that_run_only(
+    workdir: Path, capsys: pytest.CaptureFixture[str], finished_sweep: Path
+) -> None:
+    """One run's folder is a file: that run fails in one line, the other one still runs and finishes."""
+    sweep = _sweep_file(workdir, SWEEP)
+    out = workdir / "sweeps" / "t"
+    shutil.copytree(finished_sweep, out)
+    blocked, rerun = sorted(p.name for p in (out / "runs").iterdir())
+    shutil.rmtree(out / "runs" / blocked)
+    (out / "runs" / blocked).write_text("someone's file\n")
+    shutil.rmtree(out / "runs" / rerun)
+    code, stdout, err = cli(["sweep", sweep, "--quiet"], capsys)
+    assert code == 1 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"failed: {blocked}: cannot write ") and "move what is there away" in line
+    assert "1/2 done (0 already finished, 2 started), 1 failed" in stdout
+    assert (out / "runs" / blocked).read_text() == "someone's file\n"
+    assert (out / "runs" / rerun / "summary.json").is_file()
+    rows = {r["id"]: r["status"] for r in SweepIndex(out / "sweep.db").rows()}
+    assert rows == {blocked: "failed", rerun: "done"}
+
+
 def test_restarting_a_finished_sweep_touches_nothing(
     workdir: Path, capsys: pytest.CaptureFixture[str], finished_sweep: Path
 ) -> None:

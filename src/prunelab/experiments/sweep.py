@@ -236,7 +236,6 @@ class _Launcher:
         """Run ``run`` in a subprocess (resuming if an earlier attempt left files); record the outcome."""
         run_dir = _run_dir(self.sweep_dir, run.id)
         resume = run_dir.exists()  # a previous attempt left files: continue from its stage checkpoints
-        run_dir.mkdir(parents=True, exist_ok=True)
         recipe = self.recipes[run.id]
         command = [*self.python, "-m", "prunelab", "run", str(recipe), "--out", str(run_dir), "--quiet"]
         if resume:
@@ -245,7 +244,16 @@ class _Launcher:
             command += ["--data-dir", str(self.data_dir)]
         if self.stopping.is_set():
             return
-        with open(run_dir / "sweep_output.txt", "a", encoding="utf-8") as log:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(run_dir / "sweep_output.txt", "a", encoding="utf-8")  # noqa: SIM115 -- closed below
+        except OSError as exc:
+            # This run's folder is unusable (a file in its place, no permission): fail it, not the sweep.
+            self._fail(
+                run, f"cannot write {run_dir} ({exc.strerror or exc}); move what is there away, then restart"
+            )
+            return
+        with log:
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
             proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
@@ -270,7 +278,10 @@ class _Launcher:
             return
         text = (run_dir / "sweep_output.txt").read_text(errors="replace")
         last_attempt = text[text.rfind("$ ") :]
-        error = _error_from_log(last_attempt.split("\n", 1)[-1], returncode)
+        self._fail(run, _error_from_log(last_attempt.split("\n", 1)[-1], returncode))
+
+    def _fail(self, run: RunSpec, error: str) -> None:
+        """Record that ``run`` failed with ``error`` (one line); the other runs go on."""
         self.index.mark_failed(run.id, error)
         with self.lock:
             self.failed[run.id] = error
@@ -310,7 +321,10 @@ def _register_runs(
     recipes = {run.id: sweep_dir / "recipes" / f"{run.id}.yaml" for run in runs}
     for run in runs:  # every run is checked before any file is written
         _check_recipe_unchanged(recipes[run.id], texts[run.id], run, _run_dir(sweep_dir, run.id))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    fix = "move it away or choose another --out"
+    ensure_writable_dir(sweep_dir / "recipes", "recipes folder", fix)
+    if (sweep_dir / "runs").exists():  # made by the first run to start, not before (the lock is taken first)
+        ensure_writable_dir(sweep_dir / "runs", "runs folder", fix)
     index = SweepIndex(sweep_dir / "sweep.db")
     if index.recovered:
         print(f"warning: {index.recovered}; rebuilding it from the runs' summary.json files", file=sys.stderr)
