@@ -2,12 +2,12 @@
 
 A sweep file (``*.sweep.yaml``) names a base recipe and a grid of dotted recipe fields::
 
-    name: lenet_sparsity            # the sweep's name (default output folder: sweeps/<name>)
-    base: ../magnitude/lenet300_mnist.yaml   # a recipe path (relative to this file) or an inline mapping
+    name: lenet_sparsity            # the sweep's name (default: the file's; output folder sweeps/<name>)
+    base: ../magnitude/lenet300_mnist.yaml   # required: a recipe path (relative to this file) or a mapping
     workers: 2                      # runs executed at the same time
     threads: 1                      # torch/OpenMP threads per run (default: cores // workers)
     data_dir: null                  # passed to every run as --data-dir
-    grid:                           # cartesian product of these lists
+    grid:                           # required, not empty: the cartesian product of these lists
       seed: [0, 1]
       prune.sparsity: [0.5, 0.9]
       vars.label: [a, b]            # ``vars.*`` are labels: not recipe fields, usable in templates
