@@ -36,7 +36,7 @@ REQUIRED = [
 FAST = {"epochs": 2, "optimizer": "adam", "lr": 3e-3, "weight_decay": 0.0, "batch_size": 64}
 
 
-def _recipe(**prune):
+def _recipe(finetune_epochs: int = 1, **prune):
     return recipe_from_dict(
         {
             "name": "t",
@@ -44,7 +44,7 @@ def _recipe(**prune):
             "model": {"name": "small_cnn"},
             "data": {"name": "digits"},
             "train": FAST,
-            "finetune": {**FAST, "epochs": 1},
+            "finetune": {**FAST, "epochs": finetune_epochs},
             "prune": prune,
             "eval": {"latency_batch_sizes": [1, 8], "latency_repeats": 3},
         }
@@ -150,7 +150,7 @@ def test_agp_reaches_final_sparsity(tmp_path: Path) -> None:
 
 def test_init_from_run_checkpoint_keeps_masks(tmp_path: Path) -> None:
     run_recipe(_recipe(method="magnitude", sparsity=0.5), tmp_path / "a", echo=None)
-    recipe = _recipe(method="dense")
+    recipe = _recipe(finetune_epochs=0, method="dense")  # dense never fine-tunes
     recipe.model.init = str(tmp_path / "a")
     recipe.train.epochs = 0
     summary = run_recipe(recipe, tmp_path / "b", echo=None)
