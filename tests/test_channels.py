@@ -114,7 +114,9 @@ for name, path, expected in {items!r}:
     _, x = CONSTRUCTS[name]()
     got = output_tensors(call(model, x))
     want = torch.load(expected, weights_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True)), name
+    # Not bit-equal: the other process may run another thread count, and grouped convolutions then
+    # sum in another order; a wrong reload differs by far more than float rounding.
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(got, want, strict=True)), name
 print("reloaded", len({items!r}))
 """
 
