@@ -410,7 +410,9 @@ def check_recipe_files(recipe: Recipe, data_dir: str | None = None) -> None:
     errors = ErrorCollector()
     with errors:
         try:
-            check_dataset_present(recipe.data.name, data_dir, recipe.data.download)
+            check_dataset_present(
+                recipe.data.name, data_dir, recipe.data.download, options=recipe.data.kwargs
+            )
         except PrunelabError as exc:
             raise ConfigError(f"data.name: {exc}") from None
     if recipe.model.init == "pretrained" and recipe.model.pretrained is not None:
