@@ -645,6 +645,65 @@ def test_augment_batch_is_a_padded_crop_and_flip() -> None:
     assert all(torch.equal(o, i) or torch.equal(o, i.flip(2)) for o, i in zip(only_flip, images))
 
 
+def _crop_and_flip_of(out: torch.Tensor, src: torch.Tensor, pad: int) -> list[tuple[int, int, bool]]:
+    """Every (row offset, column offset, flipped) that turns ``src`` into ``out`` (one image)."""
+    padded = torch.nn.functional.pad(src, (pad, pad, pad, pad))
+    h, w = src.shape[1:]
+    return [
+        (dy, dx, flipped)
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+        for flipped in (False, True)
+        if torch.equal(
+            out,
+            padded[:, dy : dy + h, dx : dx + w].flip(2) if flipped else padded[:, dy : dy + h, dx : dx + w],
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "policy"),
+    [
+        ((16, 3, 8, 8), torch.uint8, Augment(crop_padding=2, flip=True)),
+        ((5, 2, 6, 9), torch.float32, Augment(crop_padding=3, flip=True)),  # odd width, float words
+        ((7, 1, 5, 5), torch.uint8, Augment(crop_padding=1, flip=False)),
+        ((9, 3, 4, 7), torch.uint8, Augment(crop_padding=0, flip=True)),
+        ((1, 3, 8, 8), torch.uint8, Augment(crop_padding=4, flip=True)),
+    ],
+)
+def test_augment_batch_applies_the_drawn_crop_and_flip_of_each_sample(shape, dtype, policy) -> None:
+    # The random semantics: offsets ~ U{0..2p} for rows then columns, then flip with probability 1/2,
+    # drawn in that order from the generator (the same draws as the earlier two-gather implementation).
+    # Distinct pixel values make each sample's crop and flip identifiable.
+    b = shape[0]
+    images = (torch.randperm(math.prod(shape)) % 251 + 1).to(dtype).view(shape)
+    out = augment_batch(images, policy, torch.Generator().manual_seed(7))
+    assert out.shape == images.shape and out.dtype == dtype
+    draws = torch.Generator().manual_seed(7)
+    p = policy.crop_padding
+    offsets = torch.randint(0, 2 * p + 1, (2, b), generator=draws) if p else torch.full((2, b), 0)
+    flips = (torch.rand(b, generator=draws) < 0.5) if policy.flip else torch.zeros(b, dtype=torch.bool)
+    for i in range(b):
+        expected = (int(offsets[0, i]), int(offsets[1, i]), bool(flips[i]))
+        assert expected in _crop_and_flip_of(out[i], images[i], p), (i, expected)
+    again = augment_batch(images, policy, torch.Generator().manual_seed(7))
+    assert torch.equal(out, again)
+
+
+def test_augment_batch_offsets_and_flips_are_uniform() -> None:
+    # Random non-zero pixels: two windows of one sample coincide with negligible probability.
+    images = torch.randint(
+        1, 256, (2000, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    out = augment_batch(images, Augment(crop_padding=1, flip=True), torch.Generator().manual_seed(0))
+    found = [_crop_and_flip_of(out[i], images[i], 1)[0] for i in range(0, 2000, 5)]
+    counts = torch.zeros(3, 3, 2)
+    for dy, dx, flipped in found:
+        counts[dy, dx, int(flipped)] += 1
+    # 400 samples over 18 equally likely cells: about 22 each; a skewed draw would empty some cells.
+    assert counts.min() > 5 and counts.max() < 45
+
+
 def test_loader_augments_only_in_training() -> None:
     ds = _toy(n=16, augment=Augment(crop_padding=2, flip=True))
     train_batches = [x for x, _ in make_loader(ds, 8, train=True, seed=3)]

@@ -1,20 +1,20 @@
 """A light batch loader for in-memory datasets: seeded shuffling, vectorised augmentation, DDP sharding.
 
 ``torch.utils.data.DataLoader`` collates sample by sample in Python, which dominates the step time of a
-small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor, one gather that
-performs the random crops and flips of the whole batch at once, and one fused multiply-add for the
-normalisation. Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is
+small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor, one more
+``index_select`` over a window view that performs the random crops and flips of the whole batch at once
+(on whatever device the images live), and one fused multiply-add for the normalisation. Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is
 reproducible and independent of the global RNG state.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from prunelab.data.dataset import Augment, TensorImageDataset
@@ -41,37 +41,60 @@ def _generator(*values: int) -> torch.Generator:
     return g
 
 
+@functools.lru_cache(maxsize=8)
+def _window_starts(b: int, c: int, h: int, w: int, p: int, device: torch.device) -> torch.Tensor:
+    # Flat start of every output row's window for a zero crop offset: row i of plane (sample, channel)
+    # starts at (plane * (h + 2p) + i) * (w + 2p) in the padded batch. Cached: the loader asks for the
+    # same shape every batch, and on a loaded CPU each small op costs tens of microseconds.
+    plane = torch.arange(b * c, device=device).view(b, c, 1)
+    return (plane * (h + 2 * p) + torch.arange(h, device=device)) * (w + 2 * p)
+
+
 def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
     """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
 
-    Both are folded into one pair of gathers: each sample gets a row offset, a column offset and a flip
-    bit, turned into per-sample row and column index vectors into the padded batch.
+    Every output row is a contiguous run of ``W`` elements of the zero-padded batch, so the whole batch
+    is one ``index_select`` over a window view: the padded batch is written once into a flat buffer, a
+    mirrored copy of that buffer follows it (reading the mirror forwards reads a padded row backwards,
+    which is the flip), and ``as_strided`` views the buffer as "the ``W`` elements starting at every
+    position". Each sample draws a row offset, a column offset and a flip bit, which pick one start per
+    output row. It runs on the device of ``images``; the draws come from the CPU ``generator``, so the
+    same seed gives the same batch on every device (and the same draws, in the same order, as the
+    earlier two-gather implementation, whose batches it reproduces bit for bit).
 
     Args:
-        images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader).
+        images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device.
         policy: what to apply.
-        generator: source of randomness (crop offsets first, then flip bits).
+        generator: a CPU source of randomness (crop offsets first, then flip bits).
 
     Returns:
-        A new tensor with the shape and dtype of ``images``.
+        A new tensor with the shape, dtype and device of ``images``.
     """
     if not policy.active or images.shape[0] == 0:
         return images
     b, c, h, w = images.shape
     p = policy.crop_padding
-    rows = torch.arange(h).expand(b, h)
-    cols = torch.arange(w).expand(b, w)
-    if p > 0:
-        images = F.pad(images, (p, p, p, p))
-        offsets = torch.randint(0, 2 * p + 1, (2, b, 1), generator=generator)
-        rows = rows + offsets[0]
-        cols = cols + offsets[1]
+    dev = images.device
+    n = b * c * (h + 2 * p) * (w + 2 * p)
+    halves = 2 if policy.flip else 1
+    buffer = images.new_zeros(halves * n)
+    padded = buffer.view(halves, b, c, h + 2 * p, w + 2 * p)
+    padded[0, :, :, p : p + h, p : p + w] = images
     if policy.flip:
-        flip = torch.rand(b, 1, generator=generator) < 0.5
-        cols = torch.where(flip, cols.flip(1), cols)
-    # Gather the rows of every sample, then its columns; expand() makes the index views without copies.
-    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, images.shape[3]))
-    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+        # The mirror half is the first half read backwards; padding is symmetric, so only the images
+        # need reversing (flat reversal of a contiguous batch is the cheapest flip there is).
+        padded[1, :, :, p : p + h, p : p + w] = images.reshape(-1).flip(0).view(b, c, h, w)
+    starts = _window_starts(b, c, h, w, p, dev)
+    if p > 0:
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
+        starts = starts + (offsets[0] * (w + 2 * p) + offsets[1]).to(dev)
+    if policy.flip:
+        # A flipped row is the plain window read backwards, i.e. the mirror window that ends where the
+        # plain one starts (mirror position q holds plain position 2n - 1 - q).
+        flip = (torch.rand(b, 1, 1, generator=generator) < 0.5).to(dev)
+        starts = torch.where(flip, (2 * n - w) - starts, starts)
+    windows = buffer.as_strided((buffer.numel() - w + 1, w), (1, 1))
+    return windows.index_select(0, starts.view(-1)).view(b, c, h, w)
 
 
 def _dist_info(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -1,0 +1,158 @@
+"""Cost of training-time augmentation (random crop + flip) in the batch loader, CIFAR-10 shapes.
+
+Three loaders iterate over the same 50,000 uint8 images of shape 3×32×32 (random pixels: the cost does
+not depend on the content), batch 128, in one process on one thread:
+
+- ``plain``: the loader without augmentation (index_select + normalisation), the reference;
+- ``augmented``: the same loader with the CIFAR policy (4-pixel zero-padded random crop + horizontal flip),
+  i.e. :func:`prunelab.data.loader.augment_batch` as it is now (one ``index_select`` over a window view);
+- ``two_gathers``: the same loader with the earlier implementation of the augmentation (per-sample row and
+  column index vectors, two int64 ``gather`` calls), kept here only as the "before" of that change.
+
+Each repetition times ``--batches`` consecutive batches of every loader, in rotating order so that drift in
+the machine's load hits all of them alike; the medians over the repetitions and the median of the paired
+ratios are printed and written, with the environment, to ``benchmarks/results/augment_speed.json``.
+
+Usage::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/augment_speed.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/augment_speed.py --repeats 21 --batches 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from prunelab._io import atomic_write_json
+from prunelab.data import Augment, TensorImageDataset, make_loader
+from prunelab.data import loader as loader_module
+
+RESULTS = Path(__file__).resolve().parent / "results" / "augment_speed.json"
+VARIANTS = ("plain", "augmented", "two_gathers")
+
+
+def two_gathers(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
+    """The augmentation before this change: per-sample row/column indices, then two gathers."""
+    b, c, h, w = images.shape
+    p = policy.crop_padding
+    rows = torch.arange(h).expand(b, h)
+    cols = torch.arange(w).expand(b, w)
+    if p > 0:
+        images = F.pad(images, (p, p, p, p))
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1), generator=generator)
+        rows, cols = rows + offsets[0], cols + offsets[1]
+    if policy.flip:
+        flip = torch.rand(b, 1, generator=generator) < 0.5
+        cols = torch.where(flip, cols.flip(1), cols)
+    out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, images.shape[3]))
+    return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _time_batches(dataset: TensorImageDataset, batches: int, epoch: int) -> float:
+    """Seconds per batch over the first ``batches`` batches of one training epoch."""
+    loader = make_loader(dataset, 128, train=True, seed=0, epoch=epoch)
+    started = time.perf_counter()
+    for i, _ in enumerate(loader):
+        if i + 1 == batches:
+            break
+    return (time.perf_counter() - started) / batches
+
+
+def measure(*, repeats: int, batches: int, warmup: int) -> dict[str, Any]:
+    """Median seconds per batch of each variant and the paired ratios to ``plain``."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (50_000,), generator=generator)
+    common = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26), "classes": [str(i) for i in range(10)]}
+    plain = TensorImageDataset(images, labels, **common)
+    augmented = TensorImageDataset(images, labels, augment=Augment(crop_padding=4, flip=True), **common)
+    current = loader_module.augment_batch
+
+    def run(kind: str, epoch: int) -> float:
+        if kind == "plain":
+            return _time_batches(plain, batches, epoch)
+        loader_module.augment_batch = current if kind == "augmented" else two_gathers  # type: ignore[assignment]
+        try:
+            return _time_batches(augmented, batches, epoch)
+        finally:
+            loader_module.augment_batch = current  # type: ignore[assignment]
+
+    for w in range(warmup):
+        for kind in VARIANTS:
+            run(kind, w)
+    times: dict[str, list[float]] = {kind: [] for kind in VARIANTS}
+    for r in range(repeats):
+        shift = r % len(VARIANTS)
+        for kind in VARIANTS[shift:] + VARIANTS[:shift]:
+            times[kind].append(run(kind, r))
+    medians = {kind: statistics.median(v) for kind, v in times.items()}
+    paired = {
+        kind: statistics.median(a / b for a, b in zip(times[kind], times["plain"], strict=True))
+        for kind in VARIANTS[1:]
+    }
+    return {"seconds_per_batch": medians, "ratio_to_plain": paired, "times": times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison, print the table and write the JSON record."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batches", type=int, default=30, help="batches timed per repetition")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = measure(repeats=args.repeats, batches=args.batches, warmup=args.warmup)
+    med, ratio = result["seconds_per_batch"], result["ratio_to_plain"]
+    print("variant       ms/batch  ratio to plain (paired median)")
+    for kind in VARIANTS:
+        r = ratio.get(kind, 1.0)
+        print(f"{kind:<12} {med[kind] * 1e3:9.3f}  {r:6.2f}")
+    record = {
+        "benchmark": "augment_speed",
+        "command": " ".join(["benchmarks/augment_speed.py", *(argv if argv is not None else sys.argv[1:])]),
+        "shape": [3, 32, 32],
+        "dataset_size": 50_000,
+        "batch_size": 128,
+        "policy": {"crop_padding": 4, "flip": True},
+        "repeats": args.repeats,
+        "batches_per_repeat": args.batches,
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "cpu": _cpu_name(),
+            "threads": torch.get_num_threads(),
+            "load_average": list(os.getloadavg()),
+        },
+        **result,
+    }
+    atomic_write_json(args.out, record)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
