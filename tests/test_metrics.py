@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,10 @@ from prunelab.metrics import (
     file_size,
     layer_table,
     measure_latency,
+    speed,
 )
 from prunelab.metrics.latency import interleaved_times
-from prunelab.metrics.speed import compare_latency
+from prunelab.metrics.speed import compare_latency, onnxruntime_available
 
 INPUT = (3, 10, 12)  # C, H, W
 
@@ -170,3 +172,70 @@ def test_file_size(tmp_path: Path) -> None:
     assert file_size(tmp_path) == 200
     with pytest.raises(FileNotFoundError):
         file_size(tmp_path / "missing")
+
+
+onnx_only = pytest.mark.skipif(not onnxruntime_available(), reason="needs prunelab[onnx]")
+
+
+@onnx_only
+def test_latency_onnx_files_go_to_the_given_folder_and_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system_tmp = tmp_path / "system"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen: list[str] = []
+    export = speed._export
+
+    def recording(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
+        seen.append(path)
+        export(model, x, path, dynamo)
+
+    monkeypatch.setattr(speed, "_export", recording)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dense, compact = hand_built().eval(), hand_built().eval()
+    result = compare_latency(dense, compact, INPUT, batch_sizes=(2,), warmup=1, repeats=2, folder=run_dir)
+    rt = result["onnxruntime"]
+    assert rt["2"]["dense_ms"] > 0 and rt["2"]["compact_ms"] > 0
+    for info in rt["export"].values():  # the fast exporter, outputs checked
+        assert info["exporter"] == "torchscript" and info["max_abs_diff"] <= speed.ONNX_TOLERANCE
+    assert len(seen) == 2 and all(Path(p).parent.parent == run_dir for p in seen)
+    assert list(run_dir.iterdir()) == [] and list(system_tmp.iterdir()) == []  # removed, nothing outside
+
+
+@onnx_only
+def test_onnx_session_falls_back_to_the_default_exporter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = speed._export
+
+    def broken_torchscript(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
+        if not dynamo:
+            raise RuntimeError("unsupported operator\nsecond line")
+        export(model, x, path, dynamo)
+
+    monkeypatch.setattr(speed, "_export", broken_torchscript)
+    model = hand_built().eval()
+    x = torch.randn(1, *INPUT)
+    session, info = speed.onnx_session(model, x, str(tmp_path))
+    assert info["exporter"] == "dynamo" and info["torchscript_failed"] == "torchscript: unsupported operator"
+    batch = torch.randn(3, *INPUT)
+    with torch.no_grad():
+        assert torch.allclose(
+            torch.from_numpy(session.run(None, {"x": batch.numpy()})[0]), model(batch), atol=1e-5
+        )
+
+
+@onnx_only
+def test_latency_records_an_export_whose_outputs_differ_as_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    export = speed._export
+
+    def wrong_model(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
+        export(filled(hand_built()).eval(), x, path, dynamo=False)  # another network's file
+
+    monkeypatch.setattr(speed, "_export", wrong_model)
+    dense, compact = hand_built().eval(), hand_built().eval()
+    result = compare_latency(dense, compact, INPUT, batch_sizes=(1,), warmup=1, repeats=1)
+    reason = result["onnxruntime"]["skipped"]
+    assert "torchscript: outputs differ" in reason and "dynamo: outputs differ" in reason

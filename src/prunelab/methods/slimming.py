@@ -223,6 +223,7 @@ def _finish(
             options.speed_batch_sizes,
             repeats=options.speed_repeats,
             onnx=options.onnx,
+            folder=ctx.out,
         )
     return MethodResult(
         model,
