@@ -12,7 +12,8 @@ as a ``torch.sparse_csr`` tensor:
   ``(N, out, oh, ow)``.
 
 Whether a layer is converted is **measured, never guessed**: each candidate layer is timed dense and
-sparse on its real input (captured from one forward pass at the given batch size), with prunelab's one
+sparse on its real input (captured at the given batch size, with the layers before it already decided,
+so it sees the memory layout it will get), with prunelab's one
 interleaved timer (:func:`prunelab.metrics.latency.interleaved_times`), at the given thread count; the
 sparse form is kept only where its median is faster by ``margin``. A layer left dense is the very module
 of the baked model, so the copy is never slower than dense where the sparse form is not used (up to
@@ -353,13 +354,19 @@ def to_sparse(
         if threads is not None:
             torch.set_num_threads(threads)
         inputs, expected = _capture_inputs(converted, list(layers), x)
-        choices = [
-            _choose(name, module, inputs.get(name), force.get(name), margin, max_density, warmup, repeats)
-            for name, module in layers.items()
-        ]
-        for choice in choices:
+        # Decide in execution order (the capture's order) on the input each layer gets once the layers
+        # before it are decided: a sparse linear layer hands on a transposed (out, N) result, which
+        # the next layer's xᵀ reads without a copy, so a contiguous capture would misjudge it.
+        chosen: dict[str, LayerChoice] = {}
+        for name in [*inputs, *(n for n in layers if n not in inputs)]:
+            x_in = inputs.get(name)
+            if x_in is not None and any(c.form == "sparse" for c in chosen.values()):
+                x_in = _capture_inputs(converted, [name], x)[0][name]
+            choice = _choose(name, layers[name], x_in, force.get(name), margin, max_density, warmup, repeats)
             if choice.form == "sparse":
-                _set_module(converted, choice.name, _sparse_form(layers[choice.name]))
+                _set_module(converted, name, _sparse_form(layers[name]))
+            chosen[name] = choice
+        choices = [chosen[name] for name in layers]
         diff = _max_diff(converted(x), expected)
     finally:
         torch.set_num_threads(old_threads)
