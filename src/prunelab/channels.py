@@ -29,7 +29,6 @@ from torch import nn
 
 from prunelab.core.criterion import applies_to, score_groups
 from prunelab.core.inputs import ExampleInputs
-from prunelab.core.masking import require_real_weights
 from prunelab.core.selectors import check_min_keep, check_scope, check_sparsity, select_channels
 from prunelab.criteria import build_criterion
 from prunelab.errors import ConfigError
@@ -172,7 +171,6 @@ def prune_channels(
         >>> small[0].out_channels, report.surgery.max_abs_diff <= 1e-4
         (4, True)
     """
-    require_real_weights(model, "prune_channels")
     amount = check_sparsity(amount, "amount")
     if amount >= 1.0:
         raise ConfigError("amount: must be below 1 (a share of channels to remove), e.g. 0.3")
@@ -187,6 +185,7 @@ def prune_channels(
                 "criterion_kwargs: only for a criterion given by name; configure the object instead"
             )
         name, crit = repr(criterion), criterion
+    # The graph is the first to touch the model: it refuses one without real weights (meta, NaN/inf).
     graph = ChannelGraph(model, example_inputs, exclude=exclude, head=head)
     unscored = {g.name: f"criterion {name} cannot score it" for g in graph.groups if not applies_to(crit, g)}
     if len(unscored) == len(graph.groups) and unscored:

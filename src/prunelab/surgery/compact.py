@@ -28,7 +28,8 @@ the consumer (e.g. a residual stream that also carries kept channels) are not fo
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from prunelab.core.inputs import ExampleInputs, as_call, output_tensors, random_
 from prunelab.core.masking import require_real_weights
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
-from prunelab.surgery.layers import ChannelMappingLayer
+from prunelab.surgery.layers import is_channel_mapping
 
 __all__ = [
     "ChannelRemovalError",
@@ -197,7 +198,7 @@ def zero_channels(
 def _zero_module(module: nn.Module, role: str, ix: Tensor, keep_shift: bool) -> None:
     """Zero what channels ``ix`` of ``module`` contribute (``role`` "out": its outputs, "in": its inputs)."""
     ix = ix.to(next(iter(module.parameters()), torch.empty(0)).device)
-    if isinstance(module, ChannelMappingLayer):
+    if is_channel_mapping(module):
         if not keep_shift:
             (module.zero_outputs if role == "out" else module.zero_inputs)(ix.tolist())
         return
@@ -249,6 +250,9 @@ def _zero_conv(conv: nn.modules.conv._ConvNd, role: str, ix: Tensor, keep_shift:
         return
     if conv.transposed:
         w[ix] = 0.0  # rows are input channels
+        return
+    if groups == 1:
+        w.index_fill_(1, ix, 0.0)  # columns are input channels
         return
     # Weight (out, in/groups, k...): input c is column c % (in/groups) of its group's output rows.
     per_in, per_out = conv.in_channels // groups, conv.out_channels // groups
@@ -336,9 +340,12 @@ def _norm_keeps(
 def _batch(example: ExampleInputs, batch: ExampleInputs | None) -> ExampleInputs:
     """The verification inputs: ``batch`` if given, else seeded standard-normal inputs like ``example``.
 
-    A shape gives 8 inputs; tensors keep their shapes (:func:`_call` moves them to the model's device).
+    A shape gives 2 inputs: random inputs reach every channel at every position, so a wrong channel
+    mapping shows on any of them, and two samples are what the shift folding needs to tell a constant
+    channel from one that varies from input to input (after a global pooling there is nothing else to
+    compare). Tensors keep their shapes (:func:`_call` moves them to the model's device).
     """
-    return random_like(example, batch=8, seed=0) if batch is None else batch
+    return random_like(example, batch=2, seed=0) if batch is None else batch
 
 
 def _call(model: nn.Module, x: ExampleInputs) -> Any:
@@ -347,17 +354,22 @@ def _call(model: nn.Module, x: ExampleInputs) -> Any:
 
 
 @torch.no_grad()
-def _fold_shifts(
-    work: nn.Module,
-    masked: nn.Module,
+def _observe_and_fold(
+    model: nn.Module,
     groups: Sequence[ChannelGroup],
     removed: Mapping[str, Sequence[int]],
     x: ExampleInputs,
-) -> tuple[list[str], dict[str, str]]:
-    # Consumer inputs of removed channels, observed on the γ-masked model.
+    fold: bool,
+) -> tuple[list[Tensor], list[str], dict[str, str]]:
+    """Run the γ-masked ``model`` once: its outputs, and (``fold``) its removed channels' shifts folded in.
+
+    The consumers' inputs of removed channels are recorded on the way (forward pre-hooks); where they are
+    constant, ``c · Σ W[:, i]`` is then added to the consumer's bias in place (see the module docstring).
+    Returns ``(γ-masked outputs, exact folds, {inexact fold: reason})``.
+    """
     wanted: dict[str, list[int]] = {}
     by_name = {g.name: g for g in groups}
-    for name, channels in removed.items():
+    for name, channels in removed.items() if fold else ():
         for member in by_name[name].members:
             if member.role == "in" and member.kind in ("Conv2d", "Linear"):
                 wanted.setdefault(member.name, []).extend(member.indices(channels))
@@ -368,9 +380,10 @@ def _fold_shifts(
         def hook(_m: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
             seen[name] = args[0].detach()
 
-        handles.append(masked.get_submodule(name).register_forward_pre_hook(hook))
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
     try:
-        _call(masked, x)
+        with _full_precision():
+            masked_out = output_tensors(_call(model, x))
     finally:
         for h in handles:
             h.remove()
@@ -378,7 +391,7 @@ def _fold_shifts(
     inexact: dict[str, str] = {}
     for name, idx in wanted.items():
         idx = sorted(set(idx))
-        layer = work.get_submodule(name)
+        layer = model.get_submodule(name)
         # A Linear reads its features from the last dim (also over channels-last maps), a conv from dim 1.
         dim = -1 if isinstance(layer, nn.Linear) else 1
         inp = seen[name].index_select(dim, torch.tensor(idx, device=seen[name].device))
@@ -392,7 +405,7 @@ def _fold_shifts(
             continue
         if float(const.abs().max()) == 0.0:
             continue
-        ix = torch.tensor(idx, dtype=torch.long)
+        ix = torch.tensor(idx, dtype=torch.long, device=layer.weight.device)
         if isinstance(layer, nn.Linear):
             delta = layer.weight[:, ix] @ const
             padded = False
@@ -410,7 +423,49 @@ def _fold_shifts(
             )
         else:
             exact.append(name)
-    return exact, inexact
+    return masked_out, exact, inexact
+
+
+@contextmanager
+def _full_precision() -> Iterator[None]:
+    """No TF32 inside: the verification compares in full float32 (see :func:`check_equivalence`)."""
+    # TF32 convolutions/matmuls (cuDNN's default on Ampere+ GPUs) round to ~1e-3, and the two models
+    # accumulate in different orders: compare in full float32 so that only a real mismatch fails.
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: ExampleInputs) -> list[Tensor]:
+    """The output tensors of ``model`` on ``x``, in eval mode and full float32 (its mode restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with _full_precision():
+            return output_tensors(_call(model, x))
+    finally:
+        model.train(was_training)
+
+
+def _max_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> float:
+    """Max absolute difference of two models' outputs; :class:`SurgeryMismatchError` beyond ``tolerance``."""
+    shapes = [tuple(t.shape) for t in want], [tuple(t.shape) for t in got]
+    if shapes[0] != shapes[1]:
+        raise SurgeryMismatchError(
+            f"compacted model's outputs have shapes {shapes[1]}, the masked model's {shapes[0]}; "
+            "a model output lost channels (name that layer as the head or exclude it)"
+        )
+    diff = max((float((a - b).abs().max()) for a, b in zip(want, got, strict=True) if a.numel()), default=0.0)
+    if not diff <= tolerance:
+        raise SurgeryMismatchError(
+            f"compacted model differs from the masked model by {diff:.3g} > tolerance {tolerance:g}; "
+            "this is a surgery bug for this architecture, please report it"
+        )
+    return diff
 
 
 def check_equivalence(
@@ -427,33 +482,7 @@ def check_equivalence(
     Raises:
         SurgeryMismatchError: if the difference exceeds ``tolerance`` or the outputs differ in number or shape.
     """
-    modes = (reference.training, candidate.training)
-    reference.eval()
-    candidate.eval()
-    # TF32 convolutions/matmuls (cuDNN's default on Ampere+ GPUs) round to ~1e-3, and the two models
-    # accumulate in different orders: compare in full float32 so that only a real mismatch fails.
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            want, got = output_tensors(_call(reference, x)), output_tensors(_call(candidate, x))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-        reference.train(modes[0])
-        candidate.train(modes[1])
-    shapes = [tuple(t.shape) for t in want], [tuple(t.shape) for t in got]
-    if shapes[0] != shapes[1]:
-        raise SurgeryMismatchError(
-            f"compacted model's outputs have shapes {shapes[1]}, the masked model's {shapes[0]}; "
-            "a model output lost channels (name that layer as the head or exclude it)"
-        )
-    diff = max((float((a - b).abs().max()) for a, b in zip(want, got, strict=True) if a.numel()), default=0.0)
-    if not diff <= tolerance:
-        raise SurgeryMismatchError(
-            f"compacted model differs from the masked model by {diff:.3g} > tolerance {tolerance:g}; "
-            "this is a surgery bug for this architecture, please report it"
-        )
-    return diff
+    return _max_diff(_outputs(reference, x), _outputs(candidate, x), tolerance)
 
 
 def compact(
@@ -478,7 +507,7 @@ def compact(
             a dict of keyword tensors) or the shape ``(C, H, W)`` of one input.
         graph: a :class:`ChannelGraph` of ``model`` (built when not given).
         batch: verification inputs, of the same form as ``example_inputs`` (default: seeded
-            standard-normal inputs like them; 8 inputs for a shape).
+            standard-normal inputs like them; 2 inputs for a shape).
         tolerance: maximum accepted output difference to the reference model.
         fold_shifts: fold removed channels' constant BN shifts into the consumers.
         min_keep: channels every group keeps at least.
@@ -494,17 +523,21 @@ def compact(
         ConfigError: a mask names an unknown group, has the wrong length, keeps no channel at all (even
             with ``min_keep=0``: a layer keeps at least one) or fewer than ``min_keep``, or breaks the
             periodic structure of a grouped conv / GroupNorm group.
-        UnsupportedModelError: the model has no real weights (meta device, NaN/inf values).
+        UnsupportedModelError: the model has no real weights (meta device, NaN/inf values): checked when
+            the graph is traced (here, when ``graph`` is not given), and again if the surgery fails.
         ChannelRemovalError: some groups cannot be removed from this model (named, each with why).
         SurgeryMismatchError: the compacted model does not match the reference.
     """
-    require_real_weights(model, "compact")
-    graph = graph or ChannelGraph(model, example_inputs, head=head)
+    if graph is None:
+        graph = ChannelGraph(model, example_inputs, head=head)  # refuses a model without real weights
     removed = _removed(graph, keep, min_keep)
     x = _batch(example_inputs, batch)
     try:
-        return _compact(model, graph, removed, example_inputs, x, tolerance, fold_shifts, head)
+        return _compact(model, graph, removed, x, tolerance, fold_shifts)
     except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+        # A given graph checked the weights when it was traced; if they went bad since (NaN/inf from a
+        # diverged training run, reaching the outputs), that is the reason, not the surgery.
+        require_real_weights(model, "compact")
         if not diagnose or (len(removed) < 2 and not isinstance(exc, SurgeryMismatchError)):
             bad = {name: _why(exc, graph, name) for name in removed}
             raise ChannelRemovalError(bad) from None
@@ -586,39 +619,31 @@ def _compact(
     model: nn.Module,
     graph: ChannelGraph,
     removed: Mapping[str, Sequence[int]],
-    example: ExampleInputs,
     x: ExampleInputs,
     tolerance: float,
     fold_shifts: bool,
-    head: str | None,
 ) -> tuple[nn.Module, SurgeryReport]:
+    # One copy goes through all three models in turn, since each step only changes entries of removed
+    # channels (which the removal then drops) or consumer biases (which every later step needs):
+    # γ-masked → (shifts folded) → reference → compacted. The outputs of the first two are kept.
     work = copy.deepcopy(model)
-    # Torch-Pruning edits the modules its graph was traced on, so the graph used for pruning is traced
-    # on the copy; the caller's graph (traced on `model`, same module names) is only used for checking.
-    wgraph = ChannelGraph(work, example, exclude=list(graph.excluded), head=head or graph.head)
-    was_training = model.training
+    was_training = work.training
     work.eval()
-    masked = copy.deepcopy(work)
-    zero_channels(masked, graph.groups, removed, keep_shift=True)
-    exact: list[str] = []
-    inexact: dict[str, str] = {}
-    if fold_shifts and removed:
-        exact, inexact = _fold_shifts(work, masked, graph.groups, removed, x)
-    zeroed = copy.deepcopy(work)
-    zero_channels(zeroed, graph.groups, removed, keep_shift=False)
-    reference = _Reference(zeroed, _norm_keeps(zeroed, graph.groups, removed))
+    zero_channels(work, graph.groups, removed, keep_shift=True)
+    masked_out, exact, inexact = _observe_and_fold(
+        work, graph.groups, removed, x, fold_shifts and bool(removed)
+    )
+    zero_channels(work, graph.groups, removed, keep_shift=False)
+    want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
+    # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
+    graph.remove(work, removed)
+    got = _outputs(work, x)
+    diff = _max_diff(want, got, tolerance)
+    shift = max((float((a - b).abs().max()) for a, b in zip(masked_out, got, strict=True)), default=0.0)
+    work.train(was_training)
     sizes = {g.name: [g.size, g.size] for g in graph.groups}
     for name, channels in removed.items():
-        wgraph.prune(name, channels)
         sizes[name][1] = graph.by_name[name].size - len(channels)
-    diff = check_equivalence(reference, work, x, tolerance)
-    with torch.no_grad():
-        got = output_tensors(_call(work, x))
-        shift = max(
-            (float((a - b).abs().max()) for a, b in zip(output_tensors(_call(masked, x)), got, strict=True)),
-            default=0.0,
-        )
-    work.train(was_training)
     report = SurgeryReport(
         channels_before=sum(g.size for g in graph.groups),
         channels_removed=sum(len(c) for c in removed.values()),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ from prunelab.core.inputs import ExampleInputs, as_call
 from prunelab.core.masking import require_real_weights
 from prunelab.core.targets import check_head_name, output_layers
 from prunelab.errors import UnsupportedModelError
-from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types
+from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types, is_channel_mapping
 
 __all__ = [
     "PRODUCER_KINDS",
@@ -289,6 +289,7 @@ class ChannelGraph:
         self.model = model
         self.example_inputs = example_inputs
         self._names = {m: n for n, m in model.named_modules()}
+        self._order = {n: i for i, n in enumerate(self._names.values())}  # module order, by name
         self._param_names = {p: n for n, p in model.named_parameters()}
         for name, module in model.named_modules():
             if isinstance(module, _REFUSED_TYPES):
@@ -330,13 +331,15 @@ class ChannelGraph:
         self.groups: list[ChannelGroup] = []
         self._roots: dict[str, nn.Module] = {}
         self._ops: dict[str, list[str]] = {}
+        # Per group, Torch-Pruning's handler for each module/parameter of the model it touches, with the
+        # (group channel, index) pairs it removes: what :meth:`remove` replays on a copy of the model.
+        self._handlers: dict[str, list[tuple[str, bool, Any, Any, list[tuple[int, int]]]]] = {}
         for group in raw:
             parsed = self._parse(group)
             if parsed is not None and parsed.name not in self._roots:
                 self.groups.append(parsed)
                 self._roots[parsed.name] = model.get_submodule(parsed.name)
-        order = {n: i for i, n in enumerate(self._names.values())}
-        self.groups.sort(key=lambda g: order[g.name])
+        self.groups.sort(key=lambda g: self._order[g.name])
         self.by_name = {g.name: g for g in self.groups}
 
     def _member(self, item: Any) -> tuple[str, str, str, bool, int | None] | None:
@@ -351,7 +354,7 @@ class ChannelGraph:
             return name, "Parameter", "out", False, int(getattr(target, "pruning_dim", -1))
         if not isinstance(module, nn.Module) or module not in self._names:
             return None
-        channel_map = isinstance(module, ChannelMappingLayer)
+        channel_map = is_channel_mapping(module)
         owns = any(True for _ in module.parameters(recurse=False)) or any(
             True for _ in module.buffers(recurse=False)
         )
@@ -372,8 +375,17 @@ class ChannelGraph:
         out_producers = 0
         ops: list[str] = []
         divisions = 1
+        handlers: list[tuple[str, bool, Any, Any, list[tuple[int, int]]]] = []
         for item in group.items:
             module = item.dep.target.module
+            owner = (
+                self._param_names.get(module) if isinstance(module, nn.Parameter) else self._names.get(module)
+            )
+            if owner is not None:  # a layer or parameter of the model (not one of Torch-Pruning's graph ops)
+                pairs = list(zip((int(r) for r in item.root_idxs), (int(i) for i in item.idxs), strict=True))
+                handlers.append(
+                    (owner, isinstance(module, nn.Parameter), item.dep.handler, item.dep.target, pairs)
+                )
             type_name = type(module).__name__
             if "ElementWise" in type_name and "add" in str(getattr(module, "_grad_fn", "")).lower():
                 adds = True
@@ -405,7 +417,7 @@ class ChannelGraph:
             else:
                 members[key] = GroupMember(name, kind, role, sorted(pairs), channel_map, dim)
         # The first producer in module order names the group (stable across rebuilds).
-        order = {n: i for i, n in enumerate(self._names.values())}
+        order = self._order
         producers = [m for m in members.values() if m.role == "out" and m.kind in PRODUCER_KINDS]
         if not producers:
             return None
@@ -429,9 +441,14 @@ class ChannelGraph:
             to_named = {r: i for r, i in named.pairs}
             for m in members.values():
                 m.pairs = sorted((to_named[r], i) for r, i in m.pairs if r in to_named)
+            handlers = [
+                (o, p, h, t, [(to_named[r], i) for r, i in pairs if r in to_named])
+                for o, p, h, t, pairs in handlers
+            ]
         if size % divisions:
             divisions = 1  # cannot happen for a traced model (each block divides the channels)
         self._ops[name] = ops
+        self._handlers[name] = handlers
         return ChannelGroup(
             name,
             size,
@@ -469,6 +486,45 @@ class ChannelGraph:
                 f"Torch-Pruning cannot remove channels of group {name!r} ({type(exc).__name__}: {_one_line(exc)}); "
                 f"exclude it (exclude=[{name!r}])"
             ) from None
+
+    def remove(self, target: nn.Module, removed: Mapping[str, Sequence[int]]) -> None:
+        """Physically remove channels from ``target``, a copy of the traced model (same module names).
+
+        The graph and its model stay as they are, so one trace serves any number of copies. For every
+        group of ``removed`` (``{group: channels}``, indices in the traced model's channel order),
+        Torch-Pruning's handlers for its layers and bare parameters are applied to the same-named
+        objects of ``target``; a layer reached by several groups with the same handler (a concatenation's
+        consumer) is resized once, with the union of the indices, so every index stays one of the traced
+        model. Torch-Pruning's own graph operations (its bookkeeping for later pruning) are not replayed:
+        ``target`` is not pruned again through this graph.
+
+        Raises:
+            UnsupportedModelError: Torch-Pruning fails on a group (one line, naming it).
+        """
+        plan: dict[tuple[str, bool, Any], tuple[Any, set[int], list[str]]] = {}
+        for name, channels in removed.items():
+            wanted = {int(c) for c in channels}
+            for owner, is_param, handler, node, pairs in self._handlers[name]:
+                idx = {i for r, i in pairs if r in wanted}
+                if idx:
+                    _, acc, groups = plan.setdefault((owner, is_param, handler), (node, set(), []))
+                    acc.update(idx)
+                    groups.append(name)
+        for (owner, is_param, handler), (node, idx, groups) in plan.items():
+            try:
+                # What Torch-Pruning's Dependency.__call__ does: the handler reads the node's pruning dim.
+                handler.__self__.pruning_dim = node.pruning_dim
+                if is_param:
+                    parent, _, leaf = owner.rpartition(".")
+                    holder = target.get_submodule(parent)
+                    setattr(holder, leaf, handler(getattr(holder, leaf), sorted(idx)))
+                else:
+                    handler(target.get_submodule(owner), sorted(idx))
+            except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
+                raise UnsupportedModelError(
+                    f"Torch-Pruning cannot remove channels of group {groups[0]!r} ({type(exc).__name__}: "
+                    f"{_one_line(exc)}); exclude it (exclude=[{groups[0]!r}])"
+                ) from None
 
     def report(self) -> dict[str, Any]:
         """The prunability report: coupled groups, excluded layers and why, layers in no group, refused groups."""

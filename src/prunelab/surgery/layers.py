@@ -47,7 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import nn
 
-__all__ = ["ChannelMappingLayer", "channel_mapping_types"]
+__all__ = ["ChannelMappingLayer", "channel_mapping_types", "is_channel_mapping"]
 
 
 @runtime_checkable
@@ -83,10 +83,27 @@ class ChannelMappingLayer(Protocol):
         ...
 
 
+#: ``{module class: implements the protocol}``, filled by :func:`is_channel_mapping`.
+_IMPLEMENTS: dict[type, bool] = {}
+
+
+def is_channel_mapping(module: object) -> bool:
+    """``isinstance(module, ChannelMappingLayer)``, decided once per class.
+
+    A runtime-checkable protocol's ``isinstance`` looks up every protocol method on every call; the
+    surgery asks it for every module of every group, which made it a measurable share of a trace.
+    """
+    cls = type(module)
+    found = _IMPLEMENTS.get(cls)
+    if found is None:
+        found = _IMPLEMENTS[cls] = isinstance(module, ChannelMappingLayer)
+    return found
+
+
 def channel_mapping_types(model: nn.Module) -> list[type[nn.Module]]:
     """The distinct module types of ``model`` that implement :class:`ChannelMappingLayer`, in module order."""
     found: dict[type[nn.Module], None] = {}
     for module in model.modules():
-        if isinstance(module, ChannelMappingLayer):
+        if is_channel_mapping(module):
             found.setdefault(type(module))
     return list(found)
