@@ -13,9 +13,9 @@ as a ``torch.sparse_csr`` tensor:
 
 Whether a layer is converted is **measured, never guessed**: each candidate layer is timed dense and
 sparse on its real input (captured at the given batch size, with the layers before it already decided,
-so it sees the memory layout it will get), with prunelab's one
-interleaved timer (:func:`prunelab.metrics.latency.interleaved_times`), at the given thread count; the
-sparse form is kept only where its median is faster by ``margin``. A layer left dense is the very module
+so it sees the memory layout it will get), with prunelab's one interleaved timer
+(:func:`prunelab.metrics.latency.interleaved_times`), at the given thread count; the sparse form is kept
+only where its median is faster by ``margin``. A layer left dense is the very module
 of the baked model, so the copy is never slower than dense where the sparse form is not used (up to
 measurement noise). The copy is checked against the original on the measurement batch; a mismatch above
 the tolerance raises :class:`~prunelab.errors.PrunelabError` (never a silently wrong model).
@@ -155,7 +155,9 @@ class SparseConv2d(nn.Module):
         # One matrix product over the whole batch: (CKK, N·L); for N = 1 the transpose is free.
         cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)
         out = torch.addmm(self.bias, self.weight, cols)  # (out, N·L)
-        return out.reshape(self.out_channels, n, oh, ow).transpose(0, 1)
+        # Contiguous NCHW, so the BatchNorm / pooling after it run at their usual speed and the per-layer
+        # measurement includes this copy (a strided result made vgg11 at batch 64 slower than dense).
+        return out.reshape(self.out_channels, n, oh, ow).transpose(0, 1).contiguous()
 
     def extra_repr(self) -> str:
         """Kernel geometry and stored non-zeros."""
