@@ -8,6 +8,7 @@ over samples, which matters on a 2-core machine.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -122,6 +123,17 @@ class TensorImageDataset(Dataset):
         """``(C, H, W)`` of one image."""
         _, c, h, w = self.images.shape
         return (c, h, w)
+
+    def to(self, device: str | torch.device) -> TensorImageDataset:
+        """This dataset with its images, labels and normalisation constants on ``device`` (``self`` if
+        they already are), so the loader assembles, augments and normalises batches there."""
+        device = torch.device(device)
+        if self.images.device == device:
+            return self
+        moved = copy.copy(self)
+        moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        moved._scale, moved._shift = self._scale.to(device), self._shift.to(device)
+        return moved
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """Convert a uint8 batch ``(B, C, H, W)`` to normalised float32."""

@@ -188,6 +188,10 @@ class BatchLoader:
         order = self.indices()
         ds = self.dataset
         fast = isinstance(ds, TensorImageDataset)
+        if fast:
+            # A dataset resident on an accelerator (TensorImageDataset.to) is indexed there: one copy of
+            # the epoch's order instead of one per batch. The draws stay on the CPU generator.
+            order = order.to(ds.images.device)
         policy = ds.augment if fast and self.train else Augment()
         # Each rank augments its own samples, so the augmentation stream includes the rank.
         gen = _generator(self.seed, self.epoch, _AUGMENT_STREAM, self.rank) if policy.active else None

@@ -11,7 +11,16 @@ from typing import Any, Literal
 
 from prunelab.errors import ConfigError
 
-__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "SELECTIONS", "TrainConfig", "TrainSection"]
+__all__ = [
+    "AMP_MODES",
+    "COMPILE_MODES",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "SELECTIONS",
+    "FastConfig",
+    "TrainConfig",
+    "TrainSection",
+]
 
 #: Optimizer names accepted by :class:`TrainConfig`.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -19,11 +28,78 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 #: Ways to pick the weights a training run returns.
 SELECTIONS = ("last", "best_val")
+#: Mixed-precision modes of :class:`FastConfig` (``none`` = float32 throughout).
+AMP_MODES = ("none", "bf16")
+#: ``torch.compile`` modes of :class:`FastConfig`; ``reduce-overhead`` replays CUDA graphs.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; "epochs: true" in a recipe is a typo, not 1 epoch.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _choice_hint(value: Any, choices: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(choices)}"
+
+
+@dataclass(kw_only=True)
+class FastConfig:
+    """How a training stage runs on the hardware (the recipe's ``train.fast``); never what it computes.
+
+    The protocol (batch size, schedule, epochs, augmentation draws) is the same with or without these
+    settings; only speed and float rounding change. Settings that need a CUDA device are turned off,
+    with one logged line, when training runs elsewhere, so a recipe written for a GPU also runs on a
+    laptop (see :func:`prunelab.training.loop.train`).
+
+    Attributes:
+        device_data: copy the training set (uint8 images and labels) to the training device once, and
+            shuffle, crop, flip and normalise batches there; without it, every batch is assembled on the
+            CPU and copied over. A no-op on the CPU; needs an in-memory image dataset (other datasets
+            keep the CPU path).
+        channels_last: train with the model's 4-D weights and the input batches in channels-last
+            (NHWC) memory order, which tensor-core convolutions prefer; the model is handed back in the
+            standard layout. Works on every device.
+        amp: ``"bf16"`` runs the forward pass and the loss under ``torch.autocast`` with bfloat16
+            (weights, gradients and the optimizer stay float32, so no loss scaling is needed); CUDA only,
+            turned off on other devices. ``"none"`` keeps float32.
+        compile: wrap the training forward pass in ``torch.compile`` (evaluation stays eager); CUDA only.
+        compile_mode: the ``torch.compile`` mode; ``"reduce-overhead"`` captures CUDA graphs.
+    """
+
+    device_data: bool = False
+    channels_last: bool = False
+    amp: Literal["none", "bf16"] = "none"
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+
+    def __post_init__(self) -> None:
+        for name in ("device_data", "channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(name, "must be true or false")
+        if self.amp not in AMP_MODES:
+            self._fail("amp", f"unknown mode; {_choice_hint(self.amp, AMP_MODES)} (fp16 is not offered)")
+        if self.compile_mode not in COMPILE_MODES:
+            self._fail("compile_mode", f"unknown mode; {_choice_hint(self.compile_mode, COMPILE_MODES)}")
+
+    def _fail(self, name: str, reason: str) -> None:
+        raise ConfigError(f"FastConfig.{name}: {reason} (got {getattr(self, name)!r})")
+
+    @property
+    def active(self) -> bool:
+        """Whether any setting departs from the plain path."""
+        return self.device_data or self.channels_last or self.amp != "none" or self.compile
+
+
+def _fast_from_mapping(values: Mapping[str, Any]) -> FastConfig:
+    known = [f.name for f in dataclasses.fields(FastConfig)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
+            raise ConfigError(f"TrainConfig.fast.{key}: unknown option; {hint}")
+    return FastConfig(**dict(values))
 
 
 @dataclass(kw_only=True)
@@ -54,6 +130,8 @@ class TrainConfig:
             final masks.
         eval_every: validate every this many epochs (the last epoch is always validated).
         progress: show a progress bar (only on rank 0, and only when stderr is a terminal).
+        fast: how the stage runs on the hardware (data on the device, channels-last, bf16, compile); a
+            :class:`FastConfig` or a mapping of its fields. It never changes the protocol.
     """
 
     epochs: int
@@ -72,8 +150,14 @@ class TrainConfig:
     select: Literal["last", "best_val"] = "last"
     eval_every: int = 1
     progress: bool = True
+    fast: FastConfig = field(default_factory=FastConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.fast, Mapping):
+            # from_dict, to_train_config and checkpoints carry the section as a plain mapping.
+            self.fast = _fast_from_mapping(self.fast)
+        elif not isinstance(self.fast, FastConfig):
+            self._fail("fast", "must be a mapping of FastConfig fields")
         self.milestones = (
             list(self.milestones) if isinstance(self.milestones, (list, tuple)) else self.milestones
         )
@@ -121,9 +205,7 @@ class TrainConfig:
         ):
             value = getattr(self, name)
             if value not in choices:
-                close = difflib.get_close_matches(str(value), choices, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(choices)}"
-                self._fail(name, f"unknown value; {hint}")
+                self._fail(name, f"unknown value; {_choice_hint(value, choices)}")
         if not isinstance(self.nesterov, bool):
             self._fail("nesterov", "must be true or false")
         if not isinstance(self.progress, bool):

@@ -18,6 +18,9 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib.util
 import inspect
 import itertools
 import os
@@ -40,7 +43,7 @@ from prunelab import distributed as dist
 from prunelab._io import atomic_torch_save
 from prunelab.core.masking import load_masks, load_plain_state_dict, masks_state_dict, plain_state_dict
 from prunelab.errors import ConfigError
-from prunelab.training.config import TrainConfig
+from prunelab.training.config import FastConfig, TrainConfig
 from prunelab.training.hooks import HOOK_METHODS
 from prunelab.training.optim import build_optimizer, build_scheduler
 from prunelab.training.state import (
@@ -247,6 +250,7 @@ class _Session:
         say: the per-epoch logger (a no-op off rank 0).
         bar: whether to show a progress bar.
         trainable: the parameters gradient clipping applies to.
+        fast: the hardware settings in effect (``cfg.fast`` less what this device cannot do).
         start_epoch: epochs done before this call (after a resume).
         step: optimizer steps done so far.
         history: the ``metrics.jsonl`` rows so far.
@@ -273,6 +277,7 @@ class _Session:
     say: Callable[[str], None]
     bar: bool
     trainable: list[nn.Parameter]
+    fast: FastConfig
     start_epoch: int = 0
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -316,6 +321,43 @@ def _validation_set(data: Any) -> Any:
     return val_set if val_set is not None and len(val_set) > 0 else None
 
 
+def _effective_fast(fast: FastConfig, device: torch.device, say: Callable[[str], None]) -> FastConfig:
+    """``fast`` less what ``device`` cannot do, each dropped setting reported in one line.
+
+    bf16 autocast and ``torch.compile`` are CUDA-only here: on the CPU, bf16 autocast is slower than
+    float32 and compiling costs minutes that a CPU-sized run never wins back, so a GPU recipe run on the
+    CPU trains in float32, eagerly. ``compile`` also needs Triton, the GPU compiler of inductor.
+    ``device_data`` and ``channels_last`` are valid everywhere (``device_data`` is a no-op on the CPU).
+    """
+    changes: dict[str, Any] = {}
+    if device.type != "cuda":
+        if fast.amp != "none":
+            changes["amp"] = "none"
+            say(f"train.fast.amp: {fast.amp} autocast is used on CUDA only; training in float32 on {device}")
+        if fast.compile:
+            changes["compile"] = False
+            say(f"train.fast.compile: used on CUDA only; training eagerly on {device}")
+    elif fast.compile and importlib.util.find_spec("triton") is None:
+        changes["compile"] = False
+        say("train.fast.compile: Triton is not installed (torch.compile's GPU compiler); training eagerly")
+    return dataclasses.replace(fast, **changes) if changes else fast
+
+
+def _device_train_set(train_set: Any, fast: FastConfig, device: torch.device) -> Any:
+    """The training set, copied to ``device`` once if ``fast.device_data`` asks and it is in memory."""
+    from prunelab.data import TensorImageDataset
+
+    if fast.device_data and isinstance(train_set, TensorImageDataset):
+        return train_set.to(device)
+    return train_set
+
+
+def _autocast(s: _Session) -> contextlib.AbstractContextManager[Any]:
+    if s.fast.amp == "bf16":
+        return torch.autocast(s.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _setup(
     model: nn.Module,
     data: Any,
@@ -347,6 +389,11 @@ def _setup(
         load_masks(model, state["masks"])
         load_plain_state_dict(model, state["model"])
         say(f"{tag}: resuming from {ckpt} after epoch {state['epoch']}")
+    fast = _effective_fast(cfg.fast, dev, say)
+    if fast.channels_last:
+        # Before the optimizer: Module.to swaps each parameter's data in place, so the Parameter objects
+        # (and the masks' originals) stay those the optimizer will hold.
+        model.to(memory_format=torch.channels_last)
 
     batch_size = max(1, cfg.batch_size // dist.world_size())
     loader = make_loader(data.train, batch_size, train=True, seed=seed, distributed=dist.is_distributed())
@@ -360,7 +407,7 @@ def _setup(
         tag=tag,
         seed=seed,
         device=dev,
-        train_set=data.train,
+        train_set=_device_train_set(data.train, fast, dev),
         val_set=_validation_set(data),
         batch_size=batch_size,
         total_steps=cfg.epochs * len(loader),
@@ -372,6 +419,7 @@ def _setup(
         say=say,
         bar=cfg.progress and main and sys.stderr.isatty(),
         trainable=[p for p in model.parameters() if p.requires_grad],
+        fast=fast,
     )
     if state is not None:
         _restore(session, state)
@@ -386,6 +434,9 @@ def _setup(
             find_unused_parameters=False,
             **_buffer_sync_kwargs(),
         )
+    if fast.compile and cfg.epochs > session.start_epoch:
+        # Only the training forward is compiled; hooks, evaluation and checkpoints use the eager model.
+        session.net = torch.compile(session.net, mode=fast.compile_mode)
     return session
 
 
@@ -419,11 +470,14 @@ def _train_epoch(s: _Session, epoch: int) -> tuple[Tensor, float]:
     sums = torch.zeros(3, dtype=torch.float64, device=s.device)  # loss sum, correct, samples
     lr = s.optimizer.param_groups[0]["lr"]
     model, cfg, calls = s.model, s.cfg, s.calls
+    layout = torch.channels_last if s.fast.channels_last else torch.preserve_format
     for x, y in _progress(loader, s.bar, f"{s.tag} {epoch + 1}/{cfg.epochs}"):
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        x = x.to(s.device, non_blocking=True, memory_format=layout if x.dim() == 4 else torch.preserve_format)
+        y = y.to(s.device, non_blocking=True)
         s.optimizer.zero_grad(set_to_none=True)
-        logits = s.net(x)
-        data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        with _autocast(s):
+            logits = s.net(x)
+            data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loss = data_loss
         for penalty in calls["penalty"]:
             extra = penalty(model)
@@ -531,6 +585,8 @@ def _finish(s: _Session, *, was_training: bool, keep_checkpoint: bool) -> TrainR
     if s.writes and not keep_checkpoint and ckpt is not None:
         ckpt.unlink(missing_ok=True)
     dist.barrier()
+    if s.fast.channels_last:
+        s.model.to(memory_format=torch.contiguous_format)  # hand the model back in the standard layout
     s.model.train(was_training)
     return TrainResult(
         history=history,
