@@ -155,13 +155,14 @@ def measure(name: str, repeats: int) -> dict[str, Any]:
     }
 
 
-def _environment() -> dict[str, Any]:
+def _git(*args: str) -> str:
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
-        commit = ""
+        return ""
+
+
+def _environment() -> dict[str, Any]:
     return {
         "torch": torch.__version__,
         "torch_pruning": tp.__version__,
@@ -169,7 +170,9 @@ def _environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "git_commit": commit.strip(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        # Uncommitted edits of the measured code, if any (other work shares the tree).
+        "git_dirty": _git("status", "--porcelain", "--", "src/prunelab").splitlines(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average_before": list(os.getloadavg()),
     }

@@ -294,3 +294,27 @@ def test_a_user_layer_implementing_the_protocol_passes_through_surgery() -> None
     rebuilt = apply_arch_spec(_ReversedResidual(), spec)
     rebuilt.load_state_dict(small.state_dict(), strict=True)
     assert torch.equal(rebuilt.eval()(x), small.eval()(x))
+
+
+def test_compact_reuses_the_given_graph_and_leaves_it_reusable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch_pruning as tp
+
+    model, shape = _build("resnet20")
+    graph = ChannelGraph(model, shape)
+    keep = _random_keep(graph)
+    traces: list[int] = []
+    build = tp.DependencyGraph.build_dependency
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        traces.append(1)
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counted)
+    x = torch.randn(4, *shape)
+    first, report = compact(model, keep, shape, graph=graph, batch=x)
+    second, _ = compact(model, keep, shape, graph=graph, batch=x)  # the graph is not consumed
+    assert not traces  # no second trace: the removal replays the given graph on the copy
+    assert report.max_abs_diff <= 1e-4
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    # The graph still describes the untouched original.
+    assert all(model.get_submodule(g.name).out_channels == g.size for g in graph.groups)
