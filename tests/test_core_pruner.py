@@ -117,6 +117,69 @@ def test_removed_units_match_the_exact_count(gran: str, scope: str, sparsity: fl
             assert removed == round(sparsity * units[t.fqn])
 
 
+def _reference_global_masks(
+    pruner: Pruner, sparsity: float, previous: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Global top-k by a full stable sort, without a guard (``min_keep=0``): what the step must select."""
+    g = pruner.granularity
+    units = {}
+    for t in pruner.targets:
+        scores = masking.original(t.module, t.param).detach().abs() * previous[t.fqn]
+        units[t.fqn] = g.reduce(scores).reshape(-1)
+    alive = torch.cat([(g.reduce(previous[t.fqn]) > 0).reshape(-1) for t in pruner.targets])
+    flat = torch.cat(list(units.values()))
+    remove = round(sparsity * flat.numel()) - int((~alive).sum())
+    order = torch.sort(flat, stable=True).indices
+    order = order[alive[order]]
+    keep = alive.clone()
+    keep[order[: max(remove, 0)]] = False
+    out = {}
+    for t, part in zip(pruner.targets, keep.split([u.numel() for u in units.values()]), strict=True):
+        shape = masking.get_mask(t.module, t.param).shape
+        out[t.fqn] = g.expand(part.reshape(g.unit_shape(shape)), shape) & previous[t.fqn]
+    return out
+
+
+@pytest.mark.parametrize("gran", ["element", "kernel", "filter", "channel"])
+@pytest.mark.parametrize("name", ["lenet300_100", "resnet20", "vgg11"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_global_magnitude_steps_match_a_stable_sort_reference(gran: str, name: str, ties: bool) -> None:
+    # The step avoids copies and float casts; its masks must stay exactly those of the full sort,
+    # over iterative rounds and with many tied scores (weights rounded to a coarse grid).
+    from prunelab.models import build_model
+
+    shape = (1, 28, 28) if name.startswith("lenet") else (3, 32, 32)
+    torch.manual_seed(0)
+    model = build_model(
+        name, num_classes=10, input_shape=shape, **({"width": 0.25} if name == "vgg11" else {})
+    )
+    if ties:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_((p * 8).round() / 8)
+    p = Pruner(model, granularity=gran, min_keep=0).prepare()
+    for sparsity in (0.3, 0.6, 0.9):
+        previous = {t.fqn: masking.get_mask(t.module, t.param).clone() for t in p.targets}
+        expected = _reference_global_masks(p, sparsity, previous)
+        p.step(sparsity)
+        for fqn, mask in p.masks().items():
+            assert torch.equal(mask, expected[fqn]), (fqn, sparsity)
+
+
+def test_negative_and_non_finite_scores_are_refused() -> None:
+    class Constant:
+        def __init__(self, value: float) -> None:
+            self.value = value
+
+        def score(self, view: TargetView, stats: Mapping[str, Mapping[str, Tensor]]) -> Tensor:
+            return torch.full_like(view.value, self.value)
+
+    for value, message in ((-1.0, "negative"), (float("nan"), "NaN or inf"), (float("inf"), "NaN or inf")):
+        p = Pruner(UserNet(), criterion=Constant(value)).prepare()
+        with pytest.raises(ValueError, match=message):
+            p.step(0.5)
+
+
 class Contrarian:
     """A criterion that would rather keep what is already pruned: masks must still only shrink."""
 

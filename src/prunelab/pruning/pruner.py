@@ -331,11 +331,20 @@ class Pruner:
                 f"criterion {self.criterion!r} returned scores of shape {tuple(scores.shape)} for "
                 f"{view.fqn} of shape {tuple(view.value.shape)}; scores must have the tensor's shape"
             )
-        if bool((scores < 0).any()):
+        # A reduction, not ``(scores < 0).any()``: no score-sized boolean tensor (NaN passes either way;
+        # the selector refuses non-finite scores).
+        if scores.numel() and bool(scores.min() < 0):
             raise ValueError(f"criterion {self.criterion!r} returned negative scores for {view.fqn}")
+        mask = view.mask.to(scores.device)
+        if bool(mask.all()):  # nothing pruned yet (a first step): nothing to zero, no copy
+            return scores
         # Pruned entries add nothing to their unit: their originals may have drifted under an
         # optimizer's old momentum, but they are gone from the network.
-        return torch.where(view.mask.to(scores.device), scores, torch.zeros((), dtype=scores.dtype))
+        return torch.where(mask, scores, torch.zeros((), dtype=scores.dtype))
+
+    def _alive_units(self, mask: Tensor) -> Tensor:
+        """Boolean unit mask of the units with at least one entry kept (an integer sum, no float copy)."""
+        return self.granularity.reduce(mask) > 0
 
     # Not under no_grad: a criterion's fit may run autograd itself (SynFlow, GraSP). The values it scores
     # are detached, and update_mask runs without grad.
@@ -378,7 +387,7 @@ class Pruner:
         for view in views:
             scores = self._score(view, stats)
             unit_scores[view.fqn] = self.granularity.reduce(scores)
-            previous[view.fqn] = self.granularity.reduce(view.mask.to(scores.dtype)) > 0
+            previous[view.fqn] = self._alive_units(view.mask)
             companion = companions.get(view.fqn)
             if companion is not None:
                 unit_scores[view.fqn] = _append_column(unit_scores[view.fqn], self._score(companion, stats))
@@ -410,13 +419,17 @@ class Pruner:
         removed = total = units_removed = units_total = 0
         for t in self.targets:
             mask = masking.get_mask(t.module, t.param)
-            n_removed = int(mask.numel() - mask.sum())
+            n_removed = mask.numel() - int(mask.count_nonzero())
             per_tensor[t.fqn] = n_removed / mask.numel()
             removed += n_removed
             total += mask.numel()
-            alive_units = self.granularity.reduce(mask.to(torch.float32)) > 0
-            units_total += alive_units.numel()
-            units_removed += int(alive_units.numel() - alive_units.sum())
+            if self.granularity.summed_dims(mask.dim()):
+                alive_units = self._alive_units(mask)
+                units_total += alive_units.numel()
+                units_removed += alive_units.numel() - int(alive_units.count_nonzero())
+            else:  # element units: the entries themselves, already counted
+                units_total += mask.numel()
+                units_removed += n_removed
         return PruneReport(
             requested=requested,
             sparsity=removed / total if total else 0.0,
