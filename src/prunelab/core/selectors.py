@@ -213,42 +213,59 @@ def _select_global(
     device = unit_scores[fqns[0]].device
     sizes = [unit_scores[f].numel() for f in fqns]
     total = sum(sizes)
-    # All units laid out tensor after tensor in insertion order, so a stable sort breaks ties by
+    # All units laid out tensor after tensor in insertion order, so index order breaks ties by
     # (tensor order, flat index).
     flat_alive = torch.cat([alive[f].to(device) for f in fqns])
-    n_alive = [int(alive[f].sum()) for f in fqns]
+    n_alive = [int(alive[f].count_nonzero()) for f in fqns]
     already = total - sum(n_alive)
     k = round(sparsity * total)
     remove = k - already
     if remove > 0:
-        capacity = torch.tensor(
-            [max(0, a - min(min_keep, n)) for a, n in zip(n_alive, sizes, strict=True)], device=device
-        )
-        if remove > int(capacity.sum()):
-            reachable = (already + int(capacity.sum())) / total
+        capacity = [max(0, a - min(min_keep, n)) for a, n in zip(n_alive, sizes, strict=True)]
+        if remove > sum(capacity):
+            reachable = (already + sum(capacity)) / total
             raise ConfigError(
                 f"sparsity {sparsity:g} needs {k} of {total} units removed, but min_keep={min_keep} per "
                 f"tensor allows at most sparsity {math.floor(reachable * 1e4) / 1e4:g}; "
                 "lower the sparsity or min_keep"
             )
-        owner_of = torch.repeat_interleave(
-            torch.arange(len(fqns), device=device), torch.tensor(sizes, device=device)
-        )
-        candidates = torch.nonzero(flat_alive).squeeze(1)
         flat_scores = torch.cat([unit_scores[f].reshape(-1).to(device) for f in fqns])
-        cand_scores = flat_scores[candidates]
-        chosen = candidates[_lowest(cand_scores, remove)]
-        per_tensor = torch.bincount(owner_of[chosen], minlength=len(fqns))
-        if bool((per_tensor > capacity).any()):
+        chosen = _lowest_alive(flat_scores, flat_alive, already, remove)
+        per_tensor = [int(part.count_nonzero()) for part in chosen.split(sizes)]
+        if any(n > c for n, c in zip(per_tensor, capacity, strict=True)):
             # The guard binds (rare): redo the choice in full ascending order.
-            ascending = candidates[torch.sort(cand_scores, stable=True).indices]
-            chosen = _guarded(ascending, owner_of[ascending], capacity, remove)
-        flat_alive[chosen] = False
+            candidates = torch.nonzero(flat_alive).squeeze(1)
+            owner_of = torch.repeat_interleave(
+                torch.arange(len(fqns), device=device), torch.tensor(sizes, device=device)
+            )
+            ascending = candidates[torch.sort(flat_scores[candidates], stable=True).indices]
+            chosen = _guarded(ascending, owner_of[ascending], torch.tensor(capacity, device=device), remove)
+            flat_alive[chosen] = False
+        else:
+            flat_alive.masked_fill_(chosen, False)
     parts = torch.split(flat_alive, sizes)
     return {
         f: part.reshape(unit_scores[f].shape).to(unit_scores[f].device)
         for f, part in zip(fqns, parts, strict=True)
     }
+
+
+def _lowest_alive(flat_scores: Tensor, flat_alive: Tensor, dead: int, count: int) -> Tensor:
+    """Boolean mask of the ``count`` lowest-scored alive entries, ties in index order (as :func:`_lowest`).
+
+    Works on the whole flat tensor instead of gathering the alive candidates: removed entries are set
+    to ``+inf`` (scores are finite, checked above), so the ``count``-th value is a finite alive score,
+    and no index tensor of the network's size is ever built. ``flat_scores`` is overwritten.
+    """
+    if dead:
+        if not flat_scores.is_floating_point():
+            flat_scores = flat_scores.double()
+        flat_scores.masked_fill_(~flat_alive, float("inf"))
+    threshold = torch.kthvalue(flat_scores, count).values
+    chosen = flat_scores < threshold
+    ties = torch.nonzero(flat_scores == threshold).squeeze(1)[: count - int(chosen.count_nonzero())]
+    chosen[ties] = True
+    return chosen
 
 
 def _guarded(ascending: Tensor, owner: Tensor, capacity: Tensor, remove: int) -> Tensor:
