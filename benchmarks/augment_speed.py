@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.data import Augment, TensorImageDataset, make_loader
@@ -56,16 +57,6 @@ def two_gathers(images: torch.Tensor, policy: Augment, generator: torch.Generato
         cols = torch.where(flip, cols.flip(1), cols)
     out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, images.shape[3]))
     return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_batches(dataset: TensorImageDataset, batches: int, epoch: int) -> float:
@@ -143,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "threads": torch.get_num_threads(),
             "load_average": list(os.getloadavg()),
         },

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 import prunelab
@@ -48,16 +49,6 @@ MODELS: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
 }
 
 RESULTS = Path(__file__).resolve().parent / "results" / "mask_overhead.json"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class CastEveryStepMask(Mask):
@@ -157,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             "load_average_before": list(load_before),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,

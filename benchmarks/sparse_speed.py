@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 import prunelab
@@ -75,16 +76,6 @@ CASES: dict[str, tuple[Any, tuple[int, ...], tuple[float, ...], tuple[int, ...],
         (3, 32, 32), (0.90, 0.98), (1, 64), 15,
     ),
 }  # fmt: skip
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _thread_cpu_times(fns: list[Any], warmup: int, repeats: int) -> list[list[float]]:
@@ -188,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "mkl": torch.backends.mkl.is_available(),
