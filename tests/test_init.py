@@ -113,7 +113,11 @@ def test_compacted_checkpoint_with_another_class_count(tmp_path: Path) -> None:
     state, log = _run(tmp_path / "dst", str(tmp_path / "src"))
     assert "(new head)" in log
     head = find_head(small, DIGITS_SHAPE)
-    assert state[f"{head}.weight"].shape == (10, small.get_submodule(head).in_features)
+    fresh = state[f"{head}.weight"]
+    assert fresh.shape == (10, small.get_submodule(head).in_features)
+    # A fresh nn.Linear initialisation (bound 1/sqrt(fan_in)), not the uninitialised memory of the resize.
+    bound = fresh.shape[1] ** -0.5
+    assert torch.isfinite(fresh).all() and fresh.abs().max() <= bound and fresh.std() > bound / 4
     for key, value in small.state_dict().items():
         if not key.startswith(f"{head}."):
             assert torch.equal(state[key], value), key  # the narrowed body is loaded unchanged

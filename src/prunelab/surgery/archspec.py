@@ -87,25 +87,31 @@ def arch_spec(model: nn.Module) -> dict[str, Any]:
     return {"format": ARCH_FORMAT, "version": ARCH_VERSION, "layers": layers}
 
 
-def _resize(module: nn.Module, key: str, shape: Sequence[int]) -> None:
-    """Replace tensor ``key`` of ``module`` by an uninitialised one of ``shape`` (the state_dict fills it)."""
+def _resize(module: nn.Module, key: str, shape: Sequence[int]) -> bool:
+    """Replace tensor ``key`` of ``module`` by an uninitialised one of ``shape`` (the state_dict fills it).
+
+    Returns whether a tensor was created or replaced.
+    """
     if key in module._parameters and module._parameters[key] is None:
         # The surgery added it (a shift folded into a bias-free consumer): create it.
         like = next(iter(module.parameters()), torch.empty(0))
         module._parameters[key] = nn.Parameter(
             torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
         )
-        return
+        return True
     old = module._parameters.get(key)
     if old is not None:
         if tuple(old.shape) != tuple(shape):
             module._parameters[key] = nn.Parameter(
                 torch.empty(tuple(shape), dtype=old.dtype, device=old.device), requires_grad=old.requires_grad
             )
-        return
+            return True
+        return False
     buf = module._buffers.get(key)
     if buf is not None and tuple(buf.shape) != tuple(shape):
         module._buffers[key] = torch.empty(tuple(shape), dtype=buf.dtype, device=buf.device)
+        return True
+    return False
 
 
 def _malformed(name: str, exc: BaseException) -> CheckpointError:
@@ -159,12 +165,33 @@ def _apply_v2_entry(
             continue  # the classifier keeps the class count of the model it is loaded into
         if hasattr(module, key) and not callable(getattr(module, key)):
             setattr(module, key, tuple(value) if isinstance(getattr(module, key), tuple) else value)
+    resized = False
     for key, shape in entry.get("tensors", {}).items():
         shape = _check_shape(name, key, shape)
         current = getattr(module, key, None)
         if keep and isinstance(current, torch.Tensor) and current.dim() > 0:
             shape = [current.shape[0], *shape[1:]]
-        _resize(module, key, shape)
+        resized |= _resize(module, key, shape)
+    if keep and resized:
+        _reinitialise(module)
+
+
+def _reinitialise(module: nn.Module) -> None:
+    """Give a kept-output layer (a new classifier) fresh weights after its tensors were resized.
+
+    The checkpoint's state dict does not fill such a layer (its class count differs), so the
+    uninitialised memory ``_resize`` left would otherwise be trained from — garbage, sometimes NaN.
+    """
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+        return
+    with torch.no_grad():
+        for tensor in module.parameters(recurse=False):
+            if tensor.dim() > 1:
+                nn.init.kaiming_uniform_(tensor, a=5**0.5)  # nn.Linear's default
+            else:
+                tensor.zero_()
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
