@@ -169,6 +169,31 @@ def test_proximal_slimming_driver_prunes_xi_zeros(tmp_path: Path) -> None:
     assert summary["accuracy"] == s["accuracy_after_pruning"]  # no fine-tuning
 
 
+def test_proximal_slimming_zero_gamma_moves_the_loss_before_the_surgery(tmp_path: Path) -> None:
+    # γ ← 0 where ξ = 0: the removed channels then carry only the constant ReLU(β), which the surgery
+    # folds, so the compacted accuracy is the masked (γ-zeroed) accuracy.
+    train = {**SPARSE_TRAIN, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "lr_schedule": "constant"}
+    options = {
+        "lam": 3.0,
+        "beta": 100.0,
+        "sparsity_train": train,
+        "speed_batch_sizes": [],
+        "zero_gamma": True,
+    }
+    summary = run_recipe(
+        _recipe("proximal_slimming", options, None, finetune=0), tmp_path, echo=None, progress=False
+    )
+    _check_run(tmp_path, summary)
+    s = summary["structured"]
+    assert s["zero_gamma"] is True and s["channels_removed"] > 0
+    assert s["gamma_zeroed"] >= 0 and 0.0 <= s["accuracy_gamma_zeroed"] <= 1.0
+    assert s["accuracy_before_gamma_zeroed"] == pytest.approx(s["accuracy_after_sparsity_training"], abs=1e-9)
+    if not summary["surgery"]["folds_inexact"]:
+        assert s["accuracy_after_pruning"] == pytest.approx(s["accuracy_gamma_zeroed"], abs=0.01)
+    log = (tmp_path / "log.txt").read_text()
+    assert "zero_gamma: γ ← 0 on" in log
+
+
 def test_structured_l1_filter_driver(tmp_path: Path) -> None:
     options = {"scope": "layer", "sparsity_train": SPARSE_TRAIN, "speed_batch_sizes": []}
     summary = run_recipe(_recipe("l1_filter", options, 0.25), tmp_path, echo=None, progress=False)
