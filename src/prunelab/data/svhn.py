@@ -5,7 +5,8 @@ Unsupervised Feature Learning*, NIPS Workshop on Deep Learning and Unsupervised 
 http://ufldl.stanford.edu/housenumbers/.
 
 The ``*_32x32.mat`` files hold ``X`` as ``(32, 32, 3, N)`` uint8 and ``y`` as ``(N, 1)`` with the digit 0
-stored as label 10; labels are mapped back to 0–9. The ``extra`` set is not used.
+stored as label 10; labels are mapped back to 0–9. The ``extra`` set is not used. Reading them needs SciPy,
+an optional extra (``pip install 'prunelab[svhn]'``); ``svhn.npz`` needs nothing more.
 """
 
 from __future__ import annotations
@@ -45,12 +46,24 @@ SVHN_FILES: tuple[Resource, Resource] = (
 _SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 
 
+def _require_scipy() -> None:
+    """Refuse, in one line with the fix, to read (or download) ``.mat`` files without SciPy."""
+    try:
+        import scipy.io  # noqa: F401 - only whether it imports matters here
+    except ImportError:
+        raise DataNotFoundError(
+            "svhn: the official .mat files need SciPy, which is not installed; pip install 'prunelab[svhn]' "
+            "(or convert them once to svhn.npz)"
+        ) from None
+
+
 def read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read one cropped-digits ``.mat`` file into ``(images NHWC uint8, labels int64 in 0..9)``.
 
     Raises:
-        DataNotFoundError: the file is unreadable or lacks ``X``/``y``.
+        DataNotFoundError: the file is unreadable or lacks ``X``/``y``; SciPy is not installed.
     """
+    _require_scipy()
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
@@ -99,6 +112,7 @@ def read_svhn(root: Path, *, download: bool = False) -> RawData:
         if not all(p.is_file() for p in paths):
             if not download:
                 raise not_found("svhn", [npz, *paths])
+            _require_scipy()  # before a 600 MB download that could not be read
             paths = [p if p.is_file() else fetch(r, folder) for p, r in zip(paths, SVHN_FILES)]
         (x_train, y_train), (x_test, y_test) = (read_svhn_mat(p) for p in paths)
         raw = RawData(x_train, y_train, x_test, y_test, classes=classes, source=str(folder))
