@@ -4,25 +4,23 @@ Latency on a shared machine is noisy, so the two models are timed side by side i
 *interleaved* (dense pass, compact pass, dense pass, ...) by prunelab's one latency timer,
 :func:`prunelab.metrics.latency.interleaved_times`, and medians are compared: a load spike hits both.
 Backends: eager PyTorch on the CPU, and ONNX Runtime when the optional extra ``prunelab[onnx]`` is
-installed (otherwise the result says it was skipped and why).
+installed (otherwise the result says it was skipped and why). The ONNX files come from prunelab's one
+ONNX export, :func:`prunelab.export.onnx_bytes`, and run in :func:`prunelab.export.onnx_runtime_session`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 import os
 import statistics
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from prunelab.export import _quiet, onnx_bytes, onnx_runtime_session
 from prunelab.metrics.latency import interleaved_times
 
 __all__ = ["ONNX_TOLERANCE", "compare_latency", "onnx_session", "onnxruntime_available"]
@@ -44,30 +42,18 @@ def onnxruntime_available() -> bool:
 ONNX_TOLERANCE = 1e-5
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Keep the exporters' narration (stdout, ``torch.onnx`` logs, warnings) out of run logs."""
-    onnx_log = logging.getLogger("torch.onnx")
-    level = onnx_log.level
-    onnx_log.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        onnx_log.setLevel(level)
+#: The exporters' silencer, shared with :mod:`prunelab.export` (benchmarks/onnx_export_speed.py uses it).
+_quiet_exporter = _quiet
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
-    """Write ``model`` traced on ``x`` to ``path`` as ONNX, with a dynamic batch axis."""
-    with _quiet_exporter():
-        if dynamo:
-            torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
-                              dynamic_shapes=({0: torch.export.Dim.AUTO},), dynamo=True,
-                              external_data=False)  # fmt: skip
-        else:
-            torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, dynamo=False)  # fmt: skip
+    """Write ``model`` traced on ``x`` to ``path`` as ONNX (input ``x``, dynamic batch axis), through
+    prunelab's one ONNX export, :func:`prunelab.export.onnx_bytes`."""
+    data = onnx_bytes(
+        model, (x,), dynamic=True, exporter="dynamo" if dynamo else "torchscript", input_names=["x"]
+    )
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def onnx_session(model: nn.Module, x: torch.Tensor, folder: str) -> tuple[Any, dict[str, Any]]:
@@ -86,10 +72,6 @@ def onnx_session(model: nn.Module, x: torch.Tensor, folder: str) -> tuple[Any, d
     Raises:
         RuntimeError: neither exporter gave a file that reproduces the model's outputs.
     """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
     # Two samples where the export traced one: this also checks the dynamic batch axis.
     probe = torch.cat([x, -x])
     with torch.no_grad():
@@ -100,7 +82,7 @@ def onnx_session(model: nn.Module, x: torch.Tensor, folder: str) -> tuple[Any, d
         path = os.path.join(folder, f"{name}_{id(model):x}.onnx")
         try:
             _export(model, x, path, dynamo=name == "dynamo")
-            session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            session = onnx_runtime_session(path, threads=torch.get_num_threads())
             got = session.run(None, {"x": probe.numpy()})[0]
         except Exception as exc:  # noqa: BLE001 - any failure of one exporter means: try the other
             failures.append(f"{name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}")
