@@ -285,13 +285,16 @@ def test_pls_vip_driver_end_to_end(tmp_path: Path) -> None:
     assert evaluate(rebuilt, data.test)["accuracy"] == pytest.approx(summary["accuracy"], abs=1e-9)
 
 
-@pytest.mark.parametrize("method", ["l1_filter_iterative", "random_filter_iterative"])
+@pytest.mark.parametrize(
+    "method", ["l1_filter_iterative", "l1_filter_layer_iterative", "random_filter_iterative"]
+)
 def test_baselines_run_the_same_loop(tmp_path: Path, method: str) -> None:
     options = {"rounds": 1, "fraction": 0.25, "finetune_epochs": 0}
     summary = run_recipe(_recipe(method, options, "resnet20", {"width": 0.25}), tmp_path, echo=None,
                          progress=False)  # fmt: skip
     s = summary["pls_vip"]
-    assert s["criterion"] == method.split("_iterative")[0].replace("random_filter", "random")
+    assert s["criterion"] == {"random_filter_iterative": "random"}.get(method, "l1_filter")
+    assert s["scope"] == ("layer" if "layer" in method else "global")
     assert s["layers"] == [f"layer{st}.{b}.conv1" for st in (1, 2, 3) for b in range(3)]
     assert s["prunable_removed_share"] == pytest.approx(0.25, abs=0.05)
     assert summary["accuracy"] == s["accuracy_after_pruning"]  # no fine-tuning
@@ -571,3 +574,42 @@ def test_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert (result.failed, result.attempted > 0) == (0, True)
+
+
+def test_channel_macs_is_what_removing_one_channel_saves() -> None:
+    from prunelab.metrics import channel_macs, dense_macs
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    graph = ChannelGraph(model, (3, 8, 8))
+    costs = channel_macs(model, graph.groups, (3, 8, 8))
+    # Group 0: its filter in conv 0 (3·9·64 MACs) and its input channel of conv 3 (4·9·64).
+    assert torch.allclose(costs["0"], torch.full((8,), 3 * 9 * 64 + 4 * 9 * 64, dtype=torch.float64))
+    # Group 3: its filter in conv 3 (8·9·64) and its input of the Linear head (3).
+    assert torch.allclose(costs["3"], torch.full((4,), 8 * 9 * 64 + 3, dtype=torch.float64))
+    # Removing one channel of group 0 really saves that many MACs.
+    keep = {"0": torch.arange(8) != 0, "3": torch.ones(4, dtype=torch.bool)}
+    small, _ = compact(model, keep, (3, 8, 8))
+    assert dense_macs(model, (3, 8, 8)) - dense_macs(small, (3, 8, 8)) == int(costs["0"][0])
+
+
+def test_cost_aware_pls_vip_ranks_per_mac_and_runs(tmp_path: Path) -> None:
+    from prunelab.methods.pls_vip import _per_mac
+
+    model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32), width=0.25).eval()
+    graph = ChannelGraph(model, (3, 32, 32))
+    names = ["layer1.0.conv1", "layer3.0.conv1"]
+    flat = {n: torch.ones(graph.by_name[n].size, dtype=torch.float64) for n in names}
+    per_mac = _per_mac(flat, model, graph, (3, 32, 32))
+    # Equal importance: the stage-1 filter (32×32 maps) costs more MACs than the stage-3 one (8×8 maps),
+    # so per MAC it is worth less and goes first.
+    assert per_mac["layer1.0.conv1"].max() < per_mac["layer3.0.conv1"].min()
+    options = {"rounds": 1, "fraction": 0.25, "finetune_epochs": 0, "calibration_samples": 300}
+    summary = run_recipe(_recipe("pls_vip_per_mac", options, "resnet20", {"width": 0.25}), tmp_path,
+                         echo=None, progress=False)  # fmt: skip
+    s = summary["pls_vip"]
+    assert s["cost_aware"] is True and s["criterion"] == "pls_vip"
+    assert s["prunable_removed_share"] == pytest.approx(0.25, abs=0.05)

@@ -265,7 +265,9 @@ NO_SPARSITY = [
     "relief",
     "proximal_slimming",
     "pls_vip",
+    "pls_vip_per_mac",
     "l1_filter_iterative",
+    "l1_filter_layer_iterative",
     "random_filter_iterative",
 ]
 

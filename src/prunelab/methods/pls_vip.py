@@ -43,7 +43,11 @@ Any other group-level criterion runs the *same* loop (same threshold rule, surge
 ``criterion: l1_filter`` (the L1 norm of the filters, Li et al., ICLR 2017) and ``criterion: random``
 (uniform scores, drawn afresh every round from the recipe seed) are the baselines of the study in
 ``benchmarks/pls_vip.md``, shipped as the presets ``l1_filter_iterative`` and ``random_filter_iterative``
-of this driver.
+of this driver, with ``l1_filter_layer_iterative`` (``scope: layer``, Li et al.'s per-layer rule).
+
+prunelab's own extension, not the paper's: ``cost_aware: true`` (preset ``pls_vip_per_mac``) ranks by
+score per MAC saved, :math:`s'_c = s_c / (m_c / \bar m)` with :math:`m_c` the MACs removing channel ``c``
+saves (:func:`prunelab.metrics.channel_macs`) and :math:`\bar m` their mean.
 """
 
 from __future__ import annotations
@@ -107,6 +111,10 @@ class PlsVipOptions:
             inside every layer).
         finetune_epochs: fine-tuning epochs per round (``null``: the recipe's ``finetune.epochs``).
         tolerance: surgery verification tolerance (max abs output difference).
+        cost_aware: divide every channel's score by the MACs its removal saves
+            (:func:`prunelab.metrics.channel_macs`, normalised to mean 1), so the ranking is
+            importance per MAC. prunelab's own extension, not the paper's criterion: VIP alone prefers
+            the cheap late-stage filters (``benchmarks/pls_vip.md``).
     """
 
     rounds: int = 5
@@ -124,6 +132,7 @@ class PlsVipOptions:
     scope: Literal["global", "layer"] = "global"
     finetune_epochs: int | None = None
     tolerance: float = 1e-4
+    cost_aware: bool = False
 
     def __post_init__(self) -> None:
         # Everything is checked at recipe validation time, before any training starts.
@@ -233,6 +242,17 @@ def _round_scores(
         criterion, scored, model, ctx.statistics(model, getattr(criterion, "requires", frozenset()))
     )
     return {n: scores[n].double() for n in names}
+
+
+def _per_mac(scores: dict[str, Tensor], model: nn.Module, graph: Any, input_shape: Any) -> dict[str, Tensor]:
+    """``score / cost`` per channel, the cost being the MACs its removal saves over the mean such cost."""
+    from prunelab.metrics import channel_macs
+
+    costs = channel_macs(model, [graph.by_name[n] for n in scores], input_shape)
+    mean = torch.cat(list(costs.values())).mean()
+    # A channel without measured MACs (it feeds only normalisations) costs the cheapest channel's share.
+    floor = min((float(c[c > 0].min()) for c in costs.values() if bool((c > 0).any())), default=1.0)
+    return {n: s / (costs[n].clamp_min(floor) / mean) for n, s in scores.items()}
 
 
 def select_filters(
@@ -352,6 +372,8 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
             graph = channel_graph(ctx, model)
         criterion = _round_criterion(options, ctx.seed, r)
         scores = _round_scores(ctx, model, graph, names, criterion)
+        if options.cost_aware:
+            scores = _per_mac(scores, model, graph, ctx.input_shape)
         divisions = {n: int(getattr(graph.by_name[n], "divisions", 1)) for n in names}
         keep, threshold = select_filters(
             scores, options.fraction, scope=options.scope, min_keep=min_keep, divisions=divisions
@@ -383,6 +405,7 @@ def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
         "features_at": options.features_at,
         "calibration_samples": options.calibration_samples,
         "scope": options.scope,
+        "cost_aware": options.cost_aware,
         "layers": names,
         "skipped_groups": skipped,
         "filters_before": filters0,
@@ -412,6 +435,20 @@ register_method(
     f"L1-norm filters in the PLS+VIP loop: {_DESCRIPTION}, fine-tune (baseline).",
     "pls_vip",
     criterion="l1_filter",
+)
+register_method(
+    "l1_filter_layer_iterative",
+    "L1-norm filters in the PLS+VIP loop, the same share from every layer (Li et al.'s per-layer rule), "
+    "surgery, fine-tune (baseline).",
+    "pls_vip",
+    criterion="l1_filter",
+    scope="layer",
+)
+register_method(
+    "pls_vip_per_mac",
+    f"PLS+VIP per MAC saved (prunelab's cost-aware extension) in the same loop: {_DESCRIPTION}, fine-tune.",
+    "pls_vip",
+    cost_aware=True,
 )
 register_method(
     "random_filter_iterative",

@@ -6,6 +6,7 @@ Every function accepts masked (parametrized) models as they are, without baking 
 from prunelab.metrics.counting import (
     WEIGHTED_LAYERS,
     ParamCount,
+    channel_macs,
     count_parameters,
     dense_macs,
     effective_macs,
@@ -17,6 +18,7 @@ from prunelab.metrics.latency import file_size, measure_latency
 __all__ = [
     "WEIGHTED_LAYERS",
     "ParamCount",
+    "channel_macs",
     "count_parameters",
     "dense_macs",
     "effective_macs",

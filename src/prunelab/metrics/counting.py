@@ -33,6 +33,7 @@ from prunelab.core.inputs import as_call, is_shape
 __all__ = [
     "WEIGHTED_LAYERS",
     "ParamCount",
+    "channel_macs",
     "count_parameters",
     "dense_macs",
     "effective_macs",
@@ -189,6 +190,49 @@ def dense_macs(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1
     """
     total, _ = _count_flops(model, input_shape, batch_size)
     return total // 2
+
+
+def channel_macs(model: nn.Module, groups: Sequence[Any], input_shape: Sequence[int]) -> dict[str, Tensor]:
+    """MACs one forward (batch 1) spends on each channel of each channel group: what removing it saves.
+
+    A layer's measured MACs are spread evenly over the indices of the dimension the group touches —
+    its output channels for an ``"out"`` member, its input channels for an ``"in"`` member — and a
+    group channel sums the shares of every member index it maps to. A layer is counted once per index
+    even when it is both an ``"in"`` and an ``"out"`` member (a depthwise convolution). Layers with no
+    measured MACs (normalisations, bare parameters) add nothing.
+
+    Args:
+        model: the model the groups were traced on.
+        groups: its channel groups (:class:`prunelab.surgery.ChannelGroup`).
+        input_shape: ``(C, H, W)`` of one input, or example inputs of any form.
+
+    Returns:
+        ``{group name: float64 tensor of size group.size}``.
+    """
+    _, per_module = _count_flops(model, input_shape, 1)
+    modules = dict(model.named_modules())
+    costs: dict[str, Tensor] = {}
+    for group in groups:
+        cost = torch.zeros(group.size, dtype=torch.float64)
+        seen: set[tuple[str, int]] = set()
+        for member in group.members:
+            module = modules.get(member.name)
+            macs = per_module.get(member.name, 0) / 2
+            weight = getattr(module, "weight", None)
+            if not macs or not isinstance(weight, Tensor) or weight.dim() < 2:
+                continue
+            if isinstance(module, nn.Linear):
+                size = module.out_features if member.role == "out" else module.in_features
+            elif member.role == "out":
+                size = int(getattr(module, "out_channels", weight.shape[0]))
+            else:
+                size = int(getattr(module, "in_channels", weight.shape[1]))
+            for channel, index in member.pairs:
+                if (member.name, index) not in seen:
+                    seen.add((member.name, index))
+                    cost[channel] += macs / size
+        costs[group.name] = cost
+    return costs
 
 
 def _layer_type(module: nn.Module) -> str:
