@@ -4,13 +4,21 @@ Reads every ``summary.json`` (and the run's ``config.yaml`` for ``prune.reparam.
 directory, groups the runs by method, mode (SP = reparam none, IP = interspace) and target sparsity,
 and writes
 
-- ``<out>/interspace_table.md``: mean ± std test accuracy over seeds, the IP − SP gap, non-zero
-  parameters and effective MACs (IP counted in its compact form: non-zero coefficients + bases);
+- ``<out>/interspace_table.md``: mean ± std test accuracy over seeds, the IP − SP gap, that gap less
+  the dense gap (IP − SP of the dense networks trained the same way at 0 % sparsity: what training the
+  basis changes by itself, the control of the study), non-zero parameters and effective MACs (IP
+  counted in its compact form: non-zero coefficients + bases);
 - ``<out>/interspace_<method>.png``: accuracy vs sparsity, SP and IP, with the dense baselines.
+
+``--records-out FILE`` also packs every run's ``summary.json``, ``rounds.csv`` and ``config.yaml`` into
+one JSON record (``benchmarks/_records.py``); given that file instead of a sweep directory, the script
+re-derives the same table and plots.
 
 Usage::
 
-    python benchmarks/interspace_report.py sweeps/interspace_cpu [--out benchmarks/results]
+    python benchmarks/interspace_report.py sweeps/interspace_cpu [--out benchmarks/results] \
+        [--records-out benchmarks/results/interspace_runs.json]
+    python benchmarks/interspace_report.py benchmarks/results/interspace_runs.json
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _records  # benchmarks/_records.py, beside this script
 
 METHOD_ORDER = ["magnitude", "agp", "lottery_ticket", "snip", "grasp", "synflow"]
 MODE = {"none": "SP", "interspace": "IP"}
@@ -55,12 +67,21 @@ def build(root: Path, out: Path) -> str:
     methods = [m for m in METHOD_ORDER if any(k[0] == m for k in groups)]
     methods += sorted({k[0] for k in groups} - set(methods))
     lines = [
-        "| method | sparsity | SP accuracy | IP accuracy | IP − SP | SP non-zero | IP non-zero | SP MACs | IP MACs | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        (
+            "| method | sparsity | SP accuracy | IP accuracy | IP − SP | IP − SP − dense gap | SP non-zero "
+            "| IP non-zero | SP MACs | IP MACs | seeds |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # The control: IP − SP of the dense networks, trained the same way at 0 % sparsity.
+    dense_gap = (
+        statistics.fmean(dense["IP"]) - statistics.fmean(dense["SP"])
+        if dense.get("IP") and dense.get("SP")
+        else None
+    )
     for mode, accs in sorted(dense.items()):
         m, s = _mean_std(accs)
-        lines.append(f"| dense ({mode}) | 0 | {m:.4f} ± {s:.4f} | | | | | | | {len(accs)} |")
+        lines.append(f"| dense ({mode}) | 0 | {m:.4f} ± {s:.4f} | | | | | | | | {len(accs)} |")
     for method in methods:
         for sp in sorted({k[2] for k in groups if k[0] == method}):
             cells = {}
@@ -75,10 +96,14 @@ def build(root: Path, out: Path) -> str:
                     )
             sp_cell = cells.get("SP")
             ip_cell = cells.get("IP")
-            gap = f"{ip_cell[0][0] - sp_cell[0][0]:+.4f}" if sp_cell and ip_cell else ""
+            both = sp_cell is not None and ip_cell is not None
+            gap = f"{ip_cell[0][0] - sp_cell[0][0]:+.4f}" if both else ""
+            net = (
+                f"{ip_cell[0][0] - sp_cell[0][0] - dense_gap:+.4f}" if both and dense_gap is not None else ""
+            )
             fmt = lambda c: f"{c[0][0]:.4f} ± {c[0][1]:.4f}" if c else "–"
             lines.append(
-                f"| {method} | {sp:g} | {fmt(sp_cell)} | {fmt(ip_cell)} | {gap} | "
+                f"| {method} | {sp:g} | {fmt(sp_cell)} | {fmt(ip_cell)} | {gap} | {net} | "
                 f"{sp_cell[1] if sp_cell else ''} | {ip_cell[1] if ip_cell else ''} | "
                 f"{sp_cell[2] if sp_cell else ''} | {ip_cell[2] if ip_cell else ''} | "
                 f"{max(sp_cell[3] if sp_cell else 0, ip_cell[3] if ip_cell else 0)} |"
@@ -139,10 +164,16 @@ def _plots(
 def main() -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument(
+        "sweep_dir", type=Path, help="a sweep directory, or a record written by --records-out"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--records-out", type=Path, default=None, help="also pack the runs' records here")
     args = parser.parse_args()
-    print(build(args.sweep_dir, args.out), end="")
+    with _records.sweep_dir(args.sweep_dir) as root:
+        print(build(root, args.out), end="")
+        if args.records_out is not None:
+            print(f"{_records.save(root, args.records_out)} runs packed into {args.records_out}")
 
 
 if __name__ == "__main__":
