@@ -35,6 +35,7 @@ def _record(
         "macs_dense": 5000,
         "macs_effective": 5 * params,
         "compression": 1000 / params,
+        "macs_ratio": 5000 / (5 * params),
         **extra,
     }
 
@@ -137,9 +138,12 @@ def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
     assert "| pre | 0.95 | 2 | 73.00 ± 4.24 |" in md
     assert "| scratch | 0.9 | 2 | 56.00 ± 1.41 |" in md
     assert "## Failed runs" in md and "| broken | main | data.name: unknown dataset 'cifar11' |" in md
-    for name in ("accuracy_vs_params.png", "accuracy_vs_macs.png", "accuracy_vs_latency.png"):
+    for name in ("accuracy_vs_compression.png", "accuracy_vs_params.png", "accuracy_vs_macs.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
         assert f"]({name})" in md
+    # Only the dense runs were timed and no network was made smaller: no latency or speed-up plot.
+    assert not (tmp_path / "accuracy_vs_latency.png").exists()
+    assert not (tmp_path / "accuracy_vs_speedup.png").exists()
     page = (tmp_path / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.count('src="data:image/png;base64,') == 3
     assert "<td>73.00 ± 4.24</td>" in page and "<h2>Failed runs</h2>" in page
@@ -147,6 +151,40 @@ def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
     # Any recipe field groups too; grouping by a field that does not separate the inits pools them.
     out = write_report([tmp_path], tmp_path / "by_scope.md", group_by=["prune.options.scope"], html=False)
     assert "(pooled)" in out.read_text() and not (tmp_path / "by_scope.html").exists()
+
+
+def test_dense_runs_are_a_reference_line_and_wide_axes_are_logarithmic() -> None:
+    """Dense rows become a dashed line at their mean accuracy (not a point); compression 1x-20x is log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prunelab.experiments.report import _colours, _draw
+
+    rows = aggregate(RECORDS, ["method"])
+    for x, scale in (("compression", "log"), ("params_nonzero", "log"), ("macs_ratio", "log")):
+        fig, ax = plt.subplots()
+        assert _draw(ax, rows, x, ["method"], _colours(rows, ["method"]), ratio=x != "params_nonzero",
+                     compacted_only=False)  # fmt: skip
+        horizontal = [ln for ln in ax.lines if len(set(ln.get_ydata())) == 1 and ln.get_linestyle() == "--"]
+        dense = 100 * (0.80 + 0.82 + 0.60 + 0.64) / 4
+        assert [ln.get_ydata()[0] for ln in horizontal] == [pytest.approx(dense)], x
+        points = [ln for ln in ax.lines if ln.get_marker() == "o"]
+        assert len(points) == 1 and len(points[0].get_xdata()) == 2, x  # agp at 0.9 and 0.95 only
+        dense_x = 1.0 if x != "params_nonzero" else 1000
+        verticals = [ln for ln in ax.lines if list(ln.get_xdata()) == [dense_x, dense_x]]
+        assert verticals, f"{x}: no line marks the dense model on the x axis"
+        assert ax.get_xscale() == scale, x
+        plt.close(fig)
+    # 1x to 2x (sparsity 0.5) stays linear.
+    near = aggregate([_record("pre", 0, 0.0, 0.8, 0.8), _record("pre", 0, 0.5, 0.79, 0.8)], ["method"])
+    fig, ax = plt.subplots()
+    assert _draw(
+        ax, near, "compression", ["method"], _colours(near, ["method"]), ratio=True, compacted_only=False
+    )
+    assert ax.get_xscale() == "linear"
+    plt.close(fig)
 
 
 def test_report_without_latency_skips_that_plot(tmp_path: Path) -> None:
@@ -159,31 +197,110 @@ def test_report_without_latency_skips_that_plot(tmp_path: Path) -> None:
 
 
 def test_report_tables_are_relative_to_the_dense_model(tmp_path: Path) -> None:
-    """A structured run (400 of 1000 parameters left after surgery) and one written before the convention."""
+    """A compacted run (400 of 1000 parameters left), one written before the convention, a masked one."""
     structured = _record("pre", 0, 0.5, 0.7, 0.8, latency=1.0)
     structured.update(
         params_total=400, params_nonzero=400, params_dense_total=1000, sparsity=0.6, compression=2.5,
         macs_effective=2000, macs_ratio=2.5, latency_speedup={"1": 1.6, "8": 2.0},
+        surgery={"max_abs_diff": 1e-7},
+        speedup={
+            "threads": 1,
+            "eager_cpu": {"1": {"dense_ms": 1.0, "compact_ms": 0.8, "speedup": 1.25}},
+            "onnxruntime": {"skipped": "onnxruntime not installed"},
+        },
     )  # fmt: skip
     old = _record("pre", 1, 0.5, 0.72, 0.8)
     old.update(
         params_total=400, params_nonzero=400, params_dense_total=1000, sparsity=0.0, compression=1.0,
         macs_effective=2000,
     )  # fmt: skip
+    del old["macs_ratio"]  # written before the dense-relative convention
+    # A masked network keeps the dense shape: its "speed-up" is timing noise and must not be reported.
+    masked = _record("pre", 0, 0.6, 0.75, 0.8, latency=0.9)
+    masked.update(params_total=1000, params_dense_total=1000, macs_ratio=2.5, latency_speedup={"1": 3.0})
     _fake_run(tmp_path, "new", structured)
     _fake_run(tmp_path, "old", old)
+    _fake_run(tmp_path, "masked", masked)
     records = {r["name"]: r for r in load_records(sorted((tmp_path / "runs").iterdir()))}
     assert records["old"]["sparsity"] == pytest.approx(0.6) and records["old"]["compression"] == 2.5
     assert records["old"]["macs_ratio"] == pytest.approx(5000 / 2000)
-    assert records["new"]["measured_speedup"] == 1.6
+    assert [records[n]["network"] for n in ("new", "old", "masked")] == ["compacted", "compacted", "masked"]
+    assert records["new"]["speedup.eval.1"] == 1.6 and records["new"]["speedup.eager_cpu.1"] == 1.25
+    assert not any(k.startswith("speedup.") for k in records["masked"])
     write_report([tmp_path], html=False)
     md = (tmp_path / "report.md").read_text()
-    assert "| 0.5 | 2 | 71.00 ± 1.41 | 80.00 ± 0.00 | 0.600 | 2.50x | 400 | 2,000 | 2.50x |" in md
     assert (
-        "| new | 0 | 0.5 | agp | 0.600 | 0.7000 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 | 2.50x | 1.60x |"
-        in md
+        "| agp | 0.5 | 2 | 71.00 ± 1.41 | 80.00 ± 0.00 | 0.600 | 2.50x | 2.50x | 400 | 2,000 | 1.000 ± 0.000 "
+        "| 1.25x ± 0.00 | 1.60x ± 0.00 | 2.00x ± 0.00 |" in md
+    )
+    runs_header = (
+        "| run | seed | target | method | network | sparsity | accuracy | dense acc. | non-zero params | params "
+        "| dense params | compression | eff. MACs | dense MACs | MACs ratio | latency (ms) "
+        "| speed-up PyTorch CPU, batch 1 | speed-up eval latency, batch 1 | speed-up eval latency, batch 8 |"
+    )
+    assert runs_header in md
+    assert (
+        "| new | 0 | 0.5 | agp | compacted | 0.600 | 0.7000 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 "
+        "| 2.50x | 1.000 | 1.25x | 1.60x | 2.00x |" in md
     )
     assert (
-        "| old | 1 | 0.5 | agp | 0.600 | 0.7200 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 | 2.50x | – |"
-        in md
+        "| old | 1 | 0.5 | agp | compacted | 0.600 | 0.7200 | 0.8000 | 400 | 400 | 1,000 | 2.50x | 2,000 | 5,000 "
+        "| 2.50x | – | – | – | – |" in md
     )
+    assert "| masked | 0 | 0.6 | agp | masked |" in md and "3.00x" not in md
+    assert "- ONNX Runtime not timed in run new: onnxruntime not installed" in md
+    # The latency plot holds only the compacted run; the masked one is left out, so both plots exist
+    # (one compacted point) and a report of masked runs alone has neither.
+    assert (tmp_path / "accuracy_vs_latency.png").is_file() and (
+        tmp_path / "accuracy_vs_speedup.png"
+    ).is_file()
+    masked_only = tmp_path / "masked_only"
+    _fake_run(masked_only, "masked", masked)
+    write_report([masked_only], html=False)
+    assert not (masked_only / "accuracy_vs_latency.png").exists()
+    assert not (masked_only / "accuracy_vs_speedup.png").exists()
+
+
+def test_html_template_ships_in_the_installed_package(tmp_path: Path) -> None:
+    """A non-editable install of the source tree carries report.html.j2 and renders a page from it."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    project = tmp_path / "project"
+    shutil.copytree(root / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, project / name)
+    site = tmp_path / "site"
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+    ]
+    proc = subprocess.run(
+        [*install, "--target", str(site), str(project)], check=False, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    template = site / "prunelab" / "experiments" / "templates" / "report.html.j2"
+    assert template.is_file()
+    code = (
+        "import prunelab, sys\n"
+        f"assert prunelab.__file__.startswith({str(site)!r}), prunelab.__file__\n"
+        "from prunelab.experiments.report import render_html\n"
+        "blocks = [{'kind': 'heading', 'level': 1, 'text': 'a <b> run'},\n"
+        "          {'kind': 'table', 'id': 'runs', 'headers': ['compression'], 'rows': [['2.00x']]}]\n"
+        "sys.stdout.write(render_html('t', blocks, {}))\n"
+    )
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "<h1>a &lt;b&gt; run</h1>" in proc.stdout  # autoescaped
+    assert '<table id="runs">' in proc.stdout and "<td>2.00x</td>" in proc.stdout

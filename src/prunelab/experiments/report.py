@@ -6,10 +6,19 @@ and writes, beside ``report.md``:
 
 - ``report.md`` — a grouped table (mean ± sample standard deviation over the runs of each group and
   target sparsity, usually the seeds), the per-run table and the failed runs of a sweep;
-- ``report.html`` — the same content as one self-contained page (plots embedded, no extra files);
-- ``accuracy_vs_params.png``, ``accuracy_vs_macs.png`` and ``accuracy_vs_latency.png`` — test accuracy
-  against remaining (non-zero) parameters, effective MACs and measured latency, one line per group,
-  error bars = one standard deviation.
+- ``report.html`` — the same content as one self-contained page (plots embedded, no extra files),
+  rendered from the Jinja2 template ``templates/report.html.j2`` shipped in the package;
+- ``accuracy_vs_compression.png``, ``accuracy_vs_params.png``, ``accuracy_vs_macs.png`` — test accuracy
+  against compression (dense parameters / non-zero parameters), remaining non-zero parameters and the
+  MACs ratio (dense MACs / effective MACs), one line per group, error bars = one standard deviation;
+- ``accuracy_vs_speedup.png`` — accuracy against the measured speed-up over the dense model, one panel
+  per backend and batch size; ``accuracy_vs_latency.png`` — against the measured latency. Both show only
+  runs whose network was physically made smaller (surgery): a masked network keeps the dense shape, so
+  the timing differences of such runs are measurement noise.
+
+Dense runs (``method: dense``) are drawn as reference lines (their accuracy, ± one std as a band, and
+their position on the x axis), not as points; ratio axes mark 1x, the dense model. An axis whose values
+span more than a factor of :data:`LOG_AXIS_SPAN` is logarithmic.
 
 Sparsity, compression, MACs ratio and measured speed-up are relative to the dense network of each
 run (see :mod:`prunelab.experiments.runner`), so structured runs whose surgery made the model smaller
@@ -17,13 +26,14 @@ show what they removed; summaries written before that convention are brought to 
 
 Each run becomes a flat *record*: the ``summary.json`` fields, every recipe field of its ``config.yaml``
 under its dotted name (``prune.scope``, ``model.init``, ``data.image_size``), and the labels a sweep
-gave it (``vars.init`` in the sweep file → ``init``). ``--group-by`` takes any of these names.
+gave it (``vars.init`` in the sweep file → ``init``). ``--group-by`` takes any of these names. Measured
+speed-ups become ``speedup.<backend>.<batch size>`` fields (see :data:`BACKENDS`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import math
 import sqlite3
@@ -38,7 +48,9 @@ from prunelab.dataclass_yaml import load_yaml_file
 from prunelab.errors import ConfigError
 
 __all__ = [
+    "BACKENDS",
     "COLUMNS",
+    "LOG_AXIS_SPAN",
     "PLOTS",
     "aggregate",
     "find_runs",
@@ -46,13 +58,18 @@ __all__ = [
     "load_summaries",
     "markdown_table",
     "plot_accuracy",
+    "plot_speedup",
+    "render_html",
+    "speedup_series",
     "write_report",
 ]
 
-#: Columns of the per-run table: (record key, header, format).
+#: Columns of the per-run table: (record key, header, format). The measured speed-ups follow them, one
+#: column per backend and batch size found in the runs (:func:`speedup_series`).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("name", "run", "{}"),
     ("method", "method", "{}"),
+    ("network", "network", "{}"),
     ("sparsity", "sparsity", "{:.3f}"),
     ("accuracy", "accuracy", "{:.4f}"),
     ("accuracy_dense", "dense acc.", "{:.4f}"),
@@ -63,17 +80,42 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("macs_effective", "eff. MACs", "{:,}"),
     ("macs_dense", "dense MACs", "{:,}"),
     ("macs_ratio", "MACs ratio", "{:.2f}x"),
-    ("measured_speedup", "speed-up", "{:.2f}x"),
+    ("latency", "latency (ms)", "{:.3f}"),
 )
 
-#: The plots of a report: (record key on the x axis, file name, axis label).
+#: The plots of a report with one panel: (record key on the x axis, file name, axis label). The
+#: speed-up plot has a panel per series (:func:`plot_speedup`).
 PLOTS: tuple[tuple[str, str, str], ...] = (
+    ("compression", "accuracy_vs_compression.png", "compression (dense params / non-zero params)"),
     ("params_nonzero", "accuracy_vs_params.png", "remaining (non-zero) parameters"),
-    ("macs_effective", "accuracy_vs_macs.png", "effective MACs (dense MACs x weight density)"),
+    ("macs_ratio", "accuracy_vs_macs.png", "MACs ratio (dense MACs / effective MACs)"),
     ("latency", "accuracy_vs_latency.png", "measured latency (ms)"),
 )
 
-#: Numeric record keys summarised (mean ± std) in the grouped table.
+#: File name of the accuracy vs measured speed-up plot.
+SPEEDUP_PLOT = "accuracy_vs_speedup.png"
+
+#: x keys that are ratios to the dense model: the dense model sits at exactly 1x on them.
+_RATIOS = frozenset({"compression", "macs_ratio"})
+
+#: x keys measured by timing: plotted only for runs whose network was physically made smaller.
+_TIMED = frozenset({"latency"})
+
+#: Where a speed-up was measured, in report order: record backend name → label. ``eager_cpu``,
+#: ``eager_cuda`` and ``onnxruntime`` come from a structured method's ``speedup`` block (dense and
+#: compacted network timed interleaved in one process after pruning); ``eval`` from the run's
+#: ``latency_speedup`` (the dense network timed before pruning, the final one at the end of the run).
+BACKENDS: dict[str, str] = {
+    "eager_cpu": "PyTorch CPU",
+    "eager_cuda": "PyTorch CUDA",
+    "onnxruntime": "ONNX Runtime",
+    "eval": "eval latency",
+}
+
+#: An axis whose positive values span more than this factor is drawn logarithmic.
+LOG_AXIS_SPAN = 10.0
+
+#: Numeric record keys summarised (mean ± std) in the grouped table; the speed-up series are added.
 AGGREGATED: tuple[str, ...] = (
     "accuracy",
     "accuracy_dense",
@@ -83,7 +125,6 @@ AGGREGATED: tuple[str, ...] = (
     "macs_effective",
     "macs_ratio",
     "latency",
-    "measured_speedup",
 )
 
 
@@ -161,7 +202,12 @@ def _dense_relative(summary: dict[str, Any]) -> dict[str, Any]:
     from prunelab.methods.base import dense_relative
 
     keys = ("params_total", "params_nonzero", "macs_dense", "macs_effective", "params_dense_total")
-    if "macs_ratio" in summary or not all(isinstance(summary.get(k), (int, float)) for k in keys):
+    if "macs_ratio" in summary:
+        return summary
+    if not all(isinstance(summary.get(k), (int, float)) for k in keys):
+        macs = summary.get("macs_dense"), summary.get("macs_effective")
+        if all(_is_number(m) for m in macs) and macs[1] > 0:  # no dense totals: the final model's MACs
+            return {**summary, "macs_ratio": macs[0] / macs[1]}
         return summary
     dense = {"params_total": summary["params_dense_total"], "macs_dense": summary["macs_dense"]}
     return {**summary, **dense_relative(summary, dense)}
@@ -213,13 +259,73 @@ def _sweep_rows(sweep_dir: Path) -> dict[str, dict[str, Any]]:
         conn.close()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _network(summary: dict[str, Any]) -> str:
+    """``dense``, ``compacted`` (surgery made the network physically smaller) or ``masked``."""
+    if summary.get("method") == "dense":
+        return "dense"
+    total, dense_total = summary.get("params_total"), summary.get("params_dense_total")
+    smaller = _is_number(total) and _is_number(dense_total) and total < dense_total
+    return "compacted" if isinstance(summary.get("surgery"), dict) or smaller else "masked"
+
+
+def _speedups(summary: dict[str, Any]) -> dict[str, float]:
+    """The measured speed-ups of a summary as ``speedup.<backend>.<batch size>`` fields."""
+    out: dict[str, float] = {}
+    block = summary.get("speedup")
+    if isinstance(block, dict):
+        for backend, by_batch in block.items():
+            if backend == "eval" or not isinstance(by_batch, dict):
+                continue  # "eval" is this report's name for latency_speedup; scalars are metadata
+            for batch, cell in by_batch.items():
+                if str(batch).isdigit() and isinstance(cell, dict) and _is_number(cell.get("speedup")):
+                    out[f"speedup.{backend}.{batch}"] = float(cell["speedup"])
+    speedup = summary.get("latency_speedup")
+    if isinstance(speedup, dict):
+        for batch, value in speedup.items():
+            if str(batch).isdigit() and _is_number(value):
+                out[f"speedup.eval.{batch}"] = float(value)
+    return out
+
+
+def _skipped_backends(summary: dict[str, Any]) -> dict[str, str]:
+    """Backends of a summary's ``speedup`` block that were not timed, with the reason."""
+    block = summary.get("speedup")
+    if not isinstance(block, dict):
+        return {}
+    return {b: str(v["skipped"]) for b, v in block.items() if isinstance(v, dict) and "skipped" in v}
+
+
+def speedup_series(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The ``speedup.<backend>.<batch size>`` fields present in ``records``: backends in :data:`BACKENDS`
+    order (others after them, alphabetically), then batch sizes ascending."""
+    keys = {k for r in records for k in r if k.startswith("speedup.") and _is_number(r[k])}
+    order = list(BACKENDS)
+
+    def rank(key: str) -> tuple[int, str, int]:
+        _, backend, batch = key.split(".", 2)
+        return (order.index(backend) if backend in order else len(order), backend, int(batch))
+
+    return sorted(keys, key=rank)
+
+
+def _series_label(key: str) -> str:
+    _, backend, batch = key.split(".", 2)
+    return f"{BACKENDS.get(backend, backend)}, batch {batch}"
+
+
 def load_records(runs: Sequence[Path]) -> list[dict[str, Any]]:
     """Flat records of ``runs``: summary fields, dotted recipe fields and sweep labels.
 
     Summary fields win over recipe fields of the same name; the sweep label ``vars.X`` is available as
-    ``X`` unless the summary already has that key, and as ``vars.X`` always. ``latency`` is the measured
-    latency at the smallest batch size (``latency_batch``), ``measured_speedup`` the dense model's
-    latency over it at that batch size.
+    ``X`` unless the summary already has that key, and as ``vars.X`` always. ``network`` is ``dense``,
+    ``compacted`` (surgery removed channels) or ``masked``. ``latency`` is the measured latency at the
+    smallest batch size (``latency_batch``). Only compacted runs get the measured speed-ups, as
+    ``speedup.<backend>.<batch size>`` (see :data:`BACKENDS`): a dense or masked network has the dense
+    shape, so its timing differences from the dense model are noise.
     """
     records = []
     sweeps: dict[Path, dict[str, dict[str, Any]]] = {}
@@ -239,14 +345,14 @@ def load_records(runs: Sequence[Path]) -> list[dict[str, Any]]:
         record.update(summary)
         for key, value in labels.items():
             record.setdefault(key, value)
+        record["network"] = _network(summary)
         latency = summary.get("latency_ms")
         if isinstance(latency, dict) and latency:
             batch = min(latency, key=lambda b: int(b))
             record["latency"] = latency[batch]
             record["latency_batch"] = int(batch)
-            speedup = summary.get("latency_speedup")
-            if isinstance(speedup, dict) and isinstance(speedup.get(batch), (int, float)):
-                record["measured_speedup"] = speedup[batch]
+        if record["network"] == "compacted":
+            record.update(_speedups(summary))
         records.append(record)
     return records
 
@@ -260,22 +366,31 @@ def _cell(value: Any, fmt: str) -> str:
         return str(value)
 
 
+def _md_table(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table; ``|`` inside a cell is escaped."""
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *map(line, cells)])
+
+
+def _table_cells(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]
+) -> tuple[list[str], list[list[str]]]:
+    return [h for _, h, _ in columns], [[_cell(r.get(k), fmt) for k, _, fmt in columns] for r in rows]
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]] = COLUMNS) -> str:
     """A GitHub-flavoured markdown table of ``rows`` with the given ``(key, header, format)`` columns."""
-    lines = [
-        "| " + " | ".join(header for _, header, _ in columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(key), fmt) for key, _, fmt in columns) + " |")
-    return "\n".join(lines)
+    return _md_table(*_table_cells(rows, columns))
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
     # Numbers before strings and None last, so mixed-type columns still sort deterministically.
     if value is None:
         return (2, "")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return (0, value)
     return (1, str(value))
 
@@ -299,7 +414,9 @@ def aggregate(
     Returns:
         One row per (group, x) with the group fields, ``x``, ``n`` (runs), ``seeds`` (distinct seeds),
         ``pooled`` (True when two runs share a seed, i.e. different settings were averaged: add a
-        group-by field), and ``<key>_mean`` / ``<key>_std`` for each key of :data:`AGGREGATED` present.
+        group-by field), ``dense`` (every run is a dense run: a reference, not a point),
+        ``compacted`` (every run's network was physically made smaller) and ``<key>_mean`` /
+        ``<key>_std`` for each key of :data:`AGGREGATED` and each speed-up series present.
         The std is the sample standard deviation (n - 1), 0.0 for a single run.
 
     Raises:
@@ -313,6 +430,7 @@ def aggregate(
     for record in records:
         key = tuple(_hashable(record.get(g)) for g in group_by) + (record.get(x) or 0.0,)
         cells[key].append(record)
+    names = [*AGGREGATED, *speedup_series(records)]
     out = []
     for key in sorted(cells, key=lambda k: tuple(_sort_key(v) for v in k)):
         members = cells[key]
@@ -322,8 +440,10 @@ def aggregate(
         row["n"] = len(members)
         row["seeds"] = len(set(seeds))
         row["pooled"] = len(set(seeds)) < len(seeds)
-        for name in AGGREGATED:
-            values = [float(m[name]) for m in members if isinstance(m.get(name), (int, float))]
+        row["dense"] = all(m.get("method") == "dense" for m in members)
+        row["compacted"] = all(m.get("network") == "compacted" for m in members)
+        for name in names:
+            values = [float(m[name]) for m in members if _is_number(m.get(name))]
             if not values:
                 continue
             row[f"{name}_mean"] = statistics.fmean(values)
@@ -332,46 +452,142 @@ def aggregate(
     return out
 
 
-def _pm(row: dict[str, Any], name: str, scale: float, digits: int) -> str:
+def _pm(row: dict[str, Any], name: str, scale: float, digits: int, unit: str = "") -> str:
     if f"{name}_mean" not in row:
         return "–"
-    return f"{scale * row[f'{name}_mean']:.{digits}f} ± {scale * row[f'{name}_std']:.{digits}f}"
+    return f"{scale * row[f'{name}_mean']:.{digits}f}{unit} ± {scale * row[f'{name}_std']:.{digits}f}"
 
 
-def grouped_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], x: str = "target_sparsity") -> str:
-    """The markdown table of :func:`aggregate`'s rows: accuracies in %, mean ± std."""
+def _grouped_cells(
+    rows: Sequence[dict[str, Any]], group_by: Sequence[str], x: str, series: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
     headers = [
-        *group_by,
-        x,
-        "n",
-        "accuracy (%)",
-        "dense acc. (%)",
-        "sparsity",
-        "compression",
-        "non-zero params",
-        "eff. MACs",
-        "MACs ratio",
-        "latency (ms)",
-        "speed-up",
-    ]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+        *group_by, x, "n", "accuracy (%)", "dense acc. (%)", "sparsity", "compression", "MACs ratio",
+        "non-zero params", "eff. MACs", "latency (ms)", *(f"speed-up {_series_label(s)}" for s in series),
+    ]  # fmt: skip
+    cells = []
     for row in rows:
-        cells = [_cell(row.get(g), "{}") for g in group_by]
-        cells += [
+        line = [_cell(row.get(g), "{}") for g in group_by]
+        line += [
             _cell(row.get(x), "{:g}"),
             f"{row['n']}" + (" (pooled)" if row["pooled"] else ""),
             _pm(row, "accuracy", 100, 2),
             _pm(row, "accuracy_dense", 100, 2),
             _cell(row.get("sparsity_mean"), "{:.3f}"),
             _cell(row.get("compression_mean"), "{:.2f}x"),
+            _cell(row.get("macs_ratio_mean"), "{:.2f}x"),
             _cell(round(row["params_nonzero_mean"]) if "params_nonzero_mean" in row else None, "{:,}"),
             _cell(round(row["macs_effective_mean"]) if "macs_effective_mean" in row else None, "{:,}"),
-            _cell(row.get("macs_ratio_mean"), "{:.2f}x"),
             _pm(row, "latency", 1, 3),
-            _cell(row.get("measured_speedup_mean"), "{:.2f}x"),
+            *(_pm(row, s, 1, 2, "x") for s in series),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        cells.append(line)
+    return headers, cells
+
+
+def grouped_table(rows: Sequence[dict[str, Any]], group_by: Sequence[str], x: str = "target_sparsity") -> str:
+    """The markdown table of :func:`aggregate`'s rows: accuracies in %, mean ± std, a column per speed-up."""
+    series = speedup_series(
+        [{k[: -len("_mean")]: v for k, v in r.items() if k.endswith("_mean")} for r in rows]
+    )
+    return _md_table(*_grouped_cells(rows, group_by, x, series))
+
+
+def _label(row: dict[str, Any], group_by: Sequence[str]) -> str:
+    return ", ".join(f"{row.get(g)}" for g in group_by) or "runs"
+
+
+def _colours(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> dict[str, str]:
+    """One colour per group label, the same in every plot of a report."""
+    labels = sorted({_label(r, group_by) for r in rows})
+    return {label: f"C{i % 10}" for i, label in enumerate(labels)}
+
+
+def _draw(
+    ax: Any,
+    rows: Sequence[dict[str, Any]],
+    x: str,
+    group_by: Sequence[str],
+    colours: dict[str, str],
+    *,
+    ratio: bool,
+    compacted_only: bool,
+) -> bool:
+    """Draw accuracy against ``x`` on ``ax``: a line per group, dense rows as reference lines.
+
+    Returns:
+        False (nothing drawn) when no pruned row has ``x``.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    has = [r for r in rows if f"{x}_mean" in r and "accuracy_mean" in r]
+    pruned = [r for r in has if not r["dense"] and (r["compacted"] or not compacted_only)]
+    dense = [r for r in rows if r.get("dense") and "accuracy_mean" in r]
+    if not pruned:
+        if not has or not all(r.get("dense") for r in rows):
+            return False  # pruned runs exist but none has x (e.g. only masked runs on a timed axis)
+        # Only dense runs: nothing to compare against, so they are the points.
+        pruned, dense = [r for r in has if r["dense"]], []
+    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in pruned:
+        lines[_label(row, group_by)].append(row)
+    xs = [r[f"{x}_mean"] for r in pruned]
+    for label, members in sorted(lines.items()):
+        members = sorted(members, key=lambda r: r[f"{x}_mean"])
+        ax.errorbar(
+            [r[f"{x}_mean"] for r in members],
+            [100 * r["accuracy_mean"] for r in members],
+            yerr=[100 * r["accuracy_std"] for r in members],
+            marker="o", markersize=4, capsize=3, color=colours.get(label), label=label,
+        )  # fmt: skip
+    references: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in dense:
+        references[_label(row, group_by)].append(row)
+    for label, members in sorted(references.items()):
+        accuracy = statistics.fmean(100 * r["accuracy_mean"] for r in members)
+        spread = max(100 * r["accuracy_std"] for r in members)
+        # A group of its own (grouped by method: "dense") gets black; a dense run inside a pruned
+        # group (grouped by init) gets that group's colour.
+        colour = colours.get(label) if label in lines else "black"
+        name = "dense" if label == "dense" else f"{label} (dense)"
+        ax.axhline(accuracy, color=colour, linestyle="--", linewidth=1.2, label=f"{name}: {accuracy:.1f} %")
+        if spread > 0:
+            ax.axhspan(accuracy - spread, accuracy + spread, color=colour, alpha=0.08, linewidth=0)
+        # Where the dense model sits on the x axis (its parameters, its latency); 1x on a ratio axis.
+        at = [r[f"{x}_mean"] for r in members if f"{x}_mean" in r]
+        if not ratio and at:
+            ax.axvline(statistics.fmean(at), color=colour, linestyle=":", linewidth=1)
+            xs.append(statistics.fmean(at))
+    if ratio:
+        ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)  # the dense model, by definition
+        xs.append(1.0)
+    positive = [v for v in xs if v > 0]
+    if positive and max(positive) / min(positive) > LOG_AXIS_SPAN:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    return True
+
+
+def _figure(path: Path, fig: Any) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_accuracy(
@@ -381,54 +597,73 @@ def plot_accuracy(
     group_by: Sequence[str] = ("method",),
     xlabel: str = "remaining (non-zero) parameters",
     title: str | None = None,
+    *,
+    ratio: bool | None = None,
+    compacted_only: bool | None = None,
 ) -> Path | None:
     """Plot mean test accuracy (± std) against mean ``x`` for :func:`aggregate`'s rows, a line per group.
 
+    Dense rows are drawn as reference lines (accuracy, ± std band, their ``x``), not as points.
+
+    Args:
+        ratio: ``x`` is a ratio to the dense model (dense = 1x, marked); default: ``x`` is compression,
+            the MACs ratio or a speed-up series.
+        compacted_only: plot only rows whose networks were physically made smaller; default: for
+            timed ``x`` (latency), where masked networks differ from the dense one only by noise.
+
     Returns:
-        ``path``, or ``None`` when no row has ``x`` (e.g. latency was not measured).
+        ``path``, or ``None`` when no pruned row has ``x`` (e.g. latency was not measured).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if f"{x}_mean" in row and "accuracy_mean" in row:
-            label = ", ".join(f"{row.get(g)}" for g in group_by) or "runs"
-            lines[label].append(row)
-    if not lines:
-        return None
+    plt = _pyplot()
+    ratio = x in _RATIOS or x.startswith("speedup.") if ratio is None else ratio
+    compacted_only = x in _TIMED or x.startswith("speedup.") if compacted_only is None else compacted_only
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-    for label, members in sorted(lines.items()):
-        members = sorted(members, key=lambda r: r[f"{x}_mean"])
-        ax.errorbar(
-            [r[f"{x}_mean"] for r in members],
-            [100 * r["accuracy_mean"] for r in members],
-            yerr=[100 * r["accuracy_std"] for r in members],
-            marker="o",
-            markersize=4,
-            capsize=3,
-            label=label,
-        )
-    values = [r[f"{x}_mean"] for m in lines.values() for r in m if r[f"{x}_mean"] > 0]
-    if values and max(values) / min(values) > 20:  # a log axis only where it spreads the points out
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    if not _draw(ax, rows, x, group_by, _colours(rows, group_by), ratio=ratio, compacted_only=compacted_only):
+        plt.close(fig)
+        return None
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, title=", ".join(group_by) or None, title_fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _figure(path, fig)
+
+
+def plot_speedup(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    series: Sequence[str],
+    group_by: Sequence[str] = ("method",),
+) -> Path | None:
+    """Accuracy against measured speed-up over the dense model: one panel per series, compacted runs only.
+
+    Args:
+        rows: :func:`aggregate`'s rows.
+        series: ``speedup.<backend>.<batch size>`` fields (:func:`speedup_series`).
+
+    Returns:
+        ``path``, or ``None`` when no compacted row has a measured speed-up.
+    """
+    plt = _pyplot()
+    colours = _colours(rows, group_by)
+    drawn = [s for s in series if any(r["compacted"] and not r["dense"] and f"{s}_mean" in r for r in rows)]
+    if not drawn:
+        return None
+    cols = min(3, len(drawn))
+    nrows = math.ceil(len(drawn) / cols)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(4.3 * cols, 3.5 * nrows), dpi=100, squeeze=False, sharey=True
+    )
+    for ax, key in zip(axes.flat, drawn, strict=False):
+        _draw(ax, rows, key, group_by, colours, ratio=True, compacted_only=True)
+        ax.set_title(_series_label(key), fontsize=9)
+        ax.set_xlabel("measured speed-up vs dense (x)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    for ax in list(axes.flat)[len(drawn) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7, title=", ".join(group_by) or None, title_fontsize=7)
+    return _figure(path, fig)
 
 
 def _failed_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -440,58 +675,52 @@ def _failed_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return sorted(failed, key=lambda r: r["position"])
 
 
-def _markdown_to_html(lines: Sequence[str], images: dict[str, Path]) -> str:
-    """Render the report's simple markdown (headings, paragraphs, tables, images) as one HTML page."""
-    body: list[str] = []
-    table: list[list[str]] = []
+def _markdown(blocks: Sequence[dict[str, Any]]) -> str:
+    """The report's blocks (see :func:`render_html`) as markdown."""
+    out: list[str] = []
+    for block in blocks:
+        kind = block["kind"]
+        if kind == "heading":
+            out.append("#" * block["level"] + " " + block["text"])
+        elif kind == "paragraph":
+            out.append(block["text"])
+        elif kind == "list":
+            out.append("\n".join(f"- {item}" for item in block["items"]))
+        elif kind == "table":
+            out.append(_md_table(block["headers"], block["rows"]))
+        elif kind == "figure":
+            out.append(f"![{block['alt']}]({block['name']})")
+        out.append("")
+    return "\n".join(out)
 
-    def flush_table() -> None:
-        if not table:
-            return
-        head, *rest = table
-        body.append(
-            "<table><thead><tr>"
-            + "".join(f"<th>{html.escape(c)}</th>" for c in head)
-            + "</tr></thead><tbody>"
-        )
-        for cells in rest:
-            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        body.append("</tbody></table>")
-        table.clear()
 
-    # Entries may be whole blocks (a table is one string): render line by line.
-    for line in (part for block in lines for part in block.split("\n")):
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if not all(set(c) <= {"-", ":"} for c in cells):  # skip the separator row
-                table.append(cells)
-            continue
-        flush_table()
-        if line.startswith("!["):
-            alt, _, rest = line[2:].partition("](")
-            name = rest.rstrip(")")
-            if name in images:
-                data = base64.b64encode(images[name].read_bytes()).decode("ascii")
-                body.append(f'<p><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            body.append(f"<ul><li>{html.escape(line[2:])}</li></ul>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-        "img{max-width:100%}"
+@functools.lru_cache(maxsize=1)
+def _template() -> Any:
+    import jinja2
+
+    # PackageLoader reads the template from wherever prunelab is installed (a wheel ships it as
+    # package data); autoescape: run names, labels and errors are user text.
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("prunelab.experiments", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
     )
-    title = next((b for b in body if b.startswith("<h1>")), "<h1>report</h1>")[4:-5]
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+    return env.get_template("report.html.j2")
+
+
+def render_html(title: str, blocks: Sequence[dict[str, Any]], images: dict[str, Path]) -> str:
+    """The self-contained HTML page of a report, from ``templates/report.html.j2``.
+
+    Args:
+        title: the page title.
+        blocks: the report's content, each a dict with ``kind``: ``heading`` (``level``, ``text``),
+            ``paragraph`` (``text``), ``list`` (``items``), ``table`` (``id``, ``headers``, ``rows``:
+            lists of cell text) or ``figure`` (``name``: a key of ``images``, ``alt``).
+        images: the PNG files of the figures, embedded as data URIs.
+    """
+    data = {name: base64.b64encode(p.read_bytes()).decode("ascii") for name, p in images.items()}
+    return _template().render(title=title, blocks=blocks, images=data)
 
 
 def _report_path(out: str | Path | None, first: Path, html: bool) -> Path:
@@ -516,6 +745,28 @@ def _report_path(out: str | Path | None, first: Path, html: bool) -> Path:
         )
     ensure_writable_dir(path.parent, "--out", "choose another --out", for_file=path)
     return path
+
+
+#: The conventions paragraph at the top of every report.
+_CONVENTIONS = (
+    "Accuracy is final top-1 on the test split; parameters count every learnable tensor (BatchNorm "
+    "included) and masked weights as zeros; sparsity = 1 - non-zero params / dense params and "
+    "compression = dense params / non-zero params, against the dense network the method started from "
+    "(so removed channels count); effective MACs scale each conv/linear layer's MACs by its weight "
+    "density, MACs ratio = dense MACs / effective MACs; latency is the median of the measured forward "
+    "passes. Network: dense, compacted (surgery removed channels: a physically smaller network) or "
+    "masked (zeros in the dense shape)."
+)
+
+#: How the measured speed-ups were taken, under the grouped table.
+_SPEEDUP_NOTE = (
+    "Speed-up = the dense network's latency / the pruned one's, per backend and batch size, for compacted "
+    "runs only: a masked network keeps the dense shape, so its timing differences are measurement noise "
+    "and are neither tabulated nor plotted against speed-up or latency. PyTorch CPU / CUDA and ONNX "
+    "Runtime: the dense and the compacted network timed interleaved in one process right after pruning "
+    "(prune.options.speed_batch_sizes); eval latency: the dense network timed before pruning and the "
+    "final one at the end of the run (eval.latency_batch_sizes), not interleaved."
+)
 
 
 def write_report(
@@ -555,8 +806,10 @@ def write_report(
         )
     )
     rows = aggregate(records, group_by)
+    series = speedup_series(records)
     out_path = _report_path(out, runs[0] if paths[0].is_file() else paths[0], html)
     batch = next((r["latency_batch"] for r in records if "latency_batch" in r), None)
+    figures: list[tuple[str, str]] = []
     images: dict[str, Path] = {}
     for x, name, label in PLOTS:
         if x == "latency" and batch is not None:
@@ -564,43 +817,71 @@ def write_report(
         plot = plot_accuracy(rows, out_path.with_name(name), x=x, group_by=group_by, xlabel=label)
         if plot is not None:
             images[name] = plot
+            suffix = " (compacted runs)" if x in _TIMED else ""
+            figures.append((name, f"accuracy vs {label}{suffix}"))
+    plot = plot_speedup(rows, out_path.with_name(SPEEDUP_PLOT), series, group_by)
+    if plot is not None:
+        images[SPEEDUP_PLOT] = plot
+        figures.insert(
+            1, (SPEEDUP_PLOT, "accuracy vs measured speed-up over the dense model (compacted runs)")
+        )
     seeds = sorted({_hashable(r.get("seed")) for r in records}, key=_sort_key)
-    lines = [
-        f"# {title}",
-        "",
-        (
-            f"{len(records)} run(s), seeds {', '.join(map(str, seeds))}. Accuracy is final top-1 on the "
-            "test split; parameters count every learnable tensor (BatchNorm included) and masked weights "
-            "as zeros; sparsity = 1 - non-zero params / dense params and compression = dense params / "
-            "non-zero params, against the dense network the method started from (so removed channels "
-            "count); effective MACs scale each conv/linear layer's MACs by its weight density, MACs ratio = "
-            "dense MACs / effective MACs; latency is the median of the measured forward passes, speed-up = "
-            "the dense network's latency / the final one's at the same batch size."
-        ),
-        "",
-        f"## Grouped by {', '.join(group_by)} and target sparsity (mean ± std over runs)",
-        "",
-        (
-            "n = runs averaged (usually seeds); std is the sample standard deviation (0 for one run). "
-            "'(pooled)' marks cells that mix runs of the same seed, i.e. settings that differ in a field "
-            "not grouped by."
-        ),
-        "",
-        grouped_table(rows, group_by),
-        "",
-    ]
-    for _, name, label in PLOTS:
-        if name in images:
-            lines += [f"![accuracy vs {label}]({name})", ""]
+    blocks: list[dict[str, Any]] = [
+        {"kind": "heading", "level": 1, "text": title},
+        {"kind": "paragraph", "text": f"{len(records)} run(s), seeds {', '.join(map(str, seeds))}. {_CONVENTIONS}"},
+        {"kind": "heading", "level": 2, "text": f"Grouped by {', '.join(group_by)} and target sparsity (mean ± std over runs)"},
+        {
+            "kind": "paragraph",
+            "text": (
+                "n = runs averaged (usually seeds); std is the sample standard deviation (0 for one run). "
+                "'(pooled)' marks cells that mix runs of the same seed, i.e. settings that differ in a field "
+                "not grouped by."
+            ),
+        },
+        {"kind": "table", "id": "grouped", "headers": [], "rows": []},
+        {"kind": "paragraph", "text": _SPEEDUP_NOTE},
+    ]  # fmt: skip
+    blocks[4]["headers"], blocks[4]["rows"] = _grouped_cells(rows, group_by, "target_sparsity", series)
+    skipped = sorted({f"{BACKENDS.get(b, b)} not timed in run {r.get('name')}: {why}"
+                      for r in records if r["network"] == "compacted"
+                      for b, why in _skipped_backends(r).items()})  # fmt: skip
+    if skipped:
+        blocks.append({"kind": "list", "items": skipped})
+    if figures:
+        blocks.append({
+            "kind": "paragraph",
+            "text": (
+                "Dense runs are the dashed reference lines (band: ± one std), not points; the dotted vertical "
+                "line marks the dense model on the x axis (1x on compression, MACs ratio and speed-up). "
+                f"An axis whose values span more than {LOG_AXIS_SPAN:g}x is logarithmic."
+            ),
+        })  # fmt: skip
+    blocks += [{"kind": "figure", "name": name, "alt": alt} for name, alt in figures]
     columns = [(g, g, "{}") for g in group_by if g not in {c[0] for c in COLUMNS}]
     columns += [("seed", "seed", "{}"), ("target_sparsity", "target", "{:g}")]
-    lines += ["## Runs", "", markdown_table(records, [*COLUMNS[:1], *columns, *COLUMNS[1:]]), ""]
+    columns = [
+        *COLUMNS[:1],
+        *columns,
+        *COLUMNS[1:],
+        *((s, f"speed-up {_series_label(s)}", "{:.2f}x") for s in series),
+    ]
+    headers, cells = _table_cells(records, columns)
+    blocks += [
+        {"kind": "heading", "level": 2, "text": "Runs"},
+        {"kind": "table", "id": "runs", "headers": headers, "rows": cells},
+    ]
     failed = _failed_runs(paths)
     if failed:
-        lines += ["## Failed runs", "", "| run | stage | error |", "|---|---|---|"]
-        lines += [f"| {r['id']} | {r['stage']} | {str(r['error'] or '').replace('|', '/')} |" for r in failed]
-        lines.append("")
-    atomic_write_text(out_path, "\n".join(lines))
+        blocks += [
+            {"kind": "heading", "level": 2, "text": "Failed runs"},
+            {
+                "kind": "table",
+                "id": "failed",
+                "headers": ["run", "stage", "error"],
+                "rows": [[r["id"], r["stage"], str(r["error"] or "")] for r in failed],
+            },
+        ]
+    atomic_write_text(out_path, _markdown(blocks))
     if html:
-        atomic_write_text(out_path.with_suffix(".html"), _markdown_to_html(lines, images))
+        atomic_write_text(out_path.with_suffix(".html"), render_html(title, blocks, images))
     return out_path
