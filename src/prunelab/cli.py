@@ -221,7 +221,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stages = None if args.stage is None else [s.strip() for s in args.stage.split(",") if s.strip()]
     if args.dry_run:
         # The checks of a real sweep that write nothing (options, every run), then the chosen stages' runs.
-        for run in plan_sweep(spec, out, workers=args.workers, stages=stages).selected():
+        plan = plan_sweep(spec, out, workers=args.workers, stages=stages, launcher=args.launcher)
+        for run in plan.selected():
             print(f"{run.stage}\t{run.id}\t{' '.join(f'{k}={v}' for k, v in run.overrides)}")
         return 0
     result = run_sweep(
@@ -231,6 +232,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         echo=None if args.quiet else print,
         stages=stages,
+        launcher=args.launcher,
     )
     print(
         f"sweep {spec.name}: {result.done}/{result.total} done ({result.skipped} already finished, "
@@ -347,12 +349,19 @@ def _add_sweep(sub: Any) -> None:
         "sweep",
         help="run a grid of recipes, resumably and in parallel",
         description="Expand a sweep file (base recipe + grid of dotted fields) into runs, validate them "
-        "all, and run them as subprocesses, N at a time, into SWEEP_DIR/runs/<run-id>, indexed in "
+        "all, and run them N at a time (local worker processes, a Ray cluster or SLURM: --launcher) "
+        "into SWEEP_DIR/runs/<run-id>, indexed in "
         "SWEEP_DIR/sweep.db. Restarting the same command skips finished runs and resumes the others.",
     )
     p.add_argument("sweep", help="sweep YAML file (*.sweep.yaml)")
     p.add_argument("--out", help="sweep directory (default: sweeps/<sweep name>)")
     p.add_argument("--workers", type=int, help="parallel runs (default: the sweep's workers)")
+    p.add_argument(
+        "--launcher",
+        choices=("local", "ray", "slurm"),
+        help="where runs execute (default: the sweep's launcher, else local); a cluster's options "
+        "and each run's resources (cpus, gpus) come from the sweep file",
+    )
     p.add_argument("--data-dir", help="data root for every run (default: the sweep's data_dir)")
     p.add_argument("--stage", help="comma-separated stages to run (default: all, in order)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the runs without running them")

@@ -1,9 +1,12 @@
-"""Sweep execution: every run of a sweep as an independent, resumable ``prunelab run`` subprocess.
+"""Sweep execution: every run of a sweep as an independent, resumable ``prunelab run``.
 
 :func:`run_sweep` expands and validates the sweep (:mod:`prunelab.experiments.sweep_spec`) before any
-run starts, then runs it stage after stage, ``workers`` runs at a time. Each run is ``python -m prunelab
-run`` in its own subprocess writing ``<sweep_dir>/runs/<run-id>`` from the recipe written to
-``<sweep_dir>/recipes/<run-id>.yaml``. ``summary.json`` in a run directory is the source of truth: a run
+run starts, then runs it stage after stage, ``workers`` runs at a time. Each run is ``prunelab run``
+writing ``<sweep_dir>/runs/<run-id>`` from the recipe written to ``<sweep_dir>/recipes/<run-id>.yaml``,
+executed by a launcher (:mod:`prunelab.experiments.launchers`): ``local`` (persistent worker processes
+on this machine, one per worker slot), ``ray`` (one Ray task per run) or ``slurm`` (one submitit job per
+run); every launcher uses the same run ids, resume rule and index, and this process (the driver) is
+the only writer of the index. ``summary.json`` in a run directory is the source of truth: a run
 that has one is done and never recomputed; a run without one is started again with ``--resume`` (it
 continues from its stage checkpoints). The SQLite index ``<sweep_dir>/sweep.db``
 (:mod:`prunelab.experiments.sweep_index`) records each run's status (pending / running / done /
@@ -18,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,8 +37,16 @@ import yaml
 from prunelab._io import atomic_write_text, ensure_writable_dir
 from prunelab.dataclass_yaml import check_name
 from prunelab.errors import ConfigError
+from prunelab.experiments.launchers import LOG_NAME, LocalWorker, RunJob, execute_job, run_is_executing
 from prunelab.experiments.sweep_index import SweepIndex
-from prunelab.experiments.sweep_spec import RunSpec, SweepSpec, expand_sweep, select_stages
+from prunelab.experiments.sweep_spec import (
+    LauncherSpec,
+    RunSpec,
+    SweepSpec,
+    expand_sweep,
+    parse_launcher,
+    select_stages,
+)
 
 __all__ = ["SweepPlan", "SweepResult", "plan_sweep", "run_sweep"]
 
@@ -67,13 +78,15 @@ class SweepPlan:
         sweep_dir: the absolute sweep directory (not checked yet: :func:`plan_sweep` writes nothing).
         runs: every run of the sweep, all stages, each recipe validated.
         stages: the stages to run, in sweep order.
-        workers: runs executed at the same time.
+        workers: runs executed (or handed to the cluster) at the same time.
+        launcher: where the runs execute.
     """
 
     sweep_dir: Path
     runs: list[RunSpec]
     stages: list[str]
     workers: int
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
 
     def selected(self) -> list[RunSpec]:
         """The runs of the stages to run, in sweep order."""
@@ -86,6 +99,7 @@ def plan_sweep(
     *,
     workers: int | None = None,
     stages: Sequence[str] | None = None,
+    launcher: str | None = None,
 ) -> SweepPlan:
     """Check the options, expand ``spec`` and validate every run; write nothing (``--dry-run`` is this).
 
@@ -94,19 +108,42 @@ def plan_sweep(
         sweep_dir: the sweep directory (``--out``).
         workers: parallel runs (default: the sweep's ``workers``).
         stages: the stages to run (default: all).
+        launcher: ``local``, ``ray`` or ``slurm`` (default: the sweep's ``launcher``); its package
+            must be installed.
 
     Raises:
-        ConfigError: one line for the first problem: ``--workers``, ``--stage``, or a run.
+        ConfigError: one line for the first problem: ``--workers``, ``--launcher``, ``--stage``, or a run.
     """
     workers = spec.workers if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(
             f"--workers {workers}: must be a positive integer (the runs executed at the same time)"
         )
+    chosen = spec.launcher
+    if launcher is not None:
+        chosen = parse_launcher({**asdict(chosen), "name": launcher}, "--launcher")
+    _check_launcher_installed(chosen.name)
     selected = select_stages(spec, None if stages is None else list(stages))
     sweep_dir = Path(sweep_dir).resolve()
     runs = expand_sweep(spec, sweep_dir)  # every run of every stage: later stages' ids and templates too
-    return SweepPlan(sweep_dir=sweep_dir, runs=runs, stages=selected, workers=workers)
+    return SweepPlan(sweep_dir=sweep_dir, runs=runs, stages=selected, workers=workers, launcher=chosen)
+
+
+#: The package each cluster launcher needs, and the extra that installs it.
+_LAUNCHER_PACKAGES = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}
+
+
+def _check_launcher_installed(name: str) -> None:
+    """Refuse a launcher whose package is missing, before anything is written."""
+    import importlib.util
+
+    if name in _LAUNCHER_PACKAGES:
+        module, extra = _LAUNCHER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(
+                f"--launcher {name}: needs the {module} package, which is not installed; "
+                f"pip install 'prunelab[{extra}]'"
+            )
 
 
 def _run_dir(sweep_dir: Path, run_id: str) -> Path:
@@ -133,17 +170,6 @@ def _error_from_log(text: str, returncode: int) -> str:
     if lines:
         return f"exit code {returncode}: {lines[-1]}"[:500]
     return f"exit code {returncode}"
-
-
-def _running_orphan(pid: int | None, run_dir: Path) -> bool:
-    """Whether ``pid`` is still a live ``prunelab run`` writing ``run_dir`` (left behind by a killed sweep)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False  # gone (or no /proc): nothing to wait for
-    return str(run_dir).encode() in cmdline
 
 
 def _lock_stage(sweep_dir: Path, stage: str) -> TextIO:
@@ -204,19 +230,26 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 @dataclass
 class _Launcher:
-    """Starts runs as subprocesses and records their outcome; shared by the worker threads of a sweep.
+    """Hands runs to a launcher and records their outcome; the one writer of the index during a sweep.
+
+    Each run becomes a :class:`~prunelab.experiments.launchers.RunJob` executed by
+    :func:`~prunelab.experiments.launchers.execute_job`: in a persistent local worker process
+    (``local``), as a Ray task (``ray``) or as a submitit job (``slurm``). Whatever executed it, the
+    outcome is read back here from the run directory (``summary.json``, else the log's error line).
 
     Attributes:
         sweep_dir: the sweep directory (``runs/`` lives in it).
         index: the sweep's index.
-        recipes: run id → the recipe file its subprocess reads.
-        python: the command that starts Python.
+        recipes: run id → the recipe file the run reads.
+        python: the command that starts Python (local worker processes).
         data_dir: data root passed to every run, if any.
-        env: the subprocesses' environment.
+        env: the environment of local worker processes.
         say: where progress lines go.
-        lock: guards ``active``, ``failed`` and ``say`` across the worker threads.
+        spec: the launcher and its options.
+        lock: guards ``failed``, ``workers`` and ``say`` across the local launcher's threads.
         failed: run id → error message of each run that failed in this call.
-        active: run id → the subprocess running it now.
+        workers: the local worker processes started so far.
+        idle: those not executing a run now (reused by the next run, also in the next stage).
         stopping: set once the sweep is interrupted; no new run starts after that.
     """
 
@@ -227,46 +260,51 @@ class _Launcher:
     data_dir: str | None
     env: dict[str, str]
     say: Callable[[str], None]
+    spec: LauncherSpec = field(default_factory=LauncherSpec)
     lock: threading.Lock = field(default_factory=threading.Lock)
     failed: dict[str, str] = field(default_factory=dict)
-    active: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    workers: list[LocalWorker] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    idle: list[LocalWorker] = field(default_factory=list)
 
-    def execute(self, run: RunSpec) -> None:
-        """Run ``run`` in a subprocess (resuming if an earlier attempt left files); record the outcome."""
+    def job(self, run: RunSpec, threads: int) -> RunJob | None:
+        """The job of ``run`` (resuming if an earlier attempt left files), or ``None`` if it cannot start.
+
+        A run whose folder cannot be written (a file in its place, no permission) is failed here, and
+        the sweep goes on.
+        """
         run_dir = _run_dir(self.sweep_dir, run.id)
         resume = run_dir.exists()  # a previous attempt left files: continue from its stage checkpoints
-        recipe = self.recipes[run.id]
-        command = [*self.python, "-m", "prunelab", "run", str(recipe), "--out", str(run_dir), "--quiet"]
-        if resume:
-            command.append("--resume")
-        if self.data_dir is not None:
-            command += ["--data-dir", str(self.data_dir)]
-        if self.stopping.is_set():
-            return
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            log = open(run_dir / "sweep_output.txt", "a", encoding="utf-8")  # noqa: SIM115 -- closed below
+            with open(run_dir / LOG_NAME, "a", encoding="utf-8"):
+                pass
         except OSError as exc:
-            # This run's folder is unusable (a file in its place, no permission): fail it, not the sweep.
             self._fail(
                 run, f"cannot write {run_dir} ({exc.strerror or exc}); move what is there away, then restart"
             )
-            return
-        with log:
-            log.write(f"$ {' '.join(command)}\n")
-            log.flush()
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-            with self.lock:
-                self.active[run.id] = proc
-            self.index.mark_running(run.id, proc.pid)
-            returncode = proc.wait()
-            with self.lock:
-                self.active.pop(run.id, None)
-        self._record(run, run_dir, returncode)
+            return None
+        # Variables of ours travel with the job: a Ray or SLURM worker does not have the driver's environment.
+        env = {key: value for key, value in self.env.items() if key.startswith("PRUNELAB_")}
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        return RunJob(
+            run_id=run.id,
+            recipe=str(self.recipes[run.id]),
+            run_dir=str(run_dir),
+            resume=resume,
+            data_dir=None if self.data_dir is None else str(self.data_dir),
+            threads=threads,
+            cwd=os.getcwd(),
+            env=env,
+        )
 
-    def _record(self, run: RunSpec, run_dir: Path, returncode: int) -> None:
-        """Mark a finished subprocess's run done, failed, or pending again (interrupted with the sweep)."""
+    def _record(self, run: RunSpec, returncode: int, note: str | None = None) -> None:
+        """Mark a run whose execution ended done, failed, or pending again (interrupted with the sweep).
+
+        ``note`` says what the launcher saw (a dead worker, a failed cluster job); it is the error when
+        the run's log has no ``prunelab: error:`` line of its own.
+        """
+        run_dir = _run_dir(self.sweep_dir, run.id)
         summary = _read_summary(run_dir)
         if self.stopping.is_set() and summary is None:
             self.index.mark_pending(run.id, "interrupted with the sweep; restart the sweep to resume it")
@@ -276,9 +314,12 @@ class _Launcher:
             with self.lock:
                 self.say(f"done    {run.id}: accuracy {summary.get('accuracy', float('nan')):.4f}")
             return
-        text = (run_dir / "sweep_output.txt").read_text(errors="replace")
-        last_attempt = text[text.rfind("$ ") :]
-        self._fail(run, _error_from_log(last_attempt.split("\n", 1)[-1], returncode))
+        text = (run_dir / LOG_NAME).read_text(errors="replace")
+        last_attempt = text[text.rfind("$ ") :].split("\n", 1)[-1]
+        error = _error_from_log(last_attempt, returncode)
+        if note and "prunelab: error:" not in last_attempt:
+            error = note
+        self._fail(run, error)
 
     def _fail(self, run: RunSpec, error: str) -> None:
         """Record that ``run`` failed with ``error`` (one line); the other runs go on."""
@@ -287,10 +328,34 @@ class _Launcher:
             self.failed[run.id] = error
             self.say(f"FAILED  {run.id}: {error}")
 
-    def run_all(self, todo: Sequence[RunSpec], workers: int) -> None:
-        """Execute ``todo``, ``workers`` at a time; on any exception (Ctrl-C, SIGTERM) stop them, re-raise."""
+    # -- local: persistent worker processes, one per slot -------------------------------------------------
+
+    def _execute_local(self, run: RunSpec, threads: int) -> None:
+        """Run ``run`` in an idle worker process (a new one if none is idle; a dead one is replaced)."""
+        if self.stopping.is_set():
+            return
+        job = self.job(run, threads)
+        if job is None:
+            return
+        with self.lock:
+            worker = self.idle.pop() if self.idle else None
+            if worker is None:
+                worker = LocalWorker(self.python, self.env)
+                self.workers.append(worker)
+        try:
+            self.index.mark_running(run.id, worker.start())
+            returncode = worker.execute(job)
+        finally:
+            with self.lock:
+                self.idle.append(worker)
+        note = None
+        if returncode < 0:
+            note = f"its worker process died (signal {-returncode}); restart the sweep to run it again"
+        self._record(run, returncode, note)
+
+    def _run_local(self, todo: Sequence[RunSpec], workers: int, threads: int) -> None:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self.execute, run) for run in todo]
+            futures = [pool.submit(self._execute_local, run, threads) for run in todo]
             try:
                 for future in futures:
                     future.result()
@@ -300,10 +365,201 @@ class _Launcher:
                 for future in futures:
                     future.cancel()
                 with self.lock:
-                    procs = list(self.active.values())
-                for proc in procs:
-                    proc.terminate()
+                    running = list(self.workers)
+                for worker in running:
+                    worker.stop()
                 raise
+
+    def close(self) -> None:
+        """Let the local worker processes exit."""
+        for worker in self.workers:
+            worker.close()
+        self.workers.clear()
+        self.idle.clear()
+
+    # -- ray and slurm: at most `workers` runs handed to the cluster at a time ----------------------------
+
+    def _run_cluster(
+        self, backend: _ClusterBackend, todo: Sequence[RunSpec], workers: int, threads: int
+    ) -> None:
+        queue = list(todo)
+        flight: dict[Any, RunSpec] = {}
+        try:
+            while queue or flight:
+                while queue and len(flight) < workers:
+                    run = queue.pop(0)
+                    job = self.job(run, run.resources.cpus or threads)
+                    if job is None:
+                        continue
+                    handle = backend.submit(run, job)
+                    self.index.mark_running(run.id, None)
+                    flight[handle] = run
+                for handle in backend.wait(list(flight)):
+                    run = flight.pop(handle)
+                    returncode, note = backend.outcome(handle)
+                    self._record(run, returncode, note)
+        except BaseException:
+            self.stopping.set()
+            for handle, run in flight.items():
+                backend.cancel(handle)
+                self.index.mark_pending(run.id, "interrupted with the sweep; restart the sweep to resume it")
+            raise
+
+    def run_all(
+        self, todo: Sequence[RunSpec], workers: int, threads: int, backend: _ClusterBackend | None
+    ) -> None:
+        """Execute ``todo`` (``workers`` at a time); on any exception (Ctrl-C, SIGTERM) stop them, re-raise."""
+        if backend is None:
+            self._run_local(todo, workers, threads)
+        else:
+            self._run_cluster(backend, todo, workers, threads)
+
+
+class _ClusterBackend:
+    """A cluster that executes :class:`RunJob` s: submit, wait for some to end, read the outcome, cancel."""
+
+    def submit(self, run: RunSpec, job: RunJob) -> Any:
+        """Hand ``job`` to the cluster with ``run``'s resources; returns a handle."""
+        raise NotImplementedError
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """Block until at least one of ``handles`` has ended; return those that have."""
+        raise NotImplementedError
+
+    def outcome(self, handle: Any) -> tuple[int, str | None]:
+        """An ended job's exit code and, when the cluster (not the run) failed it, what it said."""
+        raise NotImplementedError
+
+    def cancel(self, handle: Any) -> None:
+        """Stop a submitted job (its run resumes when the sweep restarts)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the cluster connection."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+class _RayBackend(_ClusterBackend):
+    """Each run is a Ray task (``num_cpus``/``num_gpus`` from its resources) calling ``execute_job``."""
+
+    def __init__(self, address: str | None) -> None:
+        import logging
+
+        import ray
+
+        self.ray = ray
+        self.started = not ray.is_initialized()
+        if self.started:
+            try:
+                if address is None and not os.environ.get("RAY_ADDRESS"):
+                    # No cluster named: a Ray instance on this machine, for this sweep only.
+                    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                else:
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = address or os.environ.get("RAY_ADDRESS")
+                raise ConfigError(
+                    f"--launcher ray: cannot connect to the Ray cluster at {where} ({_first_line(exc)}); "
+                    "start it ('ray start --head') or fix launcher.address"
+                ) from None
+        self.remote = ray.remote(max_retries=0)(execute_job)
+
+    def submit(self, run: RunSpec, job: RunJob) -> Any:
+        """A Ray task for ``job``."""
+        options = {"num_cpus": job.threads, "num_gpus": run.resources.gpus, "name": run.id}
+        return self.remote.options(**options).remote(asdict(job))
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """The tasks that have ended (at least one)."""
+        ended, _ = self.ray.wait(handles, num_returns=1)
+        return ended
+
+    def outcome(self, handle: Any) -> tuple[int, str | None]:
+        """The task's exit code, or -1 and Ray's error (a crashed worker, a lost node)."""
+        try:
+            return int(self.ray.get(handle)), None
+        except Exception as exc:  # noqa: BLE001 -- Ray's errors have no common base we could name
+            return -1, f"its Ray task failed ({_first_line(exc)}); restart the sweep to run it again"
+
+    def cancel(self, handle: Any) -> None:
+        """Cancel the task (killing its worker if it runs)."""
+        with contextlib.suppress(Exception):
+            self.ray.cancel(handle, force=True)
+
+    def close(self) -> None:
+        """Shut down the Ray instance if this sweep started it (a connection otherwise)."""
+        self.ray.shutdown()
+
+
+class _SlurmBackend(_ClusterBackend):
+    """Each run is a submitit job (SLURM, or submitit's local executor) calling ``execute_job``.
+
+    Job scripts and logs live in ``<sweep_dir>/slurm``; a job's resources are its run's
+    (``cpus_per_task``, ``gpus_per_node``) and the launcher's ``timeout_min`` and ``partition``.
+    """
+
+    def __init__(self, spec: LauncherSpec, sweep_dir: Path) -> None:
+        import submitit
+
+        if spec.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError(
+                "--launcher slurm: sbatch not found; run the sweep on a SLURM login node, or set "
+                "'launcher: {name: slurm, cluster: local}' to use submitit's local executor"
+            )
+        self.spec = spec
+        self.executor = submitit.AutoExecutor(folder=sweep_dir / "slurm", cluster=spec.cluster)
+        self.poll_s = 0.5 if spec.cluster == "local" else 10.0
+
+    def submit(self, run: RunSpec, job: RunJob) -> Any:
+        """A submitit job for ``job``."""
+        params: dict[str, Any] = {
+            "name": run.id,
+            "timeout_min": self.spec.timeout_min,
+            "cpus_per_task": job.threads,
+            "gpus_per_node": run.resources.gpus,
+            "nodes": 1,
+            "tasks_per_node": 1,
+        }
+        if self.spec.partition is not None:
+            params["slurm_partition"] = self.spec.partition
+        self.executor.update_parameters(**params)
+        return self.executor.submit(execute_job, asdict(job))
+
+    def wait(self, handles: list[Any]) -> list[Any]:
+        """The jobs that have ended (polled: SLURM has no push notification)."""
+        while True:
+            ended = [handle for handle in handles if handle.done()]
+            if ended:
+                return ended
+            time.sleep(self.poll_s)
+
+    def outcome(self, handle: Any) -> tuple[int, str | None]:
+        """The job's exit code, or -1 and submitit's error (a job killed, timed out or not started)."""
+        try:
+            return int(handle.result()), None
+        except Exception as exc:  # noqa: BLE001 -- submitit raises several unrelated types here
+            return -1, (
+                f"its {self.spec.cluster} job {handle.job_id} failed ({_first_line(exc)}); logs in "
+                f"{handle.paths.folder}"
+            )
+
+    def cancel(self, handle: Any) -> None:
+        """Cancel the job."""
+        with contextlib.suppress(Exception):
+            handle.cancel(check=False)
+
+
+def _backend(spec: LauncherSpec, sweep_dir: Path) -> _ClusterBackend | None:
+    """The cluster backend of ``spec`` (``None`` for the local launcher)."""
+    if spec.name == "ray":
+        return _RayBackend(spec.address)
+    if spec.name == "slurm":
+        return _SlurmBackend(spec, sweep_dir)
+    return None
 
 
 def _register_runs(
@@ -335,18 +591,16 @@ def _register_runs(
     return index, recipes
 
 
-def _unfinished(
-    runs: Sequence[RunSpec], sweep_dir: Path, index: SweepIndex, pids: dict[str, int | None]
-) -> list[RunSpec]:
+def _unfinished(runs: Sequence[RunSpec], sweep_dir: Path, index: SweepIndex) -> list[RunSpec]:
     """The runs without a ``summary.json``; finished ones are marked done in the index.
 
-    A run still executed by a live process of an earlier, killed sweep (``pids``: run id → the process
-    id the index recorded) is waited for first.
+    A run still executed by a live process of an earlier, killed sweep (it holds the run's lock) is
+    waited for first.
     """
     todo: list[RunSpec] = []
     for run in runs:
         run_dir = _run_dir(sweep_dir, run.id)
-        while _running_orphan(pids.get(run.id), run_dir):
+        while run_is_executing(run_dir):
             # A previous sweep was killed but its run lives on: let it finish rather than race it.
             time.sleep(1.0)
         summary = _read_summary(run_dir)
@@ -366,12 +620,13 @@ def run_sweep(
     echo: Callable[[str], None] | None = print,
     python: Sequence[str] | None = None,
     stages: Sequence[str] | None = None,
+    launcher: str | None = None,
 ) -> SweepResult:
     """Run every run of ``spec`` that has not finished yet, ``workers`` at a time, stage after stage.
 
-    Safe to call again after any interruption (``kill -9`` included): finished runs (those with a
-    ``summary.json``) are skipped, unfinished ones continue with ``--resume``. A failing run is
-    recorded with its error and the others go on.
+    Safe to call again after any interruption (``kill -9`` included), with any launcher: finished runs
+    (those with a ``summary.json``) are skipped, unfinished ones continue with ``--resume``. A failing
+    run is recorded with its error and the others go on.
 
     Args:
         spec: the parsed sweep.
@@ -382,6 +637,8 @@ def run_sweep(
         python: the command that starts Python (default: this interpreter).
         stages: run only these stages (default: all, in order); every run is still validated and
             indexed. Two sweep processes may work on different stages of one sweep directory at once.
+        launcher: ``local``, ``ray`` or ``slurm`` (default: the sweep's ``launcher``, else local);
+            the launcher's options come from the sweep file.
 
     Returns:
         The counts and the errors of failed runs.
@@ -391,11 +648,14 @@ def run_sweep(
             that cannot be written, or a started run whose recipe changed; no run has started then.
     """
     say = echo or (lambda _: None)
-    plan = plan_sweep(spec, sweep_dir, workers=workers, stages=stages)  # before anything is written
+    # Before anything is written:
+    plan = plan_sweep(spec, sweep_dir, workers=workers, stages=stages, launcher=launcher)
     sweep_dir, runs, workers = plan.sweep_dir, plan.runs, plan.workers
     # A file, a folder under a file or a read-only folder fails here, after the runs validated.
     ensure_writable_dir(sweep_dir, "sweep directory", "choose another --out")
-    threads = spec.threads or max(1, (os.cpu_count() or 1) // workers)
+    local = plan.launcher.name == "local"
+    # Threads per run unless its stage's resources name its cpus: on a cluster each run asks for them.
+    threads = spec.threads or (max(1, (os.cpu_count() or 1) // workers) if local else 1)
     index, recipes = _register_runs(spec, runs, sweep_dir)
     launcher = _Launcher(
         sweep_dir=sweep_dir,
@@ -405,24 +665,31 @@ def run_sweep(
         data_dir=data_dir if data_dir is not None else spec.data_dir,
         env={**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
         say=say,
+        spec=plan.launcher,
     )
     skipped = executed = 0
-    pids = {row["id"]: row["pid"] for row in index.rows() if row["status"] == "running"}
-    with contextlib.ExitStack() as locks, _sigterm_as_interrupt():
+    with contextlib.ExitStack() as stack, _sigterm_as_interrupt():
+        stack.callback(launcher.close)
+        backend = None
         for stage in spec.stages:
             if stage.name not in plan.stages:
                 continue
-            locks.enter_context(_lock_stage(sweep_dir, stage.name))  # closing the file releases its lock
+            stack.enter_context(_lock_stage(sweep_dir, stage.name))  # closing the file releases its lock
             in_stage = [r for r in runs if r.stage == stage.name]
-            todo = _unfinished(in_stage, sweep_dir, index, pids)
+            todo = _unfinished(in_stage, sweep_dir, index)
             skipped += len(in_stage) - len(todo)
+            cpus = stage.resources.cpus or threads
             say(
                 f"stage {stage.name}: {len(todo)} run(s) to do, {len(in_stage) - len(todo)} already done; "
-                f"{workers} worker(s) x {threads} thread(s)"
+                f"{plan.launcher.name} launcher, {workers} at a time x {cpus} cpu(s)"
+                + (f" {stage.resources.gpus} gpu(s)" if stage.resources.gpus else "")
             )
             if todo:
+                if backend is None and not local:
+                    backend = _backend(plan.launcher, sweep_dir)  # connected once, on first need
+                    stack.callback(backend.close)
                 executed += len(todo)
-                launcher.run_all(todo, workers)
+                launcher.run_all(todo, workers, cpus, backend)
     ids = {run.id for run in runs}  # the index may also hold runs of other sweep files
     done = sum(1 for row in index.rows() if row["id"] in ids and row["status"] == "done")
     return SweepResult(total=len(runs), done=done, skipped=skipped, executed=executed, failed=launcher.failed)

@@ -212,8 +212,11 @@ class SweepIndex:
                 ),
             )
 
-    def mark_running(self, run_id: str, pid: int) -> None:
-        """Record that ``run_id`` was started by process ``pid`` (one more attempt)."""
+    def mark_running(self, run_id: str, pid: int | None) -> None:
+        """Record that ``run_id`` was started by process ``pid`` (one more attempt).
+
+        ``pid`` is the local worker process; ``None`` for a run handed to a Ray or SLURM cluster.
+        """
         with self._connect() as conn:
             conn.execute(
                 "UPDATE runs SET status = 'running', pid = ?, error = NULL, started = ?, "

@@ -14,8 +14,12 @@ A sweep file (``*.sweep.yaml``) names a base recipe and a grid of dotted recipe 
     set:                            # overrides derived from the grid point (``{key}`` templates)
       name: "lenet-{label}"
     id: "{label}-s{seed}-sp{sparsity}"   # optional run-id template (default: fields + hash)
+    resources: {cpus: 2, gpus: 0}   # per run (default: cpus = threads); a stage may set its own
+    launcher: local                 # local | ray | slurm, or a mapping with the launcher's options:
+    # launcher: {name: ray, address: "ray://head:10001"}
+    # launcher: {name: slurm, partition: gpu, timeout_min: 120, cluster: slurm}   # cluster: local = submitit's
 
-Several ``stages`` (each with its own ``base``, ``grid``, ``set`` and ``id``; top-level values are the
+Several ``stages`` (each with its own ``base``, ``grid``, ``set``, ``id`` and ``resources``; top-level values are the
 defaults) run one after the other, so a later stage can start from an earlier stage's runs, e.g.
 ``set: {model.init: "{runs}/dense-{init}-s{seed}"}``. Templates see every grid key by its full dotted
 name and by its last component when that is unambiguous, plus ``{runs}`` (the absolute runs folder)
@@ -47,17 +51,74 @@ from prunelab.dataclass_yaml import check_name, load_yaml_file
 from prunelab.errors import ConfigError, PrunelabError
 
 __all__ = [
+    "LAUNCHERS",
+    "LauncherSpec",
+    "Resources",
     "RunSpec",
     "StageSpec",
     "SweepSpec",
     "expand_sweep",
     "load_sweep",
+    "parse_launcher",
     "select_stages",
     "sweep_from_dict",
 ]
 
-_TOP_KEYS = {"name", "base", "grid", "set", "id", "stages", "workers", "threads", "data_dir"}
-_STAGE_KEYS = {"name", "base", "grid", "set", "id"}
+_TOP_KEYS = {
+    "name",
+    "base",
+    "grid",
+    "set",
+    "id",
+    "stages",
+    "workers",
+    "threads",
+    "data_dir",
+    "resources",
+    "launcher",
+}
+_STAGE_KEYS = {"name", "base", "grid", "set", "id", "resources"}
+#: Where a sweep's runs can execute (:mod:`prunelab.experiments.launchers`).
+LAUNCHERS: tuple[str, ...] = ("local", "ray", "slurm")
+#: The options of each launcher in a sweep file's ``launcher:`` mapping.
+_LAUNCHER_KEYS = {"name", "address", "cluster", "partition", "timeout_min"}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one run of a stage needs; a Ray task or a SLURM job asks for exactly this.
+
+    Attributes:
+        cpus: CPU cores (also its torch / OpenMP threads); ``None``: the sweep's ``threads``, else on
+            the local launcher cores // workers and on a cluster 1.
+        gpus: GPUs (Ray ``num_gpus``, SLURM ``gpus_per_node``); the local launcher runs on the
+            machine's devices as they are.
+    """
+
+    cpus: int | None = None
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class LauncherSpec:
+    """A sweep file's ``launcher:`` (``prunelab sweep --launcher`` overrides the name).
+
+    Attributes:
+        name: one of :data:`LAUNCHERS`.
+        address: Ray: the cluster to connect to (``None``: ``RAY_ADDRESS``, else a local Ray instance
+            for the sweep).
+        cluster: SLURM: ``slurm``, or ``local`` for submitit's local executor (one machine, tests).
+        partition: SLURM: the partition (``None``: the cluster's default).
+        timeout_min: SLURM: the time limit of each run's job, in minutes.
+    """
+
+    name: str = "local"
+    address: str | None = None
+    cluster: str = "slurm"
+    partition: str | None = None
+    timeout_min: int = 720
+
+
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 #: The longest run id :func:`~prunelab.dataclass_yaml.check_name` accepts; derived ids are cut to fit.
 _MAX_ID = 128
@@ -73,6 +134,7 @@ class StageSpec:
         grid: dotted field → list of values; ``vars.*`` keys are labels, not recipe fields.
         set: dotted field → value; string values are ``{key}`` templates filled from the grid point.
         id: optional run-id template.
+        resources: what each of its runs needs.
     """
 
     name: str
@@ -80,6 +142,7 @@ class StageSpec:
     grid: dict[str, list[Any]]
     set: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
+    resources: Resources = field(default_factory=Resources)
 
 
 @dataclass
@@ -93,6 +156,7 @@ class SweepSpec:
         threads: torch/OpenMP threads per run (``None``: cores // workers, at least 1).
         data_dir: the data root passed to every run (``None``: the runs' default).
         source: the file it was read from, if any.
+        launcher: where the runs execute.
     """
 
     name: str
@@ -101,6 +165,7 @@ class SweepSpec:
     threads: int | None = None
     data_dir: str | None = None
     source: Path | None = None
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
 
 
 @dataclass
@@ -114,6 +179,7 @@ class RunSpec:
         overrides: the recipe fields it sets, ``(dotted key, value)`` in a fixed order.
         vars: its ``vars.*`` labels (without the prefix).
         recipe: the recipe as plain data (base with the overrides applied; ``name`` = id unless set).
+        resources: what it needs (its stage's).
     """
 
     id: str
@@ -122,6 +188,7 @@ class RunSpec:
     overrides: list[tuple[str, Any]]
     vars: dict[str, Any]
     recipe: dict[str, Any]
+    resources: Resources = field(default_factory=Resources)
 
 
 def _prefixed(exc: PrunelabError, prefix: str) -> ConfigError:
@@ -133,6 +200,60 @@ def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in data:
         if key not in allowed:
             raise ConfigError(f"{where}.{key}: unknown sweep key; known keys: {', '.join(sorted(allowed))}")
+
+
+def _count(value: Any, where: str, *, minimum: int, what: str) -> int:
+    """``value`` as an integer >= ``minimum``, or a one-line error naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where}: {value!r} must be an integer >= {minimum} ({what})")
+    return value
+
+
+def _parse_resources(raw: Any, where: str) -> Resources:
+    if raw is None:
+        return Resources()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping such as '{{cpus: 2, gpus: 0}}'")
+    _check_keys(raw, {"cpus", "gpus"}, where)
+    cpus = raw.get("cpus")
+    if cpus is not None:
+        cpus = _count(cpus, f"{where}.cpus", minimum=1, what="CPU cores per run, or null")
+    gpus = _count(raw.get("gpus", 0), f"{where}.gpus", minimum=0, what="GPUs per run")
+    return Resources(cpus=cpus, gpus=gpus)
+
+
+def parse_launcher(raw: Any, where: str = "sweep.launcher") -> LauncherSpec:
+    """A sweep file's ``launcher:`` value (a name, or a mapping with ``name`` and options).
+
+    Raises:
+        ConfigError: an unknown launcher or option, or an option of the wrong type.
+    """
+    if raw is None:
+        return LauncherSpec()
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected one of {', '.join(LAUNCHERS)} or a mapping with a name")
+    _check_keys(raw, _LAUNCHER_KEYS, where)
+    name = raw.get("name", "local")
+    if name not in LAUNCHERS:
+        raise ConfigError(f"{where}.name: unknown launcher {name!r}; choose one of {', '.join(LAUNCHERS)}")
+    for key in ("address", "partition"):
+        if raw.get(key) is not None and (not isinstance(raw[key], str) or not raw[key].strip()):
+            raise ConfigError(f"{where}.{key}: expected a non-empty string or null")
+    cluster = raw.get("cluster", "slurm")
+    if cluster not in ("slurm", "local"):
+        raise ConfigError(
+            f"{where}.cluster: {cluster!r}; use slurm, or local for submitit's local executor (one machine)"
+        )
+    timeout = _count(raw.get("timeout_min", 720), f"{where}.timeout_min", minimum=1, what="minutes per run")
+    return LauncherSpec(
+        name=name,
+        address=raw.get("address"),
+        cluster=cluster,
+        partition=raw.get("partition"),
+        timeout_min=timeout,
+    )
 
 
 def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | None, index: int) -> StageSpec:
@@ -180,7 +301,10 @@ def _parse_stage(raw: Any, defaults: dict[str, Any], where: str, root: Path | No
     template = merged.get("id")
     if template is not None and not isinstance(template, str):
         raise ConfigError(f"{where}.id: expected a template string such as '{{init}}-s{{seed}}'")
-    return StageSpec(name=name, base=base, grid=dict(grid), set=dict(overrides), id=template)
+    resources = _parse_resources(merged.get("resources"), f"{where}.resources")
+    return StageSpec(
+        name=name, base=base, grid=dict(grid), set=dict(overrides), id=template, resources=resources
+    )
 
 
 def sweep_from_dict(raw: Any, source: Path | None = None) -> SweepSpec:
@@ -210,7 +334,8 @@ def sweep_from_dict(raw: Any, source: Path | None = None) -> SweepSpec:
     data_dir = raw.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise ConfigError("sweep.data_dir: expected a path string or null")
-    defaults = {k: raw[k] for k in ("base", "grid", "set", "id") if k in raw}
+    launcher = parse_launcher(raw.get("launcher"))
+    defaults = {k: raw[k] for k in ("base", "grid", "set", "id", "resources") if k in raw}
     stages_raw = raw.get("stages")
     if stages_raw is None:
         stages = [_parse_stage({}, defaults, "sweep", root, -1)]
@@ -222,7 +347,13 @@ def sweep_from_dict(raw: Any, source: Path | None = None) -> SweepSpec:
         if len(set(names)) != len(names):
             raise ConfigError(f"sweep.stages: stage names must be unique, got {names}")
     return SweepSpec(
-        name=name, stages=stages, workers=workers, threads=threads, data_dir=data_dir, source=source
+        name=name,
+        stages=stages,
+        workers=workers,
+        threads=threads,
+        data_dir=data_dir,
+        source=source,
+        launcher=launcher,
     )
 
 
@@ -376,6 +507,7 @@ def _expand(spec: SweepSpec, sweep_dir: str | Path) -> list[RunSpec]:
                     overrides=overrides,
                     vars=labels,
                     recipe=recipe,
+                    resources=stage.resources,
                 )
             )
     if not runs:
