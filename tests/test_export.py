@@ -19,18 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import prunelab
+from prunelab import export as export_module
 from prunelab.cli import build_parser, main
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.export import (
     FORMATS,
+    ONNX_EXPORTERS,
     SUFFIXES,
     ExportVerificationError,
     default_export_path,
     export_checkpoint,
     export_model,
     fold_batchnorm,
+    onnx_bytes,
+    onnx_runtime_session,
     report_path_for,
 )
+from prunelab.metrics import speed
 from prunelab.metrics.speed import onnxruntime_available
 from prunelab.models import build_model
 from prunelab.surgery import ChannelGraph, compact
@@ -253,6 +258,49 @@ def test_keyword_inputs_and_dict_outputs_onnx(tmp_path: Path) -> None:
     inputs = {"extra": torch.randn(2, 1, 16, 16), "image": torch.randn(2, 3, 16, 16)}
     report = export_model(model, inputs, tmp_path / "kw.onnx", "onnx", latency=False)
     assert report.folded_bn == 3 and report.max_abs_diff <= 1e-4 and report.batch_sizes_verified == [2, 3]
+
+
+@needs_onnx
+@pytest.mark.parametrize("exporter", ONNX_EXPORTERS)
+def test_onnx_bytes_gives_a_dynamic_batch_file_that_computes_the_model(
+    resnet20: nn.Module, exporter: str
+) -> None:
+    model = fold_batchnorm(resnet20, torch.randn(2, 3, 32, 32))[0]
+    data = onnx_bytes(model, (torch.randn(2, 3, 32, 32),), exporter=exporter, input_names=["image"])
+    session = onnx_runtime_session(data)
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert session.get_session_options().intra_op_num_threads == 1
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the traced one
+    (y,) = session.run(None, {"image": x.numpy()})
+    assert (torch.from_numpy(y) - resnet20(x)).abs().max() <= 1e-4
+
+
+@needs_onnx
+def test_export_model_and_the_latency_comparison_share_one_onnx_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def counting(*args: object, **kwargs: object) -> bytes:
+        calls.append(str(kwargs["exporter"]))
+        return onnx_bytes(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export_module, "onnx_bytes", counting)
+    monkeypatch.setattr(speed, "onnx_bytes", counting)
+    torch.manual_seed(0)
+    model = _randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()))
+    report = export_model(model, torch.randn(1, 3, 8, 8), tmp_path / "m.onnx", "onnx", latency=False)
+    assert calls == ["dynamo"] and report.folded_bn == 1  # `prunelab export` keeps the default exporter
+    _, info = speed.onnx_session(model, torch.randn(1, 3, 8, 8), str(tmp_path))
+    assert calls == ["dynamo", "torchscript"] and info["exporter"] == "torchscript"  # the fast one first
+
+
+def test_onnx_bytes_refuses_what_its_exporter_cannot_take() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match="not one of dynamo, torchscript"):
+        onnx_bytes(model, (torch.randn(1, 3, 8, 8),), exporter="tracer")
+    with pytest.raises(ValueError, match="positional inputs only"):
+        onnx_bytes(model, (), {"input": torch.randn(1, 3, 8, 8)}, exporter="torchscript")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
