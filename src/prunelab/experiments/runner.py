@@ -11,8 +11,9 @@ Stages (each a plain function call, in this order):
 
 The run directory holds ``config.yaml`` (the resolved recipe), ``summary.json``, ``layers.csv``,
 ``metrics.jsonl``, ``checkpoint.pt`` (plain state_dict + masks, loadable with ``weights_only=True``),
-``rounds.csv`` for iterative schedules, and ``log.txt``. Files are written atomically; under DDP only
-rank 0 writes, and only into the run directory.
+``rounds.csv`` for iterative schedules, ``log.txt`` (with one line per training epoch and the run's
+ETA, see :mod:`prunelab.training.progress`) and, with ``train.tensorboard``, ``tensorboard/`` (event
+files). Files are written atomically; under DDP only rank 0 writes, and only into the run directory.
 
 A finished run (one with a valid ``summary.json``) is never destroyed: running into its directory again
 is refused unless ``overwrite`` is given, and ``resume`` on it returns its summary without retraining or
@@ -61,6 +62,13 @@ from prunelab.core import masking
 from prunelab.errors import ConfigError, PrunelabError
 from prunelab.experiments.schema import Recipe
 from prunelab.methods.base import Driver, MethodContext, MethodResult, dense_relative
+from prunelab.training.progress import (
+    TENSORBOARD_DIR,
+    ProgressReporter,
+    RunProgress,
+    reporting,
+    require_tensorboard,
+)
 
 #: The files a run writes itself; ``overwrite`` deletes them (stage checkpoints ``*_last.pt`` too).
 RUN_FILES: tuple[str, ...] = (
@@ -86,9 +94,16 @@ class RunLog:
         self._start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
-        """Record one line."""
+        """Record one line and echo it."""
+        self._write(message, echo=True)
+
+    def record(self, message: str) -> None:
+        """Record one line in ``log.txt`` only (what a terminal bar already shows)."""
+        self._write(message, echo=False)
+
+    def _write(self, message: str, *, echo: bool) -> None:
         line = f"[{time.perf_counter() - self._start:8.1f}s] {message}"
-        if self.echo is not None:
+        if echo and self.echo is not None:
             self.echo(line)
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -161,6 +176,37 @@ def _keep_fresh_head(model: nn.Module, head: str, state: dict[str, Any], masks: 
             masks.pop(key, None)
             replaced = True
     return replaced
+
+
+def _section_epochs(section: Any) -> int:
+    """Epochs of a training section given as a ``TrainSection`` or as its mapping (absent: 0)."""
+    if hasattr(section, "epochs"):
+        return int(section.epochs)
+    return int(dict(section or {}).get("epochs", 0))
+
+
+def planned_epochs(recipe: Recipe) -> int:
+    """The training epochs a run of ``recipe`` plans in all (dense, every round's fine-tuning, a
+    method's own stages): the denominator of the run's ETA, nothing else.
+
+    The built-in drivers' training stages are spelled out here; another driver is assumed to fine-tune
+    once, and a stage that starts past the plan raises it (:class:`~prunelab.training.progress.RunProgress`).
+    A driver that stops early (relief's ``stop_at_remaining``) ends the run before the plan does.
+    """
+    options, finetune = recipe.prune.options, recipe.finetune.epochs
+    driver = recipe.prune.driver
+    if driver == "none":
+        method = 0
+    elif driver in ("iterative", "relief"):
+        method = options.rounds * finetune
+    elif driver == "pls_vip":
+        per_round = finetune if options.finetune_epochs is None else options.finetune_epochs
+        method = options.rounds * per_round
+    elif driver in ("slimming", "proximal_slimming", "structured"):
+        method = _section_epochs(options.sparsity_train) + finetune
+    else:  # one_shot, agp, at_init (its scoring rounds do not train) and drivers of plugins
+        method = finetune
+    return recipe.train.epochs + method
 
 
 def _targeted_sparsity(model: nn.Module) -> float:
@@ -327,7 +373,12 @@ def _open_run_dir(
         stale_temps = remove_stale_temps(out)
         if not resume:
             # summary.json goes first: an interrupted overwrite must not leave a "finished" run behind.
-            stale = [*(RUN_FILES if overwrite else ("log.txt", "metrics.jsonl")), *out.glob("*_last.pt")]
+            stale = [
+                *(RUN_FILES if overwrite else ("log.txt", "metrics.jsonl")),
+                *out.glob("*_last.pt"),
+                # An earlier attempt's curves would mix with this run's; only event files are ours.
+                *(out / TENSORBOARD_DIR).glob("events.out.tfevents.*"),
+            ]
             for name in stale:
                 (out / name).unlink(missing_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -554,6 +605,31 @@ def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> 
     run.log(f"wrote {out}")
 
 
+def _wants_tensorboard(recipe: Recipe) -> bool:
+    return bool(recipe.train.tensorboard or recipe.finetune.tensorboard)
+
+
+def _reporter(run: _Run, ctx: MethodContext) -> ProgressReporter:
+    """The run's epoch reporter: lines into the run log, the ETA over :func:`planned_epochs`, and
+    (rank 0, when asked) TensorBoard scalars with the dense-relative sparsity of every epoch."""
+    from prunelab.metrics import count_parameters
+
+    def measure(model: nn.Module) -> dict[str, float]:
+        # The summary's convention: non-zero parameters against the dense network's total.
+        counts = count_parameters(model)
+        dense_total = ctx.dense["params_total"] if ctx.dense is not None else counts.total
+        return {"model/sparsity": 1.0 - counts.nonzero / max(dense_total, 1)}
+
+    tensorboard = run.out / TENSORBOARD_DIR if run.main and _wants_tensorboard(run.recipe) else None
+    return ProgressReporter(
+        RunProgress(planned_epochs(run.recipe)),
+        log=run.log if run.main else None,
+        file_log=run.log.record if run.main else None,
+        tensorboard_dir=tensorboard,
+        measure=measure,
+    )
+
+
 def run_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -585,7 +661,8 @@ def run_recipe(
 
     Raises:
         ConfigError: before any data is loaded: ``out_dir`` holds a finished run (and neither
-            ``overwrite`` nor ``resume`` is given), cannot be created or written, or both flags are given.
+            ``overwrite`` nor ``resume`` is given), cannot be created or written, or both flags are given;
+            ``train.tensorboard`` is on and the tensorboard package is not installed.
     """
     from prunelab.methods import DRIVERS
 
@@ -594,13 +671,18 @@ def run_recipe(
     finished = check_run_dir(out, resume=resume, overwrite=overwrite)
     if finished is not None:
         return finished
+    if _wants_tensorboard(recipe):
+        require_tensorboard("train.tensorboard" if recipe.train.tensorboard else "finetune.tensorboard")
     run = _open_run_dir(recipe, out, resume, overwrite, echo)
     _load_data_and_model(run, data_dir)
     ctx = _method_context(run, driver, resume, progress)
     _attach_reparam(run)
-    accuracy_dense, dense = _train_dense(run, ctx)
-    ctx.dense = dense
-    result = driver.run(ctx, recipe.prune.options)
+    # Every training stage below (dense, and the method's) reports its epochs to this one reporter.
+    with reporting(_reporter(run, ctx)) as reporter:
+        accuracy_dense, dense = _train_dense(run, ctx)
+        ctx.dense = dense
+        result = driver.run(ctx, recipe.prune.options)
+        reporter.rounds(result.rounds)
     if result.surgery is not None:
         run.arch["surgery"] = result.surgery
     summary = _summarize(run, ctx, driver, result, accuracy_dense, dense)

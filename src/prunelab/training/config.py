@@ -129,7 +129,13 @@ class TrainConfig:
             with the highest *validation* accuracy (never the test set) among the epochs that share the
             final masks.
         eval_every: validate every this many epochs (the last epoch is always validated).
-        progress: show a progress bar (only on rank 0, and only when stderr is a terminal).
+        progress: show a progress bar per epoch, with loss, accuracy, learning rate and the ETA as its
+            postfix (only on rank 0, and only when stderr is a terminal; elsewhere one plain line per
+            epoch goes to the log).
+        tensorboard: also write the per-epoch figures as TensorBoard scalars, into
+            ``<out_dir>/tensorboard`` (needs the ``tensorboard`` package: ``pip install
+            'prunelab[tensorboard]'``). In a run, ``train.tensorboard`` or ``finetune.tensorboard``
+            turns it on for every stage of the run (``prunelab run --tensorboard`` sets the first).
         fast: how the stage runs on the hardware (data on the device, channels-last, bf16, compile); a
             :class:`FastConfig` or a mapping of its fields. It never changes the protocol.
     """
@@ -150,6 +156,7 @@ class TrainConfig:
     select: Literal["last", "best_val"] = "last"
     eval_every: int = 1
     progress: bool = True
+    tensorboard: bool = False
     fast: FastConfig = field(default_factory=FastConfig)
 
     def __post_init__(self) -> None:
@@ -206,10 +213,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in choices:
                 self._fail(name, f"unknown value; {_choice_hint(value, choices)}")
-        if not isinstance(self.nesterov, bool):
-            self._fail("nesterov", "must be true or false")
-        if not isinstance(self.progress, bool):
-            self._fail("progress", "must be true or false")
+        for name in ("nesterov", "progress", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(name, "must be true or false")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             self._fail("nesterov", "needs optimizer 'sgd' with momentum > 0")
 

@@ -5,7 +5,8 @@ sparsity-regularised training) goes through :func:`train`, a short sequence of n
 resume (``_setup``, ``_restore``), one pass over the training set (``_train_epoch``, where the order of a
 step is spelled out), the epoch's validation and row (``_epoch_row``), its record and checkpoint
 (``_record_epoch``, ``_save_checkpoint``) and the final weight selection (``_finish``); see
-:mod:`prunelab.training.hooks` for where each hook runs.
+:mod:`prunelab.training.hooks` for where each hook runs. Each epoch is reported (its line with the
+run's ETA, the terminal bar, TensorBoard) through :mod:`prunelab.training.progress`.
 Optimizers and LR schedules live in :mod:`prunelab.training.optim`, seeding and the run files in
 :mod:`prunelab.training.state`; both are re-exported here.
 
@@ -46,6 +47,14 @@ from prunelab.errors import ConfigError
 from prunelab.training.config import FastConfig, TrainConfig
 from prunelab.training.hooks import HOOK_METHODS
 from prunelab.training.optim import build_optimizer, build_scheduler
+from prunelab.training.progress import (
+    TENSORBOARD_DIR,
+    EpochBar,
+    ProgressReporter,
+    RunProgress,
+    active_reporter,
+    require_tensorboard,
+)
 from prunelab.training.state import (
     CHECKPOINT_FORMAT,
     append_row,
@@ -213,14 +222,6 @@ def _bound_methods(hooks: Sequence[object], name: str) -> list[Callable[..., Any
     return [getattr(h, name) for h in hooks if callable(getattr(h, name, None))]
 
 
-def _progress(iterable: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -241,13 +242,16 @@ class _Session:
         train_set: the training dataset.
         val_set: the validation dataset, if it has samples (else ``None``).
         batch_size: samples per step on this rank.
+        steps_per_epoch: optimizer steps (batches) per epoch on this rank.
         total_steps: optimizer steps of the whole run.
         optimizer: the optimizer.
         scheduler: the step-level LR schedule.
         out: the output folder, if any.
         ckpt: the resumable checkpoint's path, if there is an output folder.
         writes: whether this process writes files (rank 0 with an output folder).
-        say: the per-epoch logger (a no-op off rank 0).
+        say: the logger of the loop's messages (a no-op off rank 0).
+        reporter: where each epoch is reported (the active run's, else one of this call's own).
+        own_reporter: whether ``reporter`` belongs to this call (closed when it ends).
         bar: whether to show a progress bar.
         trainable: the parameters gradient clipping applies to.
         fast: the hardware settings in effect (``cfg.fast`` less what this device cannot do).
@@ -268,6 +272,7 @@ class _Session:
     train_set: Any
     val_set: Any
     batch_size: int
+    steps_per_epoch: int
     total_steps: int
     optimizer: Optimizer
     scheduler: LRScheduler
@@ -275,6 +280,8 @@ class _Session:
     ckpt: Path | None
     writes: bool
     say: Callable[[str], None]
+    reporter: ProgressReporter
+    own_reporter: bool
     bar: bool
     trainable: list[nn.Parameter]
     fast: FastConfig
@@ -298,7 +305,8 @@ def _check_arguments(
 
     Raises:
         ConfigError: an invalid tag, ``resume`` without ``out_dir``, ``best_val`` without validation
-            samples, or an empty training set.
+            samples, an empty training set, or ``tensorboard`` without ``out_dir`` (outside a run) or
+            without the tensorboard package.
     """
     if isinstance(cfg, Mapping):
         cfg = TrainConfig.from_dict(cfg)
@@ -312,6 +320,12 @@ def _check_arguments(
         )
     if cfg.epochs > 0 and len(data.train) == 0:
         raise ConfigError("train: the training set is empty; check train_subset and the dataset files")
+    if cfg.tensorboard:
+        if out_dir is None and active_reporter() is None:
+            raise ConfigError(
+                "TrainConfig.tensorboard: needs out_dir, the folder the event files go to (<out_dir>/tensorboard)"
+            )
+        require_tensorboard("TrainConfig.tensorboard")
     return cfg
 
 
@@ -382,7 +396,8 @@ def _setup(
 
     set_seed(seed)
     state = load_resume_state(ckpt, tag, cfg) if resume and ckpt is not None and ckpt.is_file() else None
-    say = log if (log is not None and main) else (lambda _msg: None)
+    reporter, own_reporter = _reporter(cfg, out, main, log)
+    say = log if (log is not None and main) else reporter.say
     if state is not None:
         # Masks first: attaching one replaces the parameter by its parametrization's original, and the
         # optimizer built below must hold the final parameter objects.
@@ -410,6 +425,7 @@ def _setup(
         train_set=_device_train_set(data.train, fast, dev),
         val_set=_validation_set(data),
         batch_size=batch_size,
+        steps_per_epoch=len(loader),
         total_steps=cfg.epochs * len(loader),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg, len(loader)),
@@ -417,12 +433,15 @@ def _setup(
         ckpt=ckpt,
         writes=main and out is not None,
         say=say,
+        reporter=reporter,
+        own_reporter=own_reporter,
         bar=cfg.progress and main and sys.stderr.isatty(),
         trainable=[p for p in model.parameters() if p.requires_grad],
         fast=fast,
     )
     if state is not None:
         _restore(session, state)
+    reporter.run.begin_stage(cfg.epochs, session.start_epoch)
     if session.writes:
         assert out is not None
         out.mkdir(parents=True, exist_ok=True)
@@ -440,6 +459,24 @@ def _setup(
     return session
 
 
+def _reporter(
+    cfg: TrainConfig, out: Path | None, main: bool, log: Callable[[str], None] | None
+) -> tuple[ProgressReporter, bool]:
+    """The active run's reporter, else a new one for this call alone (its ETA covers this call's epochs).
+
+    Returns:
+        ``(reporter, owned)``: ``owned`` when the reporter was made here (the caller closes it).
+    """
+    reporter = active_reporter()
+    if reporter is not None:
+        if cfg.tensorboard and main and reporter.tensorboard_dir is None and out is not None:
+            # A stage that asks for TensorBoard in a run that did not: its epochs go into the run's folder.
+            reporter.tensorboard_dir = out / TENSORBOARD_DIR
+        return reporter, False
+    tensorboard = out / TENSORBOARD_DIR if cfg.tensorboard and main and out is not None else None
+    return ProgressReporter(RunProgress(0), log=log if main else None, tensorboard_dir=tensorboard), True
+
+
 def _restore(session: _Session, state: Mapping[str, Any]) -> None:
     """Continue from a checkpoint: optimizer, schedule, counters, history, best record, RNGs, hook states."""
     session.optimizer.load_state_dict(state["optimizer"])
@@ -453,8 +490,8 @@ def _restore(session: _Session, state: Mapping[str, Any]) -> None:
             hook.load_state_dict(hook_state)  # type: ignore[attr-defined]
 
 
-def _train_epoch(s: _Session, epoch: int) -> tuple[Tensor, float]:
-    """One pass over the training set (see :func:`train` for the order of a step).
+def _train_epoch(s: _Session, epoch: int, bar: EpochBar | None) -> tuple[Tensor, float]:
+    """One pass over the training set (see :func:`train` for the order of a step), advancing ``bar``.
 
     Returns:
         ``(sums, lr)``: the loss sum, correct predictions and samples of this rank, and the learning
@@ -471,7 +508,13 @@ def _train_epoch(s: _Session, epoch: int) -> tuple[Tensor, float]:
     lr = s.optimizer.param_groups[0]["lr"]
     model, cfg, calls = s.model, s.cfg, s.calls
     layout = torch.channels_last if s.fast.channels_last else torch.preserve_format
-    for x, y in _progress(loader, s.bar, f"{s.tag} {epoch + 1}/{cfg.epochs}"):
+
+    def running() -> tuple[float, float]:
+        # This rank's share so far (the line and the row report the all-reduced figures).
+        seen = float(sums[2].clamp_min(1))
+        return float(sums[0]) / seen, float(sums[1]) / seen
+
+    for x, y in loader:
         x = x.to(s.device, non_blocking=True, memory_format=layout if x.dim() == 4 else torch.preserve_format)
         y = y.to(s.device, non_blocking=True)
         s.optimizer.zero_grad(set_to_none=True)
@@ -500,6 +543,8 @@ def _train_epoch(s: _Session, epoch: int) -> tuple[Tensor, float]:
             sums[0] += data_loss.detach().double() * len(y)
             sums[1] += (logits.argmax(dim=1) == y).sum()
             sums[2] += len(y)
+        if bar is not None:
+            bar.step(running, lr)
     if distributed:
         _sync_buffers(model)
     dist.all_reduce_(sums)
@@ -527,8 +572,9 @@ def _epoch_row(s: _Session, epoch: int, sums: Tensor, lr: float, started: float)
     return row
 
 
-def _record_epoch(s: _Session, row: dict[str, Any]) -> None:
-    """Append ``row`` to the history and ``metrics.jsonl``, call ``on_epoch_end``, write the checkpoint."""
+def _record_epoch(s: _Session, row: dict[str, Any], bar: EpochBar | None) -> None:
+    """Append ``row`` to the history and ``metrics.jsonl``, call ``on_epoch_end``, write the checkpoint,
+    and report the epoch (closing its ``bar``)."""
     s.history.append(row)
     if s.writes:
         assert s.out is not None
@@ -537,7 +583,7 @@ def _record_epoch(s: _Session, row: dict[str, Any]) -> None:
         fn(row["epoch"], dict(row))  # a copy: a hook must not rewrite the history
     if s.writes:
         _save_checkpoint(s, row["epoch"])
-    s.say(_summary_line(row, s.cfg.epochs))
+    s.reporter.epoch_done(row, s.cfg.epochs, s.model, bar)
 
 
 def _save_checkpoint(s: _Session, epochs_done: int) -> None:
@@ -673,11 +719,24 @@ def train(
         device=device,
         log=log,
     )
-    for epoch in range(session.start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        sums, lr = _train_epoch(session, epoch)
-        _record_epoch(session, _epoch_row(session, epoch, sums, lr, started))
-    return _finish(session, was_training=was_training, keep_checkpoint=keep_checkpoint)
+    try:
+        for epoch in range(session.start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            session.reporter.run.begin_epoch()
+            bar = _epoch_bar(session, epoch)
+            sums, lr = _train_epoch(session, epoch, bar)
+            _record_epoch(session, _epoch_row(session, epoch, sums, lr, started), bar)
+        return _finish(session, was_training=was_training, keep_checkpoint=keep_checkpoint)
+    finally:
+        if session.own_reporter:
+            session.reporter.close()
+
+
+def _epoch_bar(s: _Session, epoch: int) -> EpochBar | None:
+    """The terminal bar of ``epoch`` (``None`` when no bar is shown: off rank 0, in a pipe, or not wanted)."""
+    if not s.bar:
+        return None
+    return EpochBar(s.steps_per_epoch, f"{s.tag} {epoch + 1}/{s.cfg.epochs}")
 
 
 def _update_best(
@@ -698,11 +757,3 @@ def _update_best(
             # plain_state_dict shares storage with live buffers; copy so training cannot overwrite it.
             best["model"] = {k: v.detach().to("cpu", copy=True) for k, v in plain_state_dict(model).items()}
             best["masks"] = masks
-
-
-def _summary_line(row: Mapping[str, Any], epochs: int) -> str:
-    val = f", val_acc {row['val_acc']:.4f}" if row["val_acc"] is not None else ""
-    return (
-        f"{row['tag']} epoch {row['epoch']}/{epochs}: train_loss {row['train_loss']:.4f}, "
-        f"train_acc {row['train_acc']:.4f}{val}, lr {row['lr']:.3g}, {row['time_s']:.1f}s"
-    )
