@@ -52,9 +52,16 @@ class Mask(nn.Module):
         (benchmarks/mask_overhead.py). The cast is reused while the buffer is the same tensor object at
         the same version counter: every in-place change (``update_mask``'s ``&=``, ``load_state_dict``'s
         ``copy_``, a DDP buffer broadcast) bumps the version, and ``.to()``/reassignment replaces the
-        object, so a stale cast is never used.
+        object, so a stale cast is never used. Under ``torch.compile`` the cast is traced into the graph
+        instead (no cache, no graph break).
         """
         mask = self.mask
+        if torch.compiler.is_compiling():
+            # Under torch.compile the cast becomes part of the graph (fused with the multiplication), so
+            # there is nothing to cache; and the cache's checks below (inference mode, the version
+            # counter, object identity, the attribute write) are Python-side state Dynamo cannot trace:
+            # ``torch.is_inference_mode_enabled`` alone broke the graph once per masked tensor.
+            return mask.to(device=original.device, dtype=original.dtype)
         if torch.is_inference_mode_enabled() or mask.is_inference():
             # Inference tensors have no version counter, and a cast made here could not be saved for
             # backward by a later training forward: cast without caching.
