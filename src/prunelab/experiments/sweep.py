@@ -491,8 +491,9 @@ class _RayBackend(_ClusterBackend):
             self.ray.cancel(handle, force=True)
 
     def close(self) -> None:
-        """Shut down the Ray instance if this sweep started it (a connection otherwise)."""
-        self.ray.shutdown()
+        """Disconnect, if this sweep connected (a caller's own Ray session is left as it is)."""
+        if self.started:
+            self.ray.shutdown()
 
 
 class _SlurmBackend(_ClusterBackend):
