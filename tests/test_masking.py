@@ -271,3 +271,19 @@ def test_masked_model_traces_in_one_graph_and_compiled_gradients_stay_masked() -
         assert grad is not None and bool((grad[~keep] == 0).all()) and bool(grad[keep].abs().sum() > 0), fqn
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=0, atol=0)
+
+
+def test_require_real_weights_refuses_nan_and_inf_but_not_a_sum_that_overflows() -> None:
+    from prunelab.errors import UnsupportedModelError
+
+    model = ConvNet()
+    with torch.no_grad():
+        # Finite entries whose sum overflows to inf: the cheap sum test flags them, the full check clears.
+        model.fc.weight.fill_(3e38)
+    masking.require_real_weights(model, "test")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = copy.deepcopy(model)
+        with torch.no_grad():
+            broken.conv.weight[1, 0, 2, 2] = bad
+        with pytest.raises(UnsupportedModelError, match=r"'conv\.weight' .*NaN or inf"):
+            masking.require_real_weights(broken, "test")

@@ -311,7 +311,15 @@ def require_real_weights(model: nn.Module, what: str) -> None:
                 "first, e.g. model.to_empty(device='cpu') and then load its weights (load_weights)"
             )
     for name, tensor in tensors:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor.detach()).all()):
+        # A sum is NaN/inf whenever an entry is, and one reduction is an order of magnitude cheaper than
+        # isfinite().all() on the CPU (which builds boolean tensors): at every Pruner.step over 31 M weights
+        # the full check cost as much as the rest of the step outside the selection. A non-finite sum
+        # of finite entries (overflow) is told apart by the full check.
+        if (
+            tensor.is_floating_point()
+            and not bool(torch.isfinite(tensor.detach().sum()))
+            and not bool(torch.isfinite(tensor.detach()).all())
+        ):
             raise UnsupportedModelError(
                 f"{what}: tensor {name!r} of the model holds NaN or inf values (did training diverge?); "
                 "prune a model with finite weights: lower the learning rate or restore a good checkpoint"

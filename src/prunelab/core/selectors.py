@@ -262,9 +262,13 @@ def _lowest_alive(flat_scores: Tensor, flat_alive: Tensor, dead: int, count: int
             flat_scores = flat_scores.double()
         flat_scores.masked_fill_(~flat_alive, float("inf"))
     threshold = torch.kthvalue(flat_scores, count).values
-    chosen = flat_scores < threshold
-    ties = torch.nonzero(flat_scores == threshold).squeeze(1)[: count - int(chosen.count_nonzero())]
-    chosen[ties] = True
+    chosen = flat_scores <= threshold
+    extra = int(chosen.count_nonzero()) - count
+    if extra:
+        # More entries tie with the threshold than fit: keep the first ties in index order. Usually the
+        # threshold is a single entry and this pass over the network (== and nonzero) is skipped.
+        ties = torch.nonzero(flat_scores == threshold).squeeze(1)
+        chosen[ties[-extra:]] = False
     return chosen
 
 
