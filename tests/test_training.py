@@ -483,6 +483,24 @@ def test_log_receives_one_line_per_epoch(digits: DataSplits) -> None:
     lines: list[str] = []
     train(small_cnn(), digits, cfg(epochs=2), log=lines.append, tag="dense")
     assert len(lines) == 2 and lines[0].startswith("dense epoch 1/2")
+    # A lone call plans its own epochs: the last line's ETA is zero.
+    assert "run epoch 1/2, ETA " in lines[0] and lines[1].endswith("run epoch 2/2, ETA 0:00:00")
+
+
+def test_tensorboard_of_a_lone_train_call(digits: DataSplits, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with pytest.raises(ConfigError, match=r"TrainConfig\.tensorboard: needs out_dir"):
+        train(small_cnn(), digits, cfg(epochs=1, tensorboard=True))
+    result = train(small_cnn(), digits, cfg(epochs=2, tensorboard=True), out_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    points = events.Scalars("train/loss")
+    assert [e.step for e in points] == [1, 2]
+    assert [e.value for e in points] == pytest.approx([row["train_loss"] for row in result.history])
+    assert (
+        "model/sparsity" not in events.Tags()["scalars"]
+    )  # the run adds it; a lone call has no dense reference
 
 
 def test_zero_epochs_only_validates(digits: DataSplits) -> None:
@@ -545,6 +563,8 @@ def test_evaluate_counts_exactly() -> None:
         ("select", "best_test"),
         ("eval_every", 0),
         ("nesterov", "yes"),
+        ("progress", 1),
+        ("tensorboard", "yes"),
     ],
 )
 def test_config_rejects_bad_field(field: str, value: Any) -> None:
