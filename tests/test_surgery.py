@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,9 @@ from prunelab.surgery import (
     arch_spec,
     check_equivalence,
     compact,
+    zero_channels,
 )
+from prunelab.surgery.compact import ChannelRemovalError
 
 #: Small inputs/widths so that every zoo model is checked in the fast suite.
 SHAPES = {
@@ -318,3 +321,103 @@ def test_compact_reuses_the_given_graph_and_leaves_it_reusable(monkeypatch: pyte
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
     # The graph still describes the untouched original.
     assert all(model.get_submodule(g.name).out_channels == g.size for g in graph.groups)
+
+
+def _count_forwards(model: nn.Module) -> list[int]:
+    """A list that grows by one at every forward pass of ``model`` or of a deep copy of it (hooks are copied)."""
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda _m, _a: calls.append(1))
+    return calls
+
+
+class _SigmoidChain(nn.Module):
+    """conv-BN-sigmoid-conv-BN-ReLU-GAP-linear: a removed channel carries sigmoid(0) = 0.5 even with β = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6)
+        self.c2, self.b2 = nn.Conv2d(6, 5, 1, bias=False), nn.BatchNorm2d(5)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.sigmoid(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_graph_traces_and_finds_the_head_in_one_forward_pass() -> None:
+    torch.manual_seed(0)
+    model = build_model("vgg11", input_shape=(3, 16, 16)).eval()
+    calls = _count_forwards(model)
+    graph = ChannelGraph(model, (3, 16, 16))
+    assert len(calls) == 1  # Torch-Pruning's trace is the head search's forward pass
+    assert graph.head == "classifier" and "classifier" in graph.excluded
+    with pytest.raises(ConfigError, match="cannot run"):
+        ChannelGraph(model, (3, 5, 5, 5))  # the head search's own error, not a Torch-Pruning one
+
+
+def test_weight_screen_refuses_nan_and_accepts_sums_that_overflow() -> None:
+    torch.manual_seed(0)
+    model = _Chain(kernel=1, padding=0).eval()
+    with torch.no_grad():
+        model.c2.weight[0, 0] = 3e38
+        model.c2.weight[0, 1] = 3e38  # finite weights whose sum is inf: the exact check lets them through
+    assert not bool(model.c2.weight.sum().isfinite())
+    ChannelGraph(model, (3, 6, 6))
+    with torch.no_grad():
+        model.b1.running_var[2] = float("nan")
+    with pytest.raises(UnsupportedModelError, match=r"'b1.running_var'.*NaN"):
+        ChannelGraph(model, (3, 6, 6))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet20"])  # resnet20: option-A shortcuts (channel maps)
+def test_unshifted_model_needs_no_reference_pass_and_wrong_removals_still_fail(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, input_shape=(3, 16, 16)).eval()  # fresh BN layers: every shift is 0
+    graph = ChannelGraph(model, (3, 16, 16))
+    # Removing the same positions from every group keeps a shortcut's removed outputs reading removed
+    # inputs, so they are zero in the γ-masked model as well.
+    keep = {g.name: torch.arange(g.size) % 2 == 0 for g in graph.groups}
+    calls = _count_forwards(model)
+    small, report = compact(model, keep, (3, 16, 16), graph=graph)
+    assert len(calls) == 2  # the γ-masked pass is the reference; then the compacted model
+    assert report.max_abs_diff == report.shift_max_abs_diff <= 1e-4 and not report.folds_exact
+    # Checked independently: the masked model (every removed entry zeroed) on other inputs.
+    masked = copy.deepcopy(model)
+    zero_channels(masked, graph.groups, {n: torch.nonzero(~k).flatten().tolist() for n, k in keep.items()})
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert float((small(x) - masked(x)).abs().max()) <= 1e-4
+    # A removal of the wrong channels (same widths) is caught on this path too.
+    remove = graph.remove
+    sizes = {g.name: g.size for g in graph.groups}
+
+    def wrong(target: nn.Module, removed: Mapping[str, Sequence[int]]) -> None:
+        remove(target, {n: sorted((c + 1) % sizes[n] for c in chans) for n, chans in removed.items()})
+
+    graph.remove = wrong  # type: ignore[method-assign]
+    with pytest.raises(ChannelRemovalError):
+        compact(model, keep, (3, 16, 16), graph=graph, diagnose=False)
+
+
+def test_nonzero_constant_without_shift_falls_back_to_the_folding_path() -> None:
+    torch.manual_seed(0)
+    model = _SigmoidChain().eval()
+    graph = ChannelGraph(model, (3, 6, 6))
+    keep = {"c1": torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool)}
+    calls = _count_forwards(model)
+    _, report = compact(model, keep, (3, 6, 6), graph=graph)
+    assert len(calls) == 4  # one sample shows a non-zero constant; then γ-masked, reference, compacted
+    assert report.folds_exact == ["c2"]  # sigmoid(0) = 0.5 folded into c2's (new) bias
+    assert report.max_abs_diff <= 1e-4 and report.shift_max_abs_diff <= 1e-5
+
+
+def test_fold_shifts_off_skips_the_masked_pass() -> None:
+    model = _shifted_chain(kernel=3, padding=1)
+    graph = ChannelGraph(model, (3, 6, 6))
+    keep = {"c1": torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool)}
+    calls = _count_forwards(model)
+    _, report = compact(model, keep, (3, 6, 6), graph=graph, fold_shifts=False)
+    assert len(calls) == 2  # reference and compacted only
+    assert report.shift_max_abs_diff is None and not report.folds_exact and not report.folds_inexact
+    assert report.max_abs_diff <= 1e-4

@@ -14,7 +14,11 @@ returns the smaller network with a :class:`SurgeryReport`. Three models take par
 
 Verification: the compacted model must reproduce the reference on a batch to ``tolerance`` (max
 absolute output difference); otherwise :class:`SurgeryMismatchError` is raised — a wrong model is
-never returned silently.
+never returned silently. Cost: one deep copy and three forward passes (γ-masked, reference, compacted;
+``fold_shifts=False`` skips the γ-masked one). When the γ-masked model provably computes the reference
+(the removed channels' shifts are 0, e.g. freshly initialised BN layers, and reach every consumer as
+exact zeros: see ``_masked_is_reference``), its one pass serves as the reference and nothing needs
+folding, so two passes run, on one sample for a shape.
 
 Shift folding: a removed channel that enters a consumer as a constant ``c`` contributes
 ``c · Σ_spatial W[:, i]`` to each output. For a Linear layer or a convolution without padding that
@@ -94,7 +98,7 @@ class SurgeryReport:
         folds_exact: consumers whose constant inputs were folded exactly.
         folds_inexact: ``{consumer: reason}`` where folding is approximate or impossible.
         shift_max_abs_diff: max |compacted − γ-masked| (the effect of the inexact folds; ~0 when all
-            folds are exact).
+            folds are exact); ``None`` with ``fold_shifts=False``, where the γ-masked model is not run.
     """
 
     channels_before: int
@@ -104,7 +108,7 @@ class SurgeryReport:
     tolerance: float
     folds_exact: list[str] = field(default_factory=list)
     folds_inexact: dict[str, str] = field(default_factory=dict)
-    shift_max_abs_diff: float = 0.0
+    shift_max_abs_diff: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (goes into ``summary.json``)."""
@@ -180,47 +184,71 @@ def zero_channels(
     Raises:
         UnsupportedModelError: a member layer of a type the surgery cannot mask.
     """
+    _zero(model, groups, removed, "scales" if keep_shift else "all")
+
+
+def _zero(
+    model: nn.Module, groups: Sequence[ChannelGroup], removed: Mapping[str, Sequence[int]], part: str
+) -> None:
+    """Zero ``part`` of the removed channels' entries: ``"scales"`` (what the γ-mask zeroes), ``"rest"``
+    (the shifts and consumer inputs the γ-mask keeps) or ``"all"`` (both)."""
     by_name = {g.name: g for g in groups}
     params = dict(model.named_parameters())
-    for name, channels in removed.items():
-        for member in by_name[name].members:
-            idx = member.indices(channels)
-            if not idx:
-                continue
-            ix = torch.tensor(idx, dtype=torch.long)
-            if member.kind == "Parameter":
-                param = params[member.name]
-                param.index_fill_(int(member.dim or 0) % param.dim(), ix.to(param.device), 0.0)
-                continue
-            _zero_module(model.get_submodule(member.name), member.role, ix, keep_shift)
+    with torch.no_grad():
+        for name, channels in removed.items():
+            for member in by_name[name].members:
+                idx = member.indices(channels)
+                if not idx:
+                    continue
+                ix = torch.tensor(idx, dtype=torch.long)
+                if member.kind == "Parameter":
+                    if part != "rest":  # a bare parameter scales or shifts its channel: zeroed by the γ-mask
+                        param = params[member.name]
+                        param.index_fill_(int(member.dim or 0) % param.dim(), ix.to(param.device), 0.0)
+                    continue
+                _zero_module(model.get_submodule(member.name), member.role, ix, part)
 
 
-def _zero_module(module: nn.Module, role: str, ix: Tensor, keep_shift: bool) -> None:
-    """Zero what channels ``ix`` of ``module`` contribute (``role`` "out": its outputs, "in": its inputs)."""
+def _kept_shift(module: nn.Module, role: str) -> tuple[Tensor, int] | None:
+    """The shift (bias) of ``module``'s channels that the γ-mask keeps, with its channel dim; None if none."""
+    if isinstance(module, (nn.modules.batchnorm._NormBase, *CROSS_CHANNEL_NORMS)):
+        bias = getattr(module, "bias", None)
+        # LayerNorm's parameters run along its normalized (last) dims; the others' along the channels.
+        return None if bias is None else (bias, -1 if isinstance(module, nn.LayerNorm) else 0)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        out = role == "out" or depthwise
+        return (module.bias, 0) if out and module.bias is not None else None
+    if isinstance(module, nn.Linear) and role == "out" and module.bias is not None:
+        return module.bias, 0
+    return None
+
+
+def _zero_module(module: nn.Module, role: str, ix: Tensor, part: str) -> None:
+    """Zero ``part`` (see :func:`_zero`) of what channels ``ix`` of ``module`` contribute (``role`` "out":
+    its outputs, "in": its inputs)."""
     ix = ix.to(next(iter(module.parameters()), torch.empty(0)).device)
+    scales, rest = part != "rest", part != "scales"
     if is_channel_mapping(module):
-        if not keep_shift:
+        if rest:
             (module.zero_outputs if role == "out" else module.zero_inputs)(ix.tolist())
         return
+    shift = _kept_shift(module, role) if rest else None
+    if shift is not None:
+        shift[0].index_fill_(shift[1], ix, 0.0)
     if isinstance(module, (nn.modules.batchnorm._NormBase, *CROSS_CHANNEL_NORMS)):
-        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-        # LayerNorm's parameters run along its normalized (last) dims; the others' along the channels.
-        dim = -1 if isinstance(module, nn.LayerNorm) else 0
-        if weight is not None:
-            weight.index_fill_(dim, ix, 0.0)
-        if bias is not None and not keep_shift:
-            bias.index_fill_(dim, ix, 0.0)
+        weight = getattr(module, "weight", None)
+        if weight is not None and scales:
+            weight.index_fill_(-1 if isinstance(module, nn.LayerNorm) else 0, ix, 0.0)
         return
     if isinstance(module, nn.modules.conv._ConvNd):
-        _zero_conv(module, role, ix, keep_shift)
+        _zero_conv(module, role, ix, scales, rest)
         return
     if isinstance(module, nn.Linear):
         # index_fill_ rather than indexed assignment: the same zeros, without the advanced-indexing cost.
-        if role == "out":
+        if role == "out" and scales:
             module.weight.index_fill_(0, ix, 0.0)
-            if module.bias is not None and not keep_shift:
-                module.bias.index_fill_(0, ix, 0.0)
-        elif not keep_shift:
+        elif role == "in" and rest:
             module.weight.index_fill_(1, ix, 0.0)
         return
     if isinstance(module, nn.PReLU):
@@ -231,11 +259,14 @@ def _zero_module(module: nn.Module, role: str, ix: Tensor, keep_shift: bool) -> 
     )
 
 
-def _zero_conv(conv: nn.modules.conv._ConvNd, role: str, ix: Tensor, keep_shift: bool) -> None:
-    """Zero channels ``ix`` of a (grouped, depthwise, transposed) convolution's outputs or inputs."""
+def _zero_conv(conv: nn.modules.conv._ConvNd, role: str, ix: Tensor, scales: bool, rest: bool) -> None:
+    """Zero the filters (``scales``) or the input columns (``rest``) of channels ``ix`` of a (grouped,
+    depthwise, transposed) convolution; its bias is :func:`_kept_shift`'s."""
     w, groups = conv.weight, conv.groups
     depthwise = groups > 1 and groups == conv.in_channels == conv.out_channels
     if role == "out" or depthwise:
+        if not scales:
+            return
         if not conv.transposed:
             w.index_fill_(0, ix, 0.0)  # rows are output channels, for every groups value
         else:
@@ -244,10 +275,8 @@ def _zero_conv(conv: nn.modules.conv._ConvNd, role: str, ix: Tensor, keep_shift:
             for o in ix.tolist():
                 g, p = divmod(o, per_out)
                 w[g * per_in : (g + 1) * per_in, p] = 0.0
-        if conv.bias is not None and not keep_shift:
-            conv.bias.index_fill_(0, ix, 0.0)
         return
-    if keep_shift:
+    if not rest:
         return
     if conv.transposed:
         w.index_fill_(0, ix, 0.0)  # rows are input channels
@@ -338,15 +367,16 @@ def _norm_keeps(
     return kept
 
 
-def _batch(example: ExampleInputs, batch: ExampleInputs | None) -> ExampleInputs:
+def _batch(example: ExampleInputs, batch: ExampleInputs | None, size: int = 2) -> ExampleInputs:
     """The verification inputs: ``batch`` if given, else seeded standard-normal inputs like ``example``.
 
-    A shape gives 2 inputs: random inputs reach every channel at every position, so a wrong channel
+    A shape gives ``size`` inputs: random inputs reach every channel at every position, so a wrong channel
     mapping shows on any of them, and two samples are what the shift folding needs to tell a constant
     channel from one that varies from input to input (after a global pooling there is nothing else to
-    compare). Tensors keep their shapes (:func:`_call` moves them to the model's device).
+    compare); with nothing to fold one suffices. Tensors keep their shapes (:func:`_call` moves them to
+    the model's device).
     """
-    return random_like(example, batch=2, seed=0) if batch is None else batch
+    return random_like(example, batch=size, seed=0) if batch is None else batch
 
 
 def _call(model: nn.Module, x: ExampleInputs) -> Any:
@@ -361,27 +391,52 @@ def _observe_and_fold(
     removed: Mapping[str, Sequence[int]],
     x: ExampleInputs,
     fold: bool,
-) -> tuple[list[Tensor], list[str], dict[str, str]]:
+) -> tuple[list[Tensor], list[str], dict[str, str], bool]:
     """Run the γ-masked ``model`` once: its outputs, and (``fold``) its removed channels' shifts folded in.
 
-    The consumers' inputs of removed channels are recorded on the way (forward pre-hooks); where they are
-    constant, ``c · Σ W[:, i]`` is then added to the consumer's bias in place (see the module docstring).
-    Returns ``(γ-masked outputs, exact folds, {inexact fold: reason})``.
+    The consumers' inputs of removed channels are recorded on the way (forward pre-hooks); with ``fold``,
+    where they are constant, ``c · Σ W[:, i]`` is then added to the consumer's bias in place (see the
+    module docstring).
+    Returns ``(γ-masked outputs, exact folds, {inexact fold: reason}, zero)``; ``zero``: every recorded
+    input of a removed channel was exactly 0 (so nothing was folded), and so were the removed input and
+    output channels of every channel-mapping layer (recorded too, for :func:`_masked_is_reference`).
     """
     wanted: dict[str, list[int]] = {}
+    maps: dict[tuple[str, str], list[int]] = {}  # (channel-mapping layer, role): removed channels
     by_name = {g.name: g for g in groups}
-    for name, channels in removed.items() if fold else ():
+    for name, channels in removed.items():
         for member in by_name[name].members:
             if member.role == "in" and member.kind in ("Conv2d", "Linear"):
                 wanted.setdefault(member.name, []).extend(member.indices(channels))
+            elif member.channel_map:
+                maps.setdefault((member.name, member.role), []).extend(member.indices(channels))
     seen: dict[str, Tensor] = {}
+    calls: dict[str, int] = {}
+    map_zero = [True]
     handles = []
     for name in wanted:
 
         def hook(_m: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
             seen[name] = args[0].detach()
+            calls[name] = calls.get(name, 0) + 1
 
         handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    for (name, role), idx in maps.items():
+        ix = torch.tensor(sorted(set(idx)), dtype=torch.long)
+
+        def watch(
+            _m: nn.Module, args: tuple[Any, ...], out: Any = None, ix: Tensor = ix, role: str = role
+        ) -> None:
+            t = out if role == "out" else args[0]
+            width = _m.channel_counts()[1 if role == "out" else 0]
+            # Channels along dim 1 (NCHW); anything else is not proven zero.
+            ok = isinstance(t, Tensor) and t.dim() > 1 and t.shape[1] == width
+            map_zero[0] = map_zero[0] and ok and not bool(t.detach().index_select(1, ix.to(t.device)).any())
+
+        module = model.get_submodule(name)
+        handles.append(
+            module.register_forward_hook(watch) if role == "out" else module.register_forward_pre_hook(watch)
+        )
     try:
         with _full_precision():
             masked_out = output_tensors(_call(model, x))
@@ -390,6 +445,8 @@ def _observe_and_fold(
             h.remove()
     exact: list[str] = []
     inexact: dict[str, str] = {}
+    # A consumer called more than once (a shared layer) is only seen at its last call: not proven zero.
+    zero = map_zero[0] and all(n == 1 for n in calls.values()) and calls.keys() == wanted.keys()
     for name, idx in wanted.items():
         idx = sorted(set(idx))
         layer = model.get_submodule(name)
@@ -398,6 +455,9 @@ def _observe_and_fold(
         inp = seen[name].index_select(dim, torch.tensor(idx, device=seen[name].device))
         flat = inp.movedim(dim, 0).reshape(len(idx), -1)
         const = flat.mean(dim=1)
+        zero = zero and not bool(flat.any())
+        if not fold:
+            continue
         spread = (flat - const[:, None]).abs().amax() if flat.numel() else torch.tensor(0.0)
         if float(spread) > 1e-5 * (1.0 + float(const.abs().max())):
             inexact[name] = (
@@ -424,7 +484,7 @@ def _observe_and_fold(
             )
         else:
             exact.append(name)
-    return masked_out, exact, inexact
+    return masked_out, exact, inexact, zero
 
 
 @contextmanager
@@ -510,7 +570,8 @@ def compact(
         batch: verification inputs, of the same form as ``example_inputs`` (default: seeded
             standard-normal inputs like them; 2 inputs for a shape).
         tolerance: maximum accepted output difference to the reference model.
-        fold_shifts: fold removed channels' constant BN shifts into the consumers.
+        fold_shifts: fold removed channels' constant BN shifts into the consumers (one forward pass of
+            the γ-masked model, which also gives ``shift_max_abs_diff``; ``False`` skips it).
         min_keep: channels every group keeps at least.
         head: the classifier head's module name (its outputs, the classes, stay); ``None`` = the
             ``graph``'s head, or found from the graph (:func:`~prunelab.core.targets.find_head`).
@@ -532,9 +593,8 @@ def compact(
     if graph is None:
         graph = ChannelGraph(model, example_inputs, head=head)  # refuses a model without real weights
     removed = _removed(graph, keep, min_keep)
-    x = _batch(example_inputs, batch)
     try:
-        return _compact(model, graph, removed, x, tolerance, fold_shifts)
+        return _compact(model, graph, removed, example_inputs, batch, tolerance, fold_shifts)
     except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
         # A given graph checked the weights when it was traced; if they went bad since (NaN/inf from a
         # diverged training run, reaching the outputs), that is the reason, not the surgery.
@@ -542,7 +602,7 @@ def compact(
         if not diagnose or (len(removed) < 2 and not isinstance(exc, SurgeryMismatchError)):
             bad = {name: _why(exc, graph, name) for name in removed}
             raise ChannelRemovalError(bad) from None
-        bad = find_unremovable(model, graph, example_inputs, removed, batch=x, tolerance=tolerance)
+        bad = find_unremovable(model, graph, example_inputs, removed, batch=batch, tolerance=tolerance)
         if not bad:
             raise
         raise ChannelRemovalError(bad) from None
@@ -616,11 +676,46 @@ def find_unremovable(
     return bad
 
 
+def _masked_is_reference(
+    model: nn.Module, groups: Sequence[ChannelGroup], removed: Mapping[str, Sequence[int]]
+) -> bool:
+    """Whether the γ-masked ``model`` computes what the reference does, given zero removed consumer inputs.
+
+    The reference differs from the γ-masked model only in the entries :func:`_zero` calls ``"rest"``:
+    the removed channels' shifts (biases, norm β), the consumers' input columns, channel-mapping layers'
+    removed channels, and the kept-channel statistics of cross-channel norms. With no cross-channel norm,
+    every shift of a removed channel already 0, and every consumer one whose inputs
+    :func:`_observe_and_fold` records (Conv2d, Linear) — then found exactly 0 there, as are the removed
+    channels in and out of every channel-mapping layer (a fixed selection: zeroing zero channels changes
+    nothing) — the two models hold the same parameters up to the first consumer or mapping layer, where
+    the reference's zeroing meets exact zeros: every tensor, hence every output, is the same, so the
+    γ-masked outputs serve as the reference's and its forward pass is saved (seeded or freshly
+    initialised networks, whose BN shifts are 0).
+    """
+    by_name = {g.name: g for g in groups}
+    for name, channels in removed.items():
+        for member in by_name[name].members:
+            if member.channel_map or member.kind == "Parameter":
+                continue  # observed by _observe_and_fold / zeroed in both models
+            if member.role == "in" and member.kind not in ("Conv2d", "Linear"):
+                return False
+            module = model.get_submodule(member.name)
+            if isinstance(module, CROSS_CHANNEL_NORMS):
+                return False
+            shift = _kept_shift(module, member.role)
+            if shift is not None:
+                ix = torch.tensor(member.indices(channels), dtype=torch.long, device=shift[0].device)
+                if bool(shift[0].detach().index_select(shift[1], ix).any()):
+                    return False
+    return True
+
+
 def _compact(
     model: nn.Module,
     graph: ChannelGraph,
     removed: Mapping[str, Sequence[int]],
-    x: ExampleInputs,
+    example_inputs: ExampleInputs,
+    batch: ExampleInputs | None,
     tolerance: float,
     fold_shifts: bool,
 ) -> tuple[nn.Module, SurgeryReport]:
@@ -630,17 +725,32 @@ def _compact(
     work = copy.deepcopy(model)
     was_training = work.training
     work.eval()
-    zero_channels(work, graph.groups, removed, keep_shift=True)
-    masked_out, exact, inexact = _observe_and_fold(
-        work, graph.groups, removed, x, fold_shifts and bool(removed)
-    )
-    zero_channels(work, graph.groups, removed, keep_shift=False)
-    want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
+    _zero(work, graph.groups, removed, "scales")
+    masked_out: list[Tensor] | None = None
+    exact: list[str] = []
+    inexact: dict[str, str] = {}
+    want: list[Tensor] | None = None
+    if removed and _masked_is_reference(work, graph.groups, removed):
+        # Nothing can need folding unless a removed channel reaches a consumer as a non-zero constant
+        # (an activation with f(0) != 0): one sample shows whether it does; if it does, the general
+        # path below runs on the full batch.
+        x = _batch(example_inputs, batch, size=1)
+        out, _, _, zero = _observe_and_fold(work, graph.groups, removed, x, False)
+        if zero:
+            masked_out = want = out  # the reference's outputs too (see _masked_is_reference)
+    if want is None:
+        x = _batch(example_inputs, batch)
+        if fold_shifts and removed:
+            masked_out, exact, inexact, _ = _observe_and_fold(work, graph.groups, removed, x, True)
+        _zero(work, graph.groups, removed, "rest")
+        want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
     # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
     graph.remove(work, removed)
     got = _outputs(work, x)
     diff = _max_diff(want, got, tolerance)
-    shift = max((float((a - b).abs().max()) for a, b in zip(masked_out, got, strict=True)), default=0.0)
+    shift = None
+    if masked_out is not None:
+        shift = max((float((a - b).abs().max()) for a, b in zip(masked_out, got, strict=True)), default=0.0)
     work.train(was_training)
     sizes = {g.name: [g.size, g.size] for g in graph.groups}
     for name, channels in removed.items():
