@@ -6,8 +6,13 @@ not depend on the content), batch 128, in one process on one thread:
 - ``plain``: the loader without augmentation (index_select + normalisation), the reference;
 - ``augmented``: the same loader with the CIFAR policy (4-pixel zero-padded random crop + horizontal flip),
   i.e. :func:`prunelab.data.loader.augment_batch` as it is now (one ``index_select`` over a window view);
-- ``two_gathers``: the same loader with the earlier implementation of the augmentation (per-sample row and
-  column index vectors, two int64 ``gather`` calls), kept here only as the "before" of that change.
+- ``padded_mirror``: the same loader with the previous implementation (the zero-padded batch and its mirror
+  written into a buffer, then one ``index_select`` over a window view), kept here as the "before" of the
+  change to a masked crop over the unpadded batch;
+- ``two_gathers``: the same loader with the implementation before that (per-sample row and column index
+  vectors, two int64 ``gather`` calls).
+
+All three augmented variants give the same batches bit for bit (same draws, same order).
 
 Each repetition times ``--batches`` consecutive batches of every loader, in rotating order so that drift in
 the machine's load hits all of them alike; the medians over the repetitions and the median of the paired
@@ -39,7 +44,30 @@ from prunelab.data import Augment, TensorImageDataset, make_loader
 from prunelab.data import loader as loader_module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "augment_speed.json"
-VARIANTS = ("plain", "augmented", "two_gathers")
+VARIANTS = ("plain", "augmented", "padded_mirror", "two_gathers")
+
+
+def padded_mirror(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
+    """The previous augmentation: zero-padded batch + mirror in one buffer, one ``index_select`` of windows."""
+    b, c, h, w = images.shape
+    p = policy.crop_padding
+    n = b * c * (h + 2 * p) * (w + 2 * p)
+    halves = 2 if policy.flip else 1
+    buffer = images.new_zeros(halves * n)
+    padded = buffer.view(halves, b, c, h + 2 * p, w + 2 * p)
+    padded[0, :, :, p : p + h, p : p + w] = images
+    if policy.flip:
+        padded[1, :, :, p : p + h, p : p + w] = images.reshape(-1).flip(0).view(b, c, h, w)
+    plane = torch.arange(b * c).view(b, c, 1)
+    starts = (plane * (h + 2 * p) + torch.arange(h)) * (w + 2 * p)
+    if p > 0:
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
+        starts = starts + offsets[0] * (w + 2 * p) + offsets[1]
+    if policy.flip:
+        flip = torch.rand(b, 1, 1, generator=generator) < 0.5
+        starts = torch.where(flip, (2 * n - w) - starts, starts)
+    windows = buffer.as_strided((buffer.numel() - w + 1, w), (1, 1))
+    return windows.index_select(0, starts.view(-1)).view(b, c, h, w)
 
 
 def two_gathers(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -57,6 +85,22 @@ def two_gathers(images: torch.Tensor, policy: Augment, generator: torch.Generato
         cols = torch.where(flip, cols.flip(1), cols)
     out = images.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, images.shape[3]))
     return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
+
+
+#: The "before" implementations, swapped into the loader for their variant.
+IMPLEMENTATIONS = {"padded_mirror": padded_mirror, "two_gathers": two_gathers}
+
+
+def check_identical() -> None:
+    """Refuse to time implementations that disagree: every variant must give the same batch."""
+    images = torch.randint(
+        0, 256, (128, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    policy = Augment(crop_padding=4, flip=True)
+    expected = loader_module.augment_batch(images, policy, torch.Generator().manual_seed(2))
+    for name, fn in IMPLEMENTATIONS.items():
+        if not torch.equal(fn(images, policy, torch.Generator().manual_seed(2)), expected):
+            raise SystemExit(f"augment_speed: {name} gives other batches than augment_batch")
 
 
 def _time_batches(dataset: TensorImageDataset, batches: int, epoch: int) -> float:
@@ -82,7 +126,7 @@ def measure(*, repeats: int, batches: int, warmup: int) -> dict[str, Any]:
     def run(kind: str, epoch: int) -> float:
         if kind == "plain":
             return _time_batches(plain, batches, epoch)
-        loader_module.augment_batch = current if kind == "augmented" else two_gathers  # type: ignore[assignment]
+        loader_module.augment_batch = IMPLEMENTATIONS.get(kind, current)  # type: ignore[assignment]
         try:
             return _time_batches(augmented, batches, epoch)
         finally:
@@ -116,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    check_identical()
     result = measure(repeats=args.repeats, batches=args.batches, warmup=args.warmup)
     med, ratio = result["seconds_per_batch"], result["ratio_to_plain"]
     print("variant       ms/batch  ratio to plain (paired median)")

@@ -690,6 +690,52 @@ def test_augment_batch_applies_the_drawn_crop_and_flip_of_each_sample(shape, dty
     assert torch.equal(out, again)
 
 
+def _reference_crop_flip(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
+    """The definition, sample by sample: zero-pad, crop at the drawn offsets, flip on the drawn bit."""
+    b, _, h, w = images.shape
+    p = policy.crop_padding
+    offsets = (
+        torch.randint(0, 2 * p + 1, (2, b), generator=generator)
+        if p
+        else torch.zeros(2, b, dtype=torch.int64)
+    )
+    flips = torch.rand(b, generator=generator) < 0.5 if policy.flip else torch.zeros(b, dtype=torch.bool)
+    padded = torch.nn.functional.pad(images, (p, p, p, p))
+    out = []
+    for i in range(b):
+        dy, dx = int(offsets[0, i]), int(offsets[1, i])
+        crop = padded[i, :, dy : dy + h, dx : dx + w]
+        out.append(crop.flip(2) if flips[i] else crop)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "policy"),
+    [
+        ((32, 3, 32, 32), torch.uint8, Augment(crop_padding=4, flip=True)),  # CIFAR
+        ((6, 2, 3, 5), torch.uint8, Augment(crop_padding=7, flip=True)),  # padding wider than the image
+        ((6, 2, 5, 4), torch.int64, Augment(crop_padding=2, flip=False)),
+        ((4, 3, 6, 6), torch.float32, Augment(crop_padding=3, flip=True)),  # inf/NaN must not leak as NaN
+        ((5, 1, 4, 7), torch.uint8, Augment(crop_padding=0, flip=True)),
+    ],
+)
+def test_augment_batch_equals_the_padded_crop_and_flip_bit_for_bit(shape, dtype, policy) -> None:
+    # The masked crop over the unpadded batch reads neighbouring rows, margins and clamped rows where the
+    # padding lies: all of it must be cleared exactly, for every draw, with the draws in the same order.
+    images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    if dtype.is_floating_point:
+        images[0, 0, 0, 0], images[-1, -1, -1, -1], images[1, 0, 2, 0] = (
+            float("inf"),
+            float("nan"),
+            -float("inf"),
+        )
+    for seed in range(4):
+        out = augment_batch(images, policy, torch.Generator().manual_seed(seed))
+        expected = _reference_crop_flip(images, policy, torch.Generator().manual_seed(seed))
+        assert out.dtype == dtype and torch.equal(out.isnan(), expected.isnan())
+        assert torch.equal(out.nan_to_num(0), expected.nan_to_num(0)), seed
+
+
 def test_augment_batch_offsets_and_flips_are_uniform() -> None:
     # Random non-zero pixels: two windows of one sample coincide with negligible probability.
     images = torch.randint(

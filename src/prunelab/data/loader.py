@@ -42,25 +42,70 @@ def _generator(*values: int) -> torch.Generator:
 
 
 @functools.lru_cache(maxsize=8)
-def _window_starts(b: int, c: int, h: int, w: int, p: int, device: torch.device) -> torch.Tensor:
-    # Flat start of every output row's window for a zero crop offset: row i of plane (sample, channel)
-    # starts at (plane * (h + 2p) + i) * (w + 2p) in the padded batch. Cached: the loader asks for the
-    # same shape every batch, and on a loaded CPU each small op costs tens of microseconds.
-    plane = torch.arange(b * c, device=device).view(b, c, 1)
-    return (plane * (h + 2 * p) + torch.arange(h, device=device)) * (w + 2 * p)
+def _crop_tables(
+    b: int, c: int, h: int, w: int, p: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """Lookup tables of :func:`augment_batch` for a ``(b, c, h, w)`` batch and padding ``p``.
+
+    A sample's draw is coded as ``(row offset * (2p + 1) + column offset) * 2 + flip``, one of
+    ``K = 2 (2p + 1)²`` codes. Returns
+
+    - ``planes`` ``(b, c, 1)``: the flat start of every (sample, channel) plane of the batch;
+    - ``sign`` ``(K, 1, 1)``: ``+1`` for a plain code, ``-1`` for a flipped one (a flipped row's window
+      counts back from the end of the mirror, where planes lie in reverse order);
+    - ``rows`` ``(K, 1, h)``: where each output row's window starts, relative to ``sign * plane``;
+    - ``keep`` ``(K, 1, h, w)``: which output entries come from the image rather than the zero padding;
+    - ``weights`` ``(2, 1, 1, 1)`` and ``margin`` ``(p,)``: the code's weights for the two offsets, and the
+      zero margin of the buffer (in the batch's dtype).
+
+    Cached: the loader asks for the same shape every batch, and on a loaded CPU each small op of a
+    per-batch computation costs tens of microseconds.
+    """
+    n = 2 * p + 1
+    m = b * c * h * w
+    dy = torch.arange(n, device=device).view(n, 1, 1, 1)
+    dx = torch.arange(n, device=device).view(1, n, 1, 1)
+    flip = torch.arange(2, device=device).view(1, 1, 2, 1).bool()
+    source_rows = torch.arange(h, device=device).view(1, 1, 1, h) + dy - p  # (n, 1, 1, h)
+    # The flat position of the window's first entry, relative to its plane; a row wholly in the padding
+    # reads a clamped (real) row instead, and the mask clears it.
+    plain = source_rows.clamp(0, h - 1) * w + (dx - p)  # (n, n, 1, h)
+    # A flipped row is the plain window read backwards, i.e. the mirror window that ends where the plain
+    # one starts (mirror position 2m - 1 - q holds batch position q). "+ p": the buffer's front margin.
+    rows = torch.where(flip, (2 * m - w) - plain, plain) + p
+    cols = torch.arange(w, device=device).view(1, 1, 1, 1, w)
+    source_cols = torch.where(flip.unsqueeze(-1), (w - 1) - cols, cols) + (dx - p).unsqueeze(-1)
+    keep = ((source_rows >= 0) & (source_rows < h)).unsqueeze(-1) & ((source_cols >= 0) & (source_cols < w))
+    k = 2 * n * n
+    sign = torch.tensor([1, -1], device=device).repeat(n * n).view(k, 1, 1)
+    return (
+        torch.arange(b * c, device=device).view(b, c, 1) * (h * w),
+        sign,
+        rows.reshape(k, 1, h),
+        keep.reshape(k, 1, h, w),
+        torch.tensor([2 * n, 2], device=device).view(2, 1, 1, 1),
+        torch.zeros(p, dtype=dtype, device=device),
+    )
 
 
 def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
     """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
 
-    Every output row is a contiguous run of ``W`` elements of the zero-padded batch, so the whole batch
-    is one ``index_select`` over a window view: the padded batch is written once into a flat buffer, a
-    mirrored copy of that buffer follows it (reading the mirror forwards reads a padded row backwards,
-    which is the flip), and ``as_strided`` views the buffer as "the ``W`` elements starting at every
-    position". Each sample draws a row offset, a column offset and a flip bit, which pick one start per
-    output row. It runs on the device of ``images``; the draws come from the CPU ``generator``, so the
-    same seed gives the same batch on every device (and the same draws, in the same order, as the
-    earlier two-gather implementation, whose batches it reproduces bit for bit).
+    Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
+    (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
+    flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
+    which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
+    one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
+    sample's drawn crop clears the padding. Nothing padded is materialised: a window reaching past either
+    end of its image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the
+    buffer), exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared
+    whole. The starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a
+    batch costs a handful of ops.
+
+    Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
+    ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
+    when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
+    same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
 
     Args:
         images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device.
@@ -75,26 +120,28 @@ def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Genera
     b, c, h, w = images.shape
     p = policy.crop_padding
     dev = images.device
-    n = b * c * (h + 2 * p) * (w + 2 * p)
-    halves = 2 if policy.flip else 1
-    buffer = images.new_zeros(halves * n)
-    padded = buffer.view(halves, b, c, h + 2 * p, w + 2 * p)
-    padded[0, :, :, p : p + h, p : p + w] = images
-    if policy.flip:
-        # The mirror half is the first half read backwards; padding is symmetric, so only the images
-        # need reversing (flat reversal of a contiguous batch is the cheapest flip there is).
-        padded[1, :, :, p : p + h, p : p + w] = images.reshape(-1).flip(0).view(b, c, h, w)
-    starts = _window_starts(b, c, h, w, p, dev)
+    planes, sign, rows, keep, weights, margin = _crop_tables(b, c, h, w, p, images.dtype, dev)
+    flat = images.reshape(-1)
+    # [margin p | batch | mirror | margin p]: a window starts at most p entries before the batch and ends
+    # at most p after the mirror; zero margins keep what it reads there finite (the mask clears it).
+    buffer = torch.cat((margin, flat, flat.flip(0), margin) if policy.flip else (margin, flat, margin))
+    code = torch.zeros(b, 1, 1, dtype=torch.int64, device=dev)
     if p > 0:
         offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
-        starts = starts + (offsets[0] * (w + 2 * p) + offsets[1]).to(dev)
+        code = (offsets.to(dev) * weights).sum(0)
     if policy.flip:
-        # A flipped row is the plain window read backwards, i.e. the mirror window that ends where the
-        # plain one starts (mirror position q holds plain position 2n - 1 - q).
-        flip = (torch.rand(b, 1, 1, generator=generator) < 0.5).to(dev)
-        starts = torch.where(flip, (2 * n - w) - starts, starts)
+        code = code + (torch.rand(b, 1, 1, generator=generator) < 0.5).to(dev)
+    code = code.view(-1)
+    starts = planes * sign.index_select(0, code) + rows.index_select(0, code)
     windows = buffer.as_strided((buffer.numel() - w + 1, w), (1, 1))
-    return windows.index_select(0, starts.view(-1)).view(b, c, h, w)
+    out = windows.index_select(0, starts.view(-1)).view(b, c, h, w)
+    if p == 0:
+        return out
+    cleared = keep.index_select(0, code)
+    if out.is_floating_point():
+        # inf * 0 is NaN: a float batch is cleared by selection (slower; the loader's batches are uint8).
+        return torch.where(cleared, out, out.new_zeros(()))
+    return out.mul_(cleared)  # exact for integers, one pass
 
 
 def _dist_info(distributed: bool, rank: int | None, world_size: int | None) -> tuple[int, int]:
