@@ -58,6 +58,9 @@ def _naive_conv(conv: nn.Conv2d, x: torch.Tensor, variant: str) -> torch.Tensor:
             if variant == "code":
                 mean = xa[:, i].mean(dim=0)[None, None]
                 out[j, i] = F.conv2d(mean, kernel, stride=conv.stride, padding=conv.padding).norm()
+            elif variant == "code_l1":  # the official LeNet-5 code: sum over the positions
+                mean = xa[:, i].mean(dim=0)[None, None]
+                out[j, i] = F.conv2d(mean, kernel, stride=conv.stride, padding=conv.padding).sum()
             else:
                 for n in range(x.shape[0]):
                     resp = F.conv2d(xa[n, i][None, None], kernel, stride=conv.stride, padding=conv.padding)
@@ -105,7 +108,7 @@ def test_conv_scores_by_hand() -> None:
 
 
 @pytest.mark.parametrize("stride,padding,size", [(1, 1, 7), (2, 0, 9), (1, 2, 5), (1, 1, 2), (2, 1, 2)])
-@pytest.mark.parametrize("variant", ["paper", "code"])
+@pytest.mark.parametrize("variant", ["paper", "code", "code_l1"])
 def test_conv_scores_match_naive_loop(stride: int, padding: int, size: int, variant: str) -> None:
     torch.manual_seed(1)
     conv = nn.Conv2d(3, 4, kernel_size=3, stride=stride, padding=padding)
@@ -116,7 +119,28 @@ def test_conv_scores_match_naive_loop(stride: int, padding: int, size: int, vari
     out = conv(x)
     positions = out.shape[2] * out.shape[3]
     assert bias is not None
-    torch.testing.assert_close(bias, conv.bias.detach().double().abs() * positions**0.5)
+    scale = positions if variant == "code_l1" else positions**0.5  # |b| at every position: L1 or L2
+    torch.testing.assert_close(bias, conv.bias.detach().double().abs() * scale)
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, 1, 7), (1, 1, 2)])
+def test_paper_norms_equal_the_naive_loop_across_chunk_boundaries(
+    monkeypatch: pytest.MonkeyPatch, stride: int, padding: int, size: int
+) -> None:
+    """Tiny chunk, block and partial-sum sizes: every sample chunk, Gram step and channel block is cut."""
+    from prunelab.stats import activations
+
+    torch.manual_seed(4)
+    conv = nn.Conv2d(5, 7, kernel_size=3, stride=stride, padding=padding)
+    x = torch.randn(11, 5, size, size)
+    whole = collect(conv, [(x, None)], {"": conv})[""].mean_norms()
+    monkeypatch.setattr(activations, "FEATURE_CHUNK_ELEMENTS", 1)  # one sample per Gram step
+    monkeypatch.setattr(activations, "NORM_BLOCK_ELEMENTS", 1)  # one input channel per block
+    monkeypatch.setattr(activations, "SUM_CHUNK_SAMPLES", 3)  # float32 partial sums of 3 samples
+    cut = collect(conv, [(x, None)], {"": conv})[""].mean_norms()
+    naive = _naive_conv(conv, x, "paper")
+    torch.testing.assert_close(cut, naive, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(whole, naive, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("size", [10, 2])

@@ -57,8 +57,8 @@ from prunelab.stats.activations import LayerStats, conv_norms_grouped, unsupport
 
 __all__ = ["VARIANTS", "Relief", "check_targets", "collect_relief", "relief_importance", "relief_statistics"]
 
-Variant = Literal["paper", "code"]
-VARIANTS: tuple[str, ...] = ("paper", "code")
+Variant = Literal["paper", "code", "code_l1"]
+VARIANTS: tuple[str, ...] = ("paper", "code", "code_l1")
 
 
 def _effective(module: nn.Module, name: str) -> Tensor | None:
@@ -75,8 +75,10 @@ def relief_importance(
         module: an ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` of any ``groups`` (its *effective*,
             masked weights are scored).
         stats: the layer's accumulated statistics (:class:`~prunelab.stats.activations.LayerStats`).
-        variant: ``"paper"`` (mean of norms) or ``"code"`` (norm of mean); equal for Linear layers on
-            ``(N, in)`` inputs.
+        variant: ``"paper"`` (mean of norms), ``"code"`` (norm of mean) or ``"code_l1"`` (the official
+            LeNet-5 code: the L1 sum over output positions instead of the Frobenius norm,
+            ``‖K̂_ji ∗ mean_n |x_{n,ι}|‖₁`` — equal to the mean of the per-sample L1 norms, the responses
+            being non-negative — and bias ``|b_j|·h¹h²``); all equal for Linear layers on ``(N, in)`` inputs.
 
     Returns:
         ``(weights, bias)``: float64 tensors of shape ``weight.shape[:2]`` — ``(out, in)`` for a Linear,
@@ -89,7 +91,7 @@ def relief_importance(
         UnsupportedModelError: for a layer relief does not score (a transposed or 3-D convolution).
     """
     if variant not in VARIANTS:
-        raise ConfigError(f"relief variant {variant!r} is unknown; use 'paper' or 'code'")
+        raise ConfigError(f"relief variant {variant!r} is unknown; use 'paper', 'code' or 'code_l1'")
     reason = unsupported_reason(module)
     if reason is not None:
         raise UnsupportedModelError(
@@ -108,6 +110,9 @@ def relief_importance(
         # Over positions: a 1x1 convolution, ‖ |w_ji| |x_{n,·,i}| ‖ = |w_ji| ‖x_{n,·,i}‖.
         if variant == "paper":
             per_input = stats.mean_norms().to(weight.device)
+        elif variant == "code_l1":
+            mean_abs = stats.mean_abs_input().to(weight.device)
+            per_input = mean_abs.reshape(-1, mean_abs.shape[-1]).sum(dim=0)
         else:
             mean_abs = stats.mean_abs_input().to(weight.device)
             per_input = mean_abs.reshape(-1, mean_abs.shape[-1]).norm(dim=0)
@@ -116,10 +121,13 @@ def relief_importance(
         weights = stats.mean_norms().to(weight.device)
     else:
         mean_abs = stats.mean_abs_input().to(device=weight.device, dtype=torch.float64)
-        weights = conv_norms_grouped(mean_abs.unsqueeze(0), weight.abs().to(torch.float64), module)[0]
+        order = 1 if variant == "code_l1" else 2
+        weights = conv_norms_grouped(mean_abs.unsqueeze(0), weight.abs().to(torch.float64), module, order)[0]
     assert stats.out_size is not None
     positions = math.prod(stats.out_size)
-    bias_score = None if bias is None else bias.abs().to(torch.float64) * math.sqrt(positions)
+    # The bias adds |b_j| at every output position: its norm over them (L1 or Frobenius).
+    scale = float(positions) if variant == "code_l1" else math.sqrt(positions)
+    bias_score = None if bias is None else bias.abs().to(torch.float64) * scale
     return weights, bias_score
 
 
@@ -155,7 +163,7 @@ def relief_statistics(
             any ``groups``); their biases are scored too.
         stats: each layer's accumulated statistics, keyed by module name
             (:func:`prunelab.stats.activations.collect`).
-        variant: ``"paper"`` or ``"code"`` (see :func:`relief_importance`).
+        variant: ``"paper"``, ``"code"`` or ``"code_l1"`` (see :func:`relief_importance`).
 
     Returns:
         ``{weight fqn: (out, in) numerators, bias fqn: (out,) numerators}`` (no bias entry for a bias-free
@@ -201,7 +209,8 @@ def collect_relief(
             positional arguments or a dict of keyword arguments.
         targets: the tensors to score, e.g. ``pruner.targets``; default: every Linear, Conv1d and Conv2d
             weight (:func:`~prunelab.core.targets.find_targets` with ``layer_types=("conv", "linear")``).
-        variant: ``"paper"`` (mean of norms, default) or ``"code"`` (norm of mean).
+        variant: ``"paper"`` (mean of norms, default), ``"code"`` (norm of mean) or ``"code_l1"`` (the
+            official LeNet-5 code's L1 sum over positions).
 
     Returns:
         ``{fqn: float64 numerators}`` for the targets and their biases.

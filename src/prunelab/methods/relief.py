@@ -86,7 +86,8 @@ class ReliefOptions:
         rounds: prune → [rewind] → retrain iterations.
         calibration_samples: training samples the statistics are accumulated over.
         calibration_batch_size: samples per calibration forward pass.
-        variant: conv importance: ``paper`` (mean of norms) or ``code`` (norm of mean).
+        variant: conv importance: ``paper`` (mean of norms), ``code`` (norm of mean) or ``code_l1`` (the
+            official LeNet-5 code: L1 sum over output positions, bias ``|b|·#positions``).
         rule: cumulative-mass cut: ``paper`` (keep the top p₀) or ``code`` (the official pivot).
         rewind: reset surviving weights to their initial values before each retraining (LeNet setting).
         remove_dead: remove units whose mean activation on the calibration set is 0.
@@ -103,7 +104,7 @@ class ReliefOptions:
     rounds: int = 5
     calibration_samples: int = 1000
     calibration_batch_size: int = 250
-    variant: Literal["paper", "code"] = "paper"
+    variant: Literal["paper", "code", "code_l1"] = "paper"
     rule: Literal["paper", "code"] = "paper"
     rewind: bool = False
     remove_dead: bool = True
