@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.core import masking
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()),
+            "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
