@@ -32,6 +32,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,19 @@ def two_gathers(images: torch.Tensor, policy: Augment, generator: torch.Generato
     return out.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
+def _gathering(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` as the loader called it before: the batch gathered first (``get_raw_batch``), then augmented."""
+
+    def augment(
+        images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index=None
+    ) -> torch.Tensor:
+        return fn(images if index is None else images.index_select(0, index), policy, generator)
+
+    return augment
+
+
 #: The "before" implementations, swapped into the loader for their variant.
-IMPLEMENTATIONS = {"padded_mirror": padded_mirror, "two_gathers": two_gathers}
+IMPLEMENTATIONS = {"padded_mirror": _gathering(padded_mirror), "two_gathers": _gathering(two_gathers)}
 
 
 def check_identical() -> None:

@@ -734,6 +734,13 @@ def test_augment_batch_equals_the_padded_crop_and_flip_bit_for_bit(shape, dtype,
         expected = _reference_crop_flip(images, policy, torch.Generator().manual_seed(seed))
         assert out.dtype == dtype and torch.equal(out.isnan(), expected.isnan())
         assert torch.equal(out.nan_to_num(0), expected.nan_to_num(0)), seed
+        # The loader's form: the batch gathered from a larger set straight into the working buffer.
+        pool = torch.cat([images.flip(0), images])
+        index = torch.arange(shape[0], 2 * shape[0])
+        gathered = augment_batch(pool, policy, torch.Generator().manual_seed(seed), index=index)
+        assert torch.equal(gathered.nan_to_num(0), out.nan_to_num(0)) and torch.equal(
+            gathered.isnan(), out.isnan()
+        )
 
 
 def test_augment_batch_offsets_and_flips_are_uniform() -> None:

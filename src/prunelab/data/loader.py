@@ -1,10 +1,12 @@
 """A light batch loader for in-memory datasets: seeded shuffling, vectorised augmentation, DDP sharding.
 
 ``torch.utils.data.DataLoader`` collates sample by sample in Python, which dominates the step time of a
-small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor, one more
-``index_select`` over a window view that performs the random crops and flips of the whole batch at once
-(on whatever device the images live), and one fused multiply-add for the normalisation. Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is
-reproducible and independent of the global RNG state.
+small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor (in training
+with augmentation, straight into a buffer beside its mirror image), one more ``index_select`` over a
+window view plus one masking multiplication that perform the random crops and flips of the whole batch
+at once (on whatever device the images live), and one fused multiply-add for the normalisation.
+Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is reproducible
+and independent of the global RNG state.
 """
 
 from __future__ import annotations
@@ -88,43 +90,62 @@ def _crop_tables(
     )
 
 
-def augment_batch(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index: torch.Tensor | None = None
+) -> torch.Tensor:
     """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
 
-    Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
-    (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
-    flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
-    which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
-    one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
-    sample's drawn crop clears the padding. Nothing padded is materialised: a window reaching past either
-    end of its image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the
-    buffer), exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared
-    whole. The starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a
-    batch costs a handful of ops.
+        Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
+        (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
+        flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
+        which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
+        one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
+        sample's drawn crop clears the padding (with ``index``, the batch is gathered from the dataset straight
+    into the buffer). Nothing padded is materialised: a window reaching past either
+        end of its image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the
+        buffer), exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared
+        whole. The starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a
+        batch costs a handful of ops.
 
-    Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
-    ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
-    when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
-    same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
+        Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
+        ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
+        when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
+        same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
 
-    Args:
-        images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device.
-        policy: what to apply.
-        generator: a CPU source of randomness (crop offsets first, then flip bits).
+        Args:
+            images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device; with ``index``,
+                the ``(N, C, H, W)`` images the batch is taken from.
+            policy: what to apply.
+            generator: a CPU source of randomness (crop offsets first, then flip bits).
+            index: the batch is ``images[index]`` (on the device of ``images``), gathered straight into the
+                working buffer: the loader's way, one copy of the batch fewer than gathering it first.
 
-    Returns:
-        A new tensor with the shape, dtype and device of ``images``.
+        Returns:
+            A new tensor with the shape, dtype and device of the batch.
     """
+    if index is not None and (not policy.active or index.numel() == 0):
+        return images.index_select(0, index)
     if not policy.active or images.shape[0] == 0:
         return images
-    b, c, h, w = images.shape
+    b = images.shape[0] if index is None else index.numel()
+    _, c, h, w = images.shape
     p = policy.crop_padding
     dev = images.device
+    m = b * c * h * w
     planes, sign, rows, keep, weights, margin = _crop_tables(b, c, h, w, p, images.dtype, dev)
-    flat = images.reshape(-1)
     # [margin p | batch | mirror | margin p]: a window starts at most p entries before the batch and ends
     # at most p after the mirror; zero margins keep what it reads there finite (the mask clears it).
-    buffer = torch.cat((margin, flat, flat.flip(0), margin) if policy.flip else (margin, flat, margin))
+    halves = 2 if policy.flip else 1
+    buffer = images.new_empty(halves * m + 2 * p)
+    buffer[:p] = margin
+    buffer[p + halves * m :] = margin
+    batch = buffer[p : p + m]
+    if index is None:
+        batch.view(b, c, h, w).copy_(images)
+    else:
+        torch.index_select(images, 0, index, out=batch.view(b, c, h, w))
+    if policy.flip:
+        buffer[p + m : p + 2 * m] = batch.flip(0)
     code = torch.zeros(b, 1, 1, dtype=torch.int64, device=dev)
     if p > 0:
         offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
@@ -246,8 +267,8 @@ class BatchLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if fast:
                 if gen is not None:
-                    images, labels = ds.get_raw_batch(idx)
-                    yield ds.normalize(augment_batch(images, policy, gen)), labels
+                    images = augment_batch(ds.images, policy, gen, index=idx)
+                    yield ds.normalize(images), ds.labels.index_select(0, idx)
                 else:
                     yield ds.get_batch(idx)
             else:
