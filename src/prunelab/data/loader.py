@@ -95,33 +95,33 @@ def augment_batch(
 ) -> torch.Tensor:
     """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
 
-        Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
-        (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
-        flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
-        which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
-        one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
-        sample's drawn crop clears the padding (with ``index``, the batch is gathered from the dataset straight
-    into the buffer). Nothing padded is materialised: a window reaching past either
-        end of its image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the
-        buffer), exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared
-        whole. The starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a
-        batch costs a handful of ops.
+    Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
+    (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
+    flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
+    which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
+    one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
+    sample's drawn crop clears the padding (with ``index``, the batch is gathered from the dataset
+    straight into the buffer). Nothing padded is materialised: a window reaching past either end of its
+    image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the buffer),
+    exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared whole. The
+    starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a batch costs a
+    handful of ops.
 
-        Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
-        ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
-        when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
-        same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
+    Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
+    ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
+    when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
+    same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
 
-        Args:
-            images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device; with ``index``,
-                the ``(N, C, H, W)`` images the batch is taken from.
-            policy: what to apply.
-            generator: a CPU source of randomness (crop offsets first, then flip bits).
-            index: the batch is ``images[index]`` (on the device of ``images``), gathered straight into the
-                working buffer: the loader's way, one copy of the batch fewer than gathering it first.
+    Args:
+        images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device; with ``index``,
+            the ``(N, C, H, W)`` images the batch is taken from.
+        policy: what to apply.
+        generator: a CPU source of randomness (crop offsets first, then flip bits).
+        index: the batch is ``images[index]`` (on the device of ``images``), gathered straight into the
+            working buffer: the loader's way, one copy of the batch fewer than gathering it first.
 
-        Returns:
-            A new tensor with the shape, dtype and device of the batch.
+    Returns:
+        A new tensor with the shape, dtype and device of the batch.
     """
     if index is not None and (not policy.active or index.numel() == 0):
         return images.index_select(0, index)
