@@ -5,7 +5,7 @@ selected once by global L1-filter ranking (prunelab's ``l1_filter`` criterion an
 outside the timings). Then, interleaved (the order alternates every repetition, medians compared):
 
 * ``surgery``: prunelab's channel graph plus :func:`prunelab.surgery.compact` (a deep copy, the removal,
-  the equivalence check against the masked reference on a seeded batch of 8);
+  the equivalence check of the compacted model against the masked reference on seeded inputs);
 * ``prune_channels``: the whole user call :func:`prunelab.prune_channels` (graph, scores, selection,
   surgery, parameter and MAC counts, prunability report) — the same channels;
 * ``torch_pruning``: a deep copy of the model (prunelab leaves the original untouched, so both sides
@@ -16,9 +16,16 @@ The results must be identical: the same per-layer widths, parameters and MACs, t
 tensors (bit for bit) and outputs. The shared machine is loaded, so only the ratios count. Writes
 ``benchmarks/results/surgery_speed.json`` (with the environment).
 
+Seeded untrained networks have BN shifts β = 0, so ``compact`` finds nothing to fold and needs one
+verification pass less (its γ-masked pass is the reference). ``--bn-shift`` also times each model with
+seeded non-zero β (as after training): ``surgery`` then runs its general path (γ-masked pass with the
+shift folding, reference pass, compacted pass) against ``torch_pruning`` on the same model. Its results
+differ from Torch-Pruning's by design there (the folded shifts become consumer biases), so only the
+widths are compared, and the surgery's own equivalence check must pass.
+
 Usage::
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/surgery_speed.py --repeats 7
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/surgery_speed.py --repeats 7 --bn-shift
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 from prunelab._io import atomic_write_json
@@ -45,6 +53,7 @@ from prunelab.core.criterion import score_groups
 from prunelab.core.selectors import select_channels
 from prunelab.criteria import build_criterion
 from prunelab.metrics import count_parameters, dense_macs
+from prunelab.metrics.latency import interleaved_times
 from prunelab.models import build_model
 from prunelab.surgery import ChannelGraph, ShortcutPruner, channel_mapping_types, compact
 
@@ -65,6 +74,17 @@ def _selection(model: nn.Module) -> dict[str, torch.Tensor]:
 def _prunelab_surgery(model: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module:
     graph = ChannelGraph(model, SHAPE)
     return compact(model, keep, SHAPE, graph=graph)[0]
+
+
+def _with_bn_shift(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with seeded non-zero BN shifts β (of both signs, as after training)."""
+    shifted = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for m in shifted.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.5)
+    return shifted
 
 
 def _prunelab_call(model: nn.Module) -> nn.Module:
@@ -108,48 +128,65 @@ def _same(a: nn.Module, b: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     }
 
 
-def _timed(fn: Any) -> tuple[float, Any]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
+    """Time the variants on zoo model ``name``, interleaved; check the results are identical.
 
-
-def measure(name: str, repeats: int) -> dict[str, Any]:
-    """Time the three variants on zoo model ``name``, interleaved; check the results are identical."""
+    With ``bn_shift`` the model gets seeded non-zero BN shifts and only ``surgery`` and ``torch_pruning``
+    are timed (the same channels as without).
+    """
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, input_shape=SHAPE).eval()
-    keep = _selection(model)
+    keep = _selection(model)  # L1-filter scores: conv weights only, the same with or without shifts
     removed = {n: torch.nonzero(~m).flatten().tolist() for n, m in keep.items() if not bool(m.all())}
+    if bn_shift:
+        model = _with_bn_shift(model)
     variants = {
         "surgery": lambda: _prunelab_surgery(model, keep),
         "prune_channels": lambda: _prunelab_call(model),
         "torch_pruning": lambda: _torch_pruning(model, removed),
     }
+    if bn_shift:
+        del variants["prune_channels"]
     results = {k: fn() for k, fn in variants.items()}  # warm-up, and the results compared below
     x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1))
-    checks = {
-        "surgery_vs_tp": _same(results["surgery"], results["torch_pruning"], x),
-        "prune_channels_vs_tp": _same(results["prune_channels"], results["torch_pruning"], x),
-    }
+    if bn_shift:
+        report = compact(model, keep, SHAPE)[1]
+        checks: dict[str, Any] = {
+            "surgery_vs_tp": {
+                "same_widths": _widths(results["surgery"]) == _widths(results["torch_pruning"])
+            },
+            "surgery_max_abs_diff": report.max_abs_diff,
+            "surgery_shift_max_abs_diff": report.shift_max_abs_diff,
+            "folds": [len(report.folds_exact), len(report.folds_inexact)],
+        }
+    else:
+        checks = {
+            "surgery_vs_tp": _same(results["surgery"], results["torch_pruning"], x),
+            "prune_channels_vs_tp": _same(results["prune_channels"], results["torch_pruning"], x),
+        }
     times: dict[str, list[float]] = {k: [] for k in variants}
     order = list(variants)
+    load_before = list(os.getloadavg())
     for rep in range(repeats):
-        for k in order if rep % 2 == 0 else order[::-1]:
-            times[k].append(_timed(variants[k])[0])
+        # One round of metrics.latency's interleaved timer per repetition, the order reversed every other.
+        keys = order if rep % 2 == 0 else order[::-1]
+        for k, ms in zip(keys, interleaved_times([variants[k] for k in keys], 0, 1), strict=True):
+            times[k].append(ms[0] / 1000.0)
         print(f"{name} rep {rep}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     tp_t = times["torch_pruning"]
-    copy_s = statistics.median(_timed(lambda: copy.deepcopy(model))[0] for _ in range(5))
+    mine = [k for k in variants if k != "torch_pruning"]
+    copy_s = statistics.median(t[0] for t in interleaved_times([lambda: copy.deepcopy(model)] * 5, 0, 1))
     return {
-        "model": name,
+        "model": name + ("+bn_shift" if bn_shift else ""),
         "channels_removed": [sum(len(v) for v in removed.values()), sum(m.numel() for m in keep.values())],
         "median_s": med,
-        "ratio_to_tp": {k: med[k] / med["torch_pruning"] for k in ("surgery", "prune_channels")},
+        "ratio_to_tp": {k: med[k] / med["torch_pruning"] for k in mine},
         "paired_ratio_median": {
-            k: statistics.median(a / b for a, b in zip(times[k], tp_t, strict=True))
-            for k in ("surgery", "prune_channels")
+            k: statistics.median(a / b for a, b in zip(times[k], tp_t, strict=True)) for k in mine
         },
-        "deepcopy_s": copy_s,
+        "deepcopy_s": copy_s / 1000.0,
+        "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "times_s": times,
         "checks": checks,
     }
@@ -168,6 +205,7 @@ def _environment() -> dict[str, Any]:
         "torch_pruning": tp.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": _git("rev-parse", "HEAD"),
@@ -183,22 +221,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet56", "vgg19"])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--bn-shift", action="store_true", help="also time each model with non-zero BN shifts"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "surgery_speed.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     record: dict[str, Any] = {
         "benchmark": "surgery_speed",
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/surgery_speed.py "
-        + f"--models {' '.join(args.models)} --repeats {args.repeats}",
+        + f"--models {' '.join(args.models)} --repeats {args.repeats}"
+        + (" --bn-shift" if args.bn_shift else ""),
         "amount": AMOUNT,
         "input_shape": list(SHAPE),
         "environment": _environment(),
         "results": [],
     }
     for name in args.models:
-        result = measure(name, args.repeats)
-        record["results"].append(result)
-        print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
+        for bn_shift in (False, True) if args.bn_shift else (False,):
+            result = measure(name, args.repeats, bn_shift)
+            record["results"].append(result)
+            print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
     record["load_average_after"] = list(os.getloadavg())
     atomic_write_json(args.out, record)
 

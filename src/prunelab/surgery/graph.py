@@ -267,6 +267,9 @@ def _tp_input(model: nn.Module, example: ExampleInputs) -> Any:
 class ChannelGraph:
     """The channel groups of ``model``, traced once on its example inputs.
 
+    One forward pass: Torch-Pruning's trace runs the output-layer (head) search's pass
+    (:func:`~prunelab.core.targets.output_layers`), so both see the same call.
+
     Args:
         model: the network (not modified by building the graph).
         example_inputs: what the model is called with (:mod:`prunelab.core.inputs`): a tensor, a tuple
