@@ -141,7 +141,7 @@ def execute_job(job: RunJob | dict[str, Any]) -> int:
     """Run one sweep run in this process (``prunelab run``), its output in its log; return the exit code.
 
     The same function for every launcher. Errors never escape: a ``prunelab`` error is its one-line
-    message in the log and exit code (``prunelab run`` prints it), anything else its traceback and exit
+    ``prunelab: error:`` message in the log and its exit code, anything else its traceback and exit
     code 1, so the caller can run the next run in the same process. The run's lock is held throughout;
     a run another process is still executing is waited for, and ``prunelab run`` then finds it finished
     (its ``summary.json``) and keeps it as it is.
@@ -155,15 +155,41 @@ def execute_job(job: RunJob | dict[str, Any]) -> int:
         log.write(f"$ prunelab {' '.join(job.argv())}\n")
         log.flush()
         with _output_to(log), _run_context(job):
-            try:
-                from prunelab.cli import main
+            return _run(job)
 
-                return main(job.argv())
-            except SystemExit as exc:  # argparse
-                return exc.code if isinstance(exc.code, int) else 1
-            except Exception:  # noqa: BLE001 -- any bug in a run fails that run, not the worker
-                traceback.print_exc()
-                return 1
+
+def _run(job: RunJob) -> int:
+    """``prunelab run`` of ``job`` in this process: its output and errors as the command prints them.
+
+    What ``prunelab run RECIPE --out DIR --quiet [--resume]`` does (``cmd_run`` in the CLI, which this
+    layer may not import), without torchrun's process group: a sweep run is one process.
+    """
+    from prunelab.errors import PrunelabError
+    from prunelab.experiments.runner import check_run_dir, headline, run_recipe
+    from prunelab.experiments.schema import load_recipe
+
+    out = Path(job.run_dir)
+    try:
+        recipe = load_recipe(job.recipe)
+        summary = check_run_dir(out, resume=job.resume)  # a finished run is kept as it is
+        if summary is not None:
+            print(f"{out} is already finished, nothing to resume: {headline(summary)} -> {out}")
+            return 0
+        summary = run_recipe(recipe, out, data_dir=job.data_dir, progress=False, echo=None, resume=job.resume)
+        print(f"{headline(summary)} -> {out}")
+        return 0
+    except PrunelabError as exc:
+        print(f"prunelab: error: {exc}", file=sys.stderr)  # the line the sweep reports as the run's error
+        return exc.exit_code
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"prunelab: error: {exc.strerror or exc}{where}; check the path, its permissions and free space"
+        )
+        return 1
+    except Exception:  # noqa: BLE001 -- any bug in a run fails that run, not the worker
+        traceback.print_exc()
+        return 1
 
 
 class LocalWorker:
