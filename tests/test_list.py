@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 import pytest
 
-from prunelab.cli import LIST_KINDS, LISTABLE, main
+from prunelab.cli import LIST_KINDS, LISTABLE, _registry, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,6 @@ def test_list_recipes_one_line_each_from_the_file(capsys: pytest.CaptureFixture[
     assert sorted(rows) == shipped
     slimming = (REPO / "recipes/slimming/vgg19_cifar10.yaml").read_text().splitlines()[0].lstrip("# ")
     assert slimming.startswith(rows["slimming/vgg19_cifar10.yaml"][:40])
-    # A file without a comment is described by what it runs.
-    assert rows["magnitude/grid.sweep.yaml"] == "sweep over prune.sparsity × seed of lenet300_mnist.yaml"
 
 
 def test_list_recipes_elsewhere_and_missing_folder(
@@ -89,6 +88,17 @@ def test_no_duplicated_names_or_descriptions(capsys: pytest.CaptureFixture[str])
                 text = text.split("  ")[0]  # the description, not the status and path
             assert text not in seen, f"{kind} {name}: the same description as {seen.get(text)}"
             seen[text] = f"{kind} {name}"
+
+
+def test_same_name_in_two_kinds_is_described_for_each(capsys: pytest.CaptureFixture[str]) -> None:
+    """A name in two kinds (the agp method, driver and schedule) says what it is in each, not a copy."""
+    import difflib
+
+    described = {kind: dict(row for row in _registry(kind).describe() if row[0]) for kind in LISTABLE}
+    for a, b in itertools.combinations(LISTABLE, 2):
+        for name in set(described[a]) & set(described[b]):
+            ratio = difflib.SequenceMatcher(None, described[a][name], described[b][name]).ratio()
+            assert ratio < 0.8, f"{a} {name} and {b} {name} are near copies: {described[a][name]!r}"
 
 
 def test_dir_and_data_dir_belong_to_their_kind(capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,7 @@ def _check_fraction(value: float, what: str) -> float:
     return float(value)
 
 
-@SCHEDULES.register("one_shot")
+@SCHEDULES.register("one_shot", help="One target: the whole sparsity in a single step, [s].")
 @dataclass(frozen=True)
 class OneShot:
     """Prune once, straight to the target sparsity.
@@ -71,7 +71,10 @@ class OneShot:
         return [self.sparsity]
 
 
-@SCHEDULES.register("iterative", help="Prune -> fine-tune rounds to the target, geometric or linear spacing.")
+@SCHEDULES.register(
+    "iterative",
+    help="One cumulative target per round k = 1..n: 1 - (1 - s)^(k/n) (geometric, default) or s·k/n (linear).",
+)
 @dataclass(frozen=True)
 class Iterative:
     """Reach the target in ``rounds`` prune → fine-tune rounds.
@@ -110,7 +113,11 @@ class Iterative:
         return values
 
 
-@SCHEDULES.register("agp", help="Gradual pruning during training on the cubic of Zhu & Gupta (2017).")
+@SCHEDULES.register(
+    "agp",
+    help="Sparsity per optimizer step on the cubic s_f + (s_i - s_f)(1 - p)^3, p = progress from start to end "
+    "(Zhu & Gupta 2017).",
+)
 @dataclass(frozen=True)
 class AGP:
     """Automated gradual pruning along the cubic of Zhu & Gupta (2017).

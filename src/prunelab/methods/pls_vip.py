@@ -336,7 +336,7 @@ def _recorder(
 
 @register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False, reads={"exclude", "min_keep"})
 def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
-    """PLS+VIP iterative filter pruning: fraction p per round, global threshold, surgery, fine-tune (Jordao et al. 2019)."""
+    """The loop PLS+VIP and its baselines share: score filters, remove a share p of them, surgery, fine-tune."""
     from prunelab.surgery import arch_spec
 
     min_keep = max(1, ctx.min_keep)

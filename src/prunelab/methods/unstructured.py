@@ -220,7 +220,7 @@ register_method(
 )
 register_method(
     "agp",
-    "Gradual magnitude pruning during fine-tuning on the cubic AGP schedule (Zhu & Gupta 2017).",
+    "Global |w| masks of all conv/linear weights, tightened every few steps while fine-tuning (AGP, Zhu & Gupta 2017).",
     "agp",
     sparsity=0.9,
 )
