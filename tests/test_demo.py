@@ -99,3 +99,13 @@ def test_one_report_with_table_and_plots(demo: tuple[Path, str]) -> None:
         assert f"| {name} |" in report
     assert (out / "report.html").is_file()
     assert (out / "accuracy_vs_params.png").stat().st_size > 0
+
+
+def test_threads_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A thread count below 1 is a one-line error before anything runs or is written."""
+    from prunelab.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "prunelab: error: --threads: must be >= 1 (got 0)"
+    assert not (tmp_path / "demo").exists()
