@@ -220,3 +220,12 @@ def test_missing_tensorboard_is_one_line_before_anything_runs(
     with pytest.raises(ConfigError, match=r"finetune\.tensorboard: .*prunelab\[tensorboard\]"):
         recipe = recipe_from_dict({**RECIPE, "finetune": {**ADAM, "epochs": 1, "tensorboard": True}})
         run_recipe(recipe, tmp_path / "other", echo=None)
+
+
+def test_a_fresh_start_drops_the_earlier_attempts_event_files(tmp_path: Path) -> None:
+    dense = {**RECIPE, "train": {**ADAM, "epochs": 1, "tensorboard": True}, "finetune": {**ADAM, "epochs": 0},
+             "prune": {"method": "dense"}}  # fmt: skip
+    for _ in range(2):
+        run_recipe(recipe_from_dict(dense), tmp_path, echo=None, overwrite=True)
+    # One file: the second run's; two would draw two curves over the same steps.
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
