@@ -9,7 +9,7 @@ backends:
 * ``eager``: the PyTorch modules as they are;
 * ``eager_folded``: eager, BatchNorm folded into the convolutions (:func:`prunelab.export.fold_batchnorm`);
 * ``onnxruntime``: the folded model exported to ONNX (:func:`prunelab.metrics.speed.onnx_session`, the
-  export of :func:`prunelab.export.onnx_bytes`), ONNX Runtime CPU provider, graph optimisations at
+  export of :func:`prunelab.metrics.speed.onnx_bytes`), ONNX Runtime CPU provider, graph optimisations at
   ``ORT_ENABLE_ALL`` (which fuses Conv+ReLU and Conv+Add+ReLU into one kernel), one intra-op thread;
 * ``compile``: ``torch.compile`` (inductor, ``freezing=True`` so weights are constants: prepacked
   oneDNN convolutions, fused pointwise epilogues) of the folded model, one compile per batch size,
@@ -52,9 +52,9 @@ from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
-from prunelab.export import fold_batchnorm, onnx_bytes
+from prunelab.export import fold_batchnorm
 from prunelab.metrics.latency import interleaved_times
-from prunelab.metrics.speed import onnx_session
+from prunelab.metrics.speed import onnx_bytes, onnx_session
 from prunelab.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compacted_speed.json"

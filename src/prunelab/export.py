@@ -46,6 +46,10 @@ goes. Otherwise the module is kept and its normalization made the exact identity
 Masks and other parametrizations (:mod:`prunelab.core.masking`, interspace bases) are baked into plain
 weights on a deep copy first, so the file holds the effective weights; the caller's model is never
 modified.
+
+The ONNX bytes come from prunelab's one ONNX export, :func:`prunelab.metrics.speed.onnx_bytes` (with the
+``torch.export``-based exporter), and are loaded in :func:`prunelab.metrics.speed.onnx_runtime_session`;
+both are re-exported here. The latency comparison of the structured methods uses the same two functions.
 """
 
 from __future__ import annotations
@@ -55,10 +59,8 @@ import copy
 import difflib
 import inspect
 import io
-import logging
 import re
 import statistics
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,6 +79,13 @@ from prunelab.core import masking
 from prunelab.core.inputs import as_call, is_shape, output_tensors, random_like
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
+from prunelab.metrics.speed import (
+    ONNX_EXPORTERS,
+    _dynamic_shapes,
+    _quiet,
+    onnx_bytes,
+    onnx_runtime_session,
+)
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -293,29 +302,6 @@ def _max_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float
         if value > worst:
             worst, where = value, f"output {k}"
     return worst, where
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence exporter chatter: progress lines, graph dumps of failed captures, deprecation and tracer
-    warnings, log records (a failure reaches the caller as the exception, in one line)."""
-    names = ["torch", "onnx", "onnxscript", "onnx_ir"]
-    names += [n for n in logging.root.manager.loggerDict if n.split(".")[0] in names]
-    loggers = [logging.getLogger(name) for name in dict.fromkeys(names)]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        with (
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-            warnings.catch_warnings(),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -670,104 +656,6 @@ def _onnx_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _dynamic_shapes(
-    model: nn.Module, args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor]
-) -> dict[str, Any] | None:
-    """``dynamic_shapes`` marking the leading axis of every input as automatic-dynamic, by argument name."""
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **kwargs)
-    except (TypeError, ValueError):
-        return None
-    spec: dict[str, Any] = {}
-    for name, value in bound.arguments.items():
-        kind = inspect.signature(model.forward).parameters[name].kind
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            spec[name] = tuple({0: torch.export.Dim.AUTO} for _ in value)
-        elif kind is inspect.Parameter.VAR_KEYWORD:
-            spec[name] = {k: {0: torch.export.Dim.AUTO} for k in value}
-        else:
-            spec[name] = {0: torch.export.Dim.AUTO}
-    return spec
-
-
-ONNX_EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
-"""The ``torch.onnx`` exporters :func:`onnx_bytes` drives: ``"dynamo"`` (the ``torch.export``-based
-default, what ``prunelab export`` writes) and ``"torchscript"`` (``dynamo=False``: the tracer, about 30x
-faster to export a CIFAR ResNet-56, what the latency comparison of :mod:`prunelab.metrics.speed` uses)."""
-
-
-def onnx_bytes(
-    model: nn.Module,
-    args: tuple[Tensor, ...],
-    kwargs: Mapping[str, Tensor] | None = None,
-    *,
-    dynamic: bool = True,
-    exporter: str = "dynamo",
-    input_names: Sequence[str] | None = None,
-) -> bytes:
-    """The ONNX file of ``model`` called as ``model(*args, **kwargs)``, as bytes (nothing is written).
-
-    prunelab's one ONNX export: :func:`export_model` and
-    :func:`prunelab.metrics.speed.onnx_session` both call it. The caller checks the file's outputs;
-    this only exports, with the exporters' narration silenced.
-
-    Args:
-        model: the module to export (in the mode it should be exported in, usually eval).
-        args, kwargs: example inputs (tensors); their shapes are traced.
-        dynamic: make the leading (batch) axis of every input, and of every output, dynamic.
-        exporter: one of :data:`ONNX_EXPORTERS`. ``"torchscript"`` takes positional tensors only.
-        input_names: names of the graph inputs (default: the ``forward`` argument names for
-            ``"dynamo"``, the exporter's ``input.N`` names for ``"torchscript"``).
-
-    Raises:
-        ValueError: an unknown ``exporter``, or keyword inputs with ``"torchscript"``.
-        Exception: whatever the exporter raises for a model it cannot export.
-    """
-    names = list(input_names) if input_names is not None else None
-    with _quiet(), torch.no_grad():
-        if exporter == "dynamo":
-            shapes = _dynamic_shapes(model, args, kwargs or {}) if dynamic else None
-            program = torch.onnx.export(
-                model, tuple(args), kwargs=dict(kwargs) if kwargs else None, dynamo=True,
-                dynamic_shapes=shapes, input_names=names, external_data=False, optimize=True,
-                verbose=False,
-            )  # fmt: skip
-            return program.model_proto.SerializeToString()
-        if exporter != "torchscript":
-            raise ValueError(f"exporter: {exporter!r} is not one of {', '.join(ONNX_EXPORTERS)}")
-        if kwargs:
-            raise ValueError("the torchscript exporter takes positional inputs only")
-        axes = None
-        outputs = None
-        if dynamic:
-            names = names or [f"input_{k}" for k in range(len(args))]
-            count = len(output_tensors(model(*args)))
-            outputs = ["output"] if count == 1 else [f"output_{k}" for k in range(count)]
-            axes = {n: {0: "batch"} for n in [*names, *outputs]}
-        buffer = io.BytesIO()
-        torch.onnx.export(
-            model, tuple(args), buffer, dynamo=False, input_names=names, output_names=outputs,
-            dynamic_axes=axes,
-        )  # fmt: skip
-        return buffer.getvalue()
-
-
-def onnx_runtime_session(model: bytes | str | Path, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session of an ONNX file (its bytes or its path) on ``threads`` intra-op threads.
-
-    Graph optimisations stay at ONNX Runtime's default, ``ORT_ENABLE_ALL`` (constant folding, Conv+BN and
-    Conv+activation fusion, the blocked NCHWc layout); one inter-op thread; warnings only at error level.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _export_bytes(

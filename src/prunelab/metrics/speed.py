@@ -4,26 +4,44 @@ Latency on a shared machine is noisy, so the two models are timed side by side i
 *interleaved* (dense pass, compact pass, dense pass, ...) by prunelab's one latency timer,
 :func:`prunelab.metrics.latency.interleaved_times`, and medians are compared: a load spike hits both.
 Backends: eager PyTorch on the CPU, and ONNX Runtime when the optional extra ``prunelab[onnx]`` is
-installed (otherwise the result says it was skipped and why). The ONNX files come from prunelab's one
-ONNX export, :func:`prunelab.export.onnx_bytes`, and run in :func:`prunelab.export.onnx_runtime_session`.
+installed (otherwise the result says it was skipped and why).
+
+This module is also the home of prunelab's one ONNX export, :func:`onnx_bytes` (both exporters of
+``torch.onnx``), and of its ONNX Runtime session builder, :func:`onnx_runtime_session`: the latency
+comparison here and :func:`prunelab.export.export_model` (``prunelab export``) both use them. They live
+on this floor, below :mod:`prunelab.export`, so that the metrics do not import the export layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import inspect
+import io
+import logging
 import os
 import statistics
 import tempfile
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from prunelab.export import _quiet, onnx_bytes, onnx_runtime_session
+from prunelab.core.inputs import output_tensors
 from prunelab.metrics.latency import interleaved_times
 
-__all__ = ["ONNX_TOLERANCE", "compare_latency", "onnx_session", "onnxruntime_available"]
+__all__ = [
+    "ONNX_EXPORTERS",
+    "ONNX_TOLERANCE",
+    "compare_latency",
+    "onnx_bytes",
+    "onnx_runtime_session",
+    "onnx_session",
+    "onnxruntime_available",
+]
 
 
 def onnxruntime_available() -> bool:
@@ -42,13 +60,139 @@ def onnxruntime_available() -> bool:
 ONNX_TOLERANCE = 1e-5
 
 
-#: The exporters' silencer, shared with :mod:`prunelab.export` (benchmarks/onnx_export_speed.py uses it).
+# --------------------------------------------------------------------------------------------------
+# the one ONNX export (used here and by prunelab.export)
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence exporter chatter: progress lines, graph dumps of failed captures, deprecation and tracer
+    warnings, log records (a failure reaches the caller as the exception, in one line)."""
+    names = ["torch", "onnx", "onnxscript", "onnx_ir"]
+    names += [n for n in logging.root.manager.loggerDict if n.split(".")[0] in names]
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(names)]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+#: The exporters' silencer under its former name (benchmarks/onnx_export_speed.py uses it).
 _quiet_exporter = _quiet
+
+
+def _dynamic_shapes(
+    model: nn.Module, args: tuple[Tensor, ...], kwargs: Mapping[str, Tensor]
+) -> dict[str, Any] | None:
+    """``dynamic_shapes`` marking the leading axis of every input as automatic-dynamic, by argument name."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    spec: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            spec[name] = tuple({0: torch.export.Dim.AUTO} for _ in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            spec[name] = {k: {0: torch.export.Dim.AUTO} for k in value}
+        else:
+            spec[name] = {0: torch.export.Dim.AUTO}
+    return spec
+
+
+ONNX_EXPORTERS: tuple[str, ...] = ("dynamo", "torchscript")
+"""The ``torch.onnx`` exporters :func:`onnx_bytes` drives: ``"dynamo"`` (the ``torch.export``-based
+default, what ``prunelab export`` writes) and ``"torchscript"`` (``dynamo=False``: the tracer, about 30x
+faster to export a CIFAR ResNet-56, what the latency comparison of :mod:`prunelab.metrics.speed` uses)."""
+
+
+def onnx_bytes(
+    model: nn.Module,
+    args: tuple[Tensor, ...],
+    kwargs: Mapping[str, Tensor] | None = None,
+    *,
+    dynamic: bool = True,
+    exporter: str = "dynamo",
+    input_names: Sequence[str] | None = None,
+) -> bytes:
+    """The ONNX file of ``model`` called as ``model(*args, **kwargs)``, as bytes (nothing is written).
+
+    prunelab's one ONNX export: :func:`prunelab.export.export_model` and :func:`onnx_session` both
+    call it. The caller checks the file's outputs;
+    this only exports, with the exporters' narration silenced.
+
+    Args:
+        model: the module to export (in the mode it should be exported in, usually eval).
+        args, kwargs: example inputs (tensors); their shapes are traced.
+        dynamic: make the leading (batch) axis of every input, and of every output, dynamic.
+        exporter: one of :data:`ONNX_EXPORTERS`. ``"torchscript"`` takes positional tensors only.
+        input_names: names of the graph inputs (default: the ``forward`` argument names for
+            ``"dynamo"``, the exporter's ``input.N`` names for ``"torchscript"``).
+
+    Raises:
+        ValueError: an unknown ``exporter``, or keyword inputs with ``"torchscript"``.
+        Exception: whatever the exporter raises for a model it cannot export.
+    """
+    names = list(input_names) if input_names is not None else None
+    with _quiet(), torch.no_grad():
+        if exporter == "dynamo":
+            shapes = _dynamic_shapes(model, args, kwargs or {}) if dynamic else None
+            program = torch.onnx.export(
+                model, tuple(args), kwargs=dict(kwargs) if kwargs else None, dynamo=True,
+                dynamic_shapes=shapes, input_names=names, external_data=False, optimize=True,
+                verbose=False,
+            )  # fmt: skip
+            return program.model_proto.SerializeToString()
+        if exporter != "torchscript":
+            raise ValueError(f"exporter: {exporter!r} is not one of {', '.join(ONNX_EXPORTERS)}")
+        if kwargs:
+            raise ValueError("the torchscript exporter takes positional inputs only")
+        axes = None
+        outputs = None
+        if dynamic:
+            names = names or [f"input_{k}" for k in range(len(args))]
+            count = len(output_tensors(model(*args)))
+            outputs = ["output"] if count == 1 else [f"output_{k}" for k in range(count)]
+            axes = {n: {0: "batch"} for n in [*names, *outputs]}
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            model, tuple(args), buffer, dynamo=False, input_names=names, output_names=outputs,
+            dynamic_axes=axes,
+        )  # fmt: skip
+        return buffer.getvalue()
+
+
+def onnx_runtime_session(model: bytes | str | Path, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session of an ONNX file (its bytes or its path) on ``threads`` intra-op threads.
+
+    Graph optimisations stay at ONNX Runtime's default, ``ORT_ENABLE_ALL`` (constant folding, Conv+BN and
+    Conv+activation fusion, the blocked NCHWc layout); one inter-op thread; warnings only at error level.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: str, dynamo: bool) -> None:
     """Write ``model`` traced on ``x`` to ``path`` as ONNX (input ``x``, dynamic batch axis), through
-    prunelab's one ONNX export, :func:`prunelab.export.onnx_bytes`."""
+    prunelab's one ONNX export, :func:`onnx_bytes`."""
     data = onnx_bytes(
         model, (x,), dynamic=True, exporter="dynamo" if dynamo else "torchscript", input_names=["x"]
     )
