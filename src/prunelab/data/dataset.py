@@ -143,10 +143,6 @@ class TensorImageDataset(Dataset):
         """Fetch ``indices`` as a normalised float batch and int64 labels, without augmentation."""
         return self.normalize(self.images.index_select(0, indices)), self.labels.index_select(0, indices)
 
-    def get_raw_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fetch ``indices`` as uint8 images (for augmentation before :meth:`normalize`) and labels."""
-        return self.images.index_select(0, indices), self.labels.index_select(0, indices)
-
     def __repr__(self) -> str:
         c, h, w = self.input_shape
         return (
