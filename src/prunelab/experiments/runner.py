@@ -178,35 +178,17 @@ def _keep_fresh_head(model: nn.Module, head: str, state: dict[str, Any], masks: 
     return replaced
 
 
-def _section_epochs(section: Any) -> int:
-    """Epochs of a training section given as a ``TrainSection`` or as its mapping (absent: 0)."""
-    if hasattr(section, "epochs"):
-        return int(section.epochs)
-    return int(dict(section or {}).get("epochs", 0))
-
-
 def planned_epochs(recipe: Recipe) -> int:
-    """The training epochs a run of ``recipe`` plans in all (dense, every round's fine-tuning, a
-    method's own stages): the denominator of the run's ETA, nothing else.
+    """The training epochs a run of ``recipe`` plans in all (dense, then what the method declares:
+    :attr:`~prunelab.methods.base.Driver.epochs`): the denominator of the run's ETA, nothing else.
 
-    The built-in drivers' training stages are spelled out here; another driver is assumed to fine-tune
-    once, and a stage that starts past the plan raises it (:class:`~prunelab.training.progress.RunProgress`).
-    A driver that stops early (relief's ``stop_at_remaining``) ends the run before the plan does.
+    A stage that starts past the plan raises it (:class:`~prunelab.training.progress.RunProgress`); a
+    driver that stops early (relief's ``stop_at_remaining``) ends the run before the plan does.
     """
-    options, finetune = recipe.prune.options, recipe.finetune.epochs
-    driver = recipe.prune.driver
-    if driver == "none":
-        method = 0
-    elif driver in ("iterative", "relief"):
-        method = options.rounds * finetune
-    elif driver == "pls_vip":
-        per_round = finetune if options.finetune_epochs is None else options.finetune_epochs
-        method = options.rounds * per_round
-    elif driver in ("slimming", "proximal_slimming", "structured"):
-        method = _section_epochs(options.sparsity_train) + finetune
-    else:  # one_shot, agp, at_init (its scoring rounds do not train) and drivers of plugins
-        method = finetune
-    return recipe.train.epochs + method
+    from prunelab.methods import DRIVERS
+
+    driver = DRIVERS.get(recipe.prune.driver)
+    return recipe.train.epochs + int(driver.epochs(recipe.prune.options, recipe.finetune.epochs))
 
 
 def _targeted_sparsity(model: nn.Module) -> float:

@@ -101,6 +101,11 @@ def dense_relative(now: Mapping[str, int], dense: Mapping[str, int]) -> dict[str
     }
 
 
+def _finetune_once(options: Any, finetune_epochs: int) -> int:
+    """The default epoch plan of a method: one fine-tuning stage."""
+    return finetune_epochs
+
+
 def _never(options: Any) -> bool:
     return False
 
@@ -119,6 +124,9 @@ class Driver:
         check: ``fn(options, recipe, model)`` raising :class:`~prunelab.errors.ConfigError` for a recipe
             the method cannot run (checked at validation, before anything trains; ``model`` is built on
             the meta device, so it has the layers but no weights); ``None`` for none.
+        epochs: ``fn(options, finetune_epochs) -> int``: the training epochs the method plans after the
+            dense stage (every round's fine-tuning, its own training stages), the denominator of the
+            run's ETA; the default is one fine-tuning stage.
     """
 
     run: Callable[[MethodContext, Any], MethodResult]
@@ -128,6 +136,7 @@ class Driver:
     reads: frozenset[str] = SHARED_FIELDS
     needs_initial_weights: Callable[[Any], bool] = _never
     check: Callable[[Any, Any, Any], None] | None = None
+    epochs: Callable[[Any, int], int] = _finetune_once
 
 
 #: Drivers by name (``prunelab list drivers``).
@@ -142,12 +151,13 @@ def register_driver(
     reads: frozenset[str] | set[str] | None = None,
     needs_initial_weights: bool | Callable[[Any], bool] = False,
     check: Callable[[Any, Any, Any], None] | None = None,
+    epochs: Callable[[Any, int], int] = _finetune_once,
 ) -> Callable[[Callable[..., MethodResult]], Callable[..., MethodResult]]:
     """Decorator registering ``fn(ctx, options) -> MethodResult`` as the driver ``name``.
 
     The first docstring line of ``fn`` is its description. ``reads`` defaults to every shared field
     (minus ``sparsity`` when ``uses_sparsity`` is false); ``needs_initial_weights`` is a constant or a
-    function of the parsed options.
+    function of the parsed options; ``epochs`` is :attr:`Driver.epochs`.
     """
     if reads is None:
         reads = SHARED_FIELDS if uses_sparsity else SHARED_FIELDS - {"sparsity"}
@@ -163,7 +173,7 @@ def register_driver(
     def decorator(fn: Callable[..., MethodResult]) -> Callable[..., MethodResult]:
         doc = (fn.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc else ""
-        driver = Driver(fn, options, summary, uses_sparsity, frozenset(reads), needs, check)
+        driver = Driver(fn, options, summary, uses_sparsity, frozenset(reads), needs, check, epochs)
         DRIVERS.register(name, help=summary)(driver)
         return fn
 

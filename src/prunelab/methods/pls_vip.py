@@ -334,7 +334,18 @@ def _recorder(
     return record
 
 
-@register_driver("pls_vip", options=PlsVipOptions, uses_sparsity=False, reads={"exclude", "min_keep"})
+def _planned_epochs(options: PlsVipOptions, finetune: int) -> int:
+    """Every round fine-tunes ``finetune_epochs`` (or the recipe's ``finetune.epochs``)."""
+    return options.rounds * (finetune if options.finetune_epochs is None else options.finetune_epochs)
+
+
+@register_driver(
+    "pls_vip",
+    options=PlsVipOptions,
+    uses_sparsity=False,
+    reads={"exclude", "min_keep"},
+    epochs=_planned_epochs,
+)
 def run_pls_vip(ctx: MethodContext, options: PlsVipOptions) -> MethodResult:
     """The loop PLS+VIP and its baselines share: score filters, remove a share p of them, surgery, fine-tune."""
     from prunelab.surgery import arch_spec

@@ -278,7 +278,14 @@ def _check_structured(options: StructuredOptions, recipe: Any, model: nn.Module)
         _check_batchnorm(options, recipe, model)
 
 
-@register_driver("slimming", options=SlimmingOptions, reads=_READS, check=_check_batchnorm)
+def _planned_epochs(options: _Common, finetune: int) -> int:
+    """The sparsity-training stage, then one fine-tuning stage."""
+    return _train_section(options.sparsity_train, "prune.options.sparsity_train").epochs + finetune
+
+
+@register_driver(
+    "slimming", options=SlimmingOptions, reads=_READS, check=_check_batchnorm, epochs=_planned_epochs
+)
 def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
     """Network slimming: L1 on BN γ during training, global |γ| threshold, surgery, fine-tune (Liu et al. 2017)."""
     from prunelab.regularizers import L1SubgradientHook
@@ -311,6 +318,7 @@ def run_slimming(ctx: MethodContext, options: SlimmingOptions) -> MethodResult:
     uses_sparsity=False,
     reads=_READS - {"sparsity"},
     check=_check_batchnorm,
+    epochs=_planned_epochs,
 )
 def run_proximal_slimming(ctx: MethodContext, options: ProximalSlimmingOptions) -> MethodResult:
     """Proximal network slimming: ξ/γ proximal updates, prune where ξ = 0, fine-tuning optional (Bui et al. 2023)."""
@@ -367,7 +375,9 @@ def _zero_gamma_where_xi_zero(model: nn.Module, xi: Mapping[str, Tensor]) -> int
     return changed
 
 
-@register_driver("structured", options=StructuredOptions, reads=_READS, check=_check_structured)
+@register_driver(
+    "structured", options=StructuredOptions, reads=_READS, check=_check_structured, epochs=_planned_epochs
+)
 def run_structured(ctx: MethodContext, options: StructuredOptions) -> MethodResult:
     """One-shot structured channel pruning by a group criterion (L1-filter, BN scale, ...), surgery, fine-tune."""
 

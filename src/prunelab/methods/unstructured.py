@@ -133,7 +133,7 @@ def _check_none(options: None, recipe: Any, model: Any) -> None:
         )
 
 
-@register_driver("none", uses_sparsity=False, reads={"reparam"}, check=_check_none)
+@register_driver("none", uses_sparsity=False, reads={"reparam"}, check=_check_none, epochs=lambda o, ft: 0)
 def run_none(ctx: MethodContext, options: None) -> MethodResult:
     """No pruning: the dense network is the result."""
     # A dense run's target is "nothing removed", which the study tables use as their reference point.
@@ -154,7 +154,10 @@ def _iterative_targets(sparsity: float, rounds: int, spacing: str) -> list[float
 
 
 @register_driver(
-    "iterative", options=IterativeOptions, needs_initial_weights=lambda options: bool(options.rewind)
+    "iterative",
+    options=IterativeOptions,
+    needs_initial_weights=lambda options: bool(options.rewind),
+    epochs=lambda options, finetune: options.rounds * finetune,
 )
 def run_iterative(ctx: MethodContext, options: IterativeOptions) -> MethodResult:
     """Rounds of prune -> [rewind] -> fine-tune to prune.sparsity, geometrically spaced by default."""
