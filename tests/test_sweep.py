@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sweeps import BASE, TINY, kill_mid_run
 
 from prunelab.cli import main
 from prunelab.errors import ConfigError
 from prunelab.experiments.sweep import run_sweep
 from prunelab.experiments.sweep_index import SweepIndex
 from prunelab.experiments.sweep_spec import expand_sweep, load_sweep, sweep_from_dict
-
-TINY = {"epochs": 1, "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "batch_size": 64}
-BASE: dict[str, Any] = {
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "val_fraction": 0.0},
-    "train": TINY,
-    "prune": {"method": "magnitude", "sparsity": 0.5},
-    "finetune": TINY,
-    "eval": {"latency": False},
-}
 
 
 def _sweep(grid: dict[str, list[Any]], **extra: Any) -> dict[str, Any]:
@@ -157,19 +145,7 @@ def test_kill_9_then_restart_loses_and_recomputes_nothing(tmp_path: Path) -> Non
     )
     out = tmp_path / "out"
     command = [sys.executable, "-m", "prunelab", "sweep", str(sweep), "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 150
-
-    def in_progress() -> bool:
-        # At least one run finished and the next one is training (its metrics file exists).
-        done = {p.parent for p in out.glob("runs/*/summary.json")}
-        return bool(done) and any(p.parent not in done for p in out.glob("runs/*/metrics.jsonl"))
-
-    while time.time() < deadline and proc.poll() is None and not in_progress():
-        time.sleep(0.02)
-    assert proc.poll() is None, "the sweep finished before it could be killed; make the runs longer"
-    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the run it was executing, at once
-    proc.wait()
+    kill_mid_run(command, out, 150)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert 1 <= len(finished) < 3
     started = {p.name for p in (out / "runs").iterdir()}

@@ -22,21 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
+from sweeps import BASE, kill_mid_run
 
 from prunelab.errors import ConfigError
 from prunelab.experiments.launchers import LOG_NAME, LocalWorker, RunJob
 from prunelab.experiments.sweep_index import SweepIndex
 from prunelab.experiments.sweep_spec import Resources, expand_sweep, sweep_from_dict
 
-TINY = {"epochs": 1, "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "batch_size": 64}
-BASE: dict[str, Any] = {
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "val_fraction": 0.0},
-    "train": TINY,
-    "prune": {"method": "magnitude", "sparsity": 0.5},
-    "finetune": TINY,
-    "eval": {"latency": False},
-}
 RUNS = 6
 
 
@@ -75,19 +67,7 @@ def _kill_mid_sweep_then_resume(tmp_path: Path, launcher: dict[str, Any]) -> Pat
     sweep = _write_sweep(tmp_path, launcher)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "prunelab", "sweep", str(sweep), "--out", str(out), "--quiet"]
-    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
-    deadline = time.time() + 400
-
-    def in_progress() -> bool:
-        # At least one run finished and another one is training (its metrics file exists).
-        done = {p.parent for p in out.glob("runs/*/summary.json")}
-        return bool(done) and any(p.parent not in done for p in out.glob("runs/*/metrics.jsonl"))
-
-    while time.time() < deadline and proc.poll() is None and not in_progress():
-        time.sleep(0.05)
-    assert proc.poll() is None, "the sweep finished (or failed) before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_run(command, out, 400)
     finished = {p.parent.name: p.stat().st_mtime_ns for p in out.glob("runs/*/summary.json")}
     assert 1 <= len(finished) < RUNS
 
