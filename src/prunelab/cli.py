@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prunelab.errors import ConfigError, PrunelabError
+from prunelab.errors import ConfigError, PrunelabError, error_line
 
 if TYPE_CHECKING:  # the sweep module is imported lazily, by the subcommands that use it
     from prunelab.experiments.sweep_spec import SweepSpec
@@ -96,7 +96,7 @@ def _default_out(name: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     """``prunelab run RECIPE``: validate, then execute one recipe."""
     from prunelab import distributed as dist
-    from prunelab.experiments.runner import check_run_dir, headline, run_recipe
+    from prunelab.experiments.runner import result_line, run_or_keep
     from prunelab.experiments.schema import load_recipe
 
     overrides = list(args.set or [])
@@ -116,24 +116,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.out
             else Path(dist.broadcast_object(str(_default_out(recipe.name)) if main_process else ""))
         )
-        # Before any data is loaded: a finished run is kept, an unwritable --out is refused.
-        summary = check_run_dir(out, resume=args.resume, overwrite=args.overwrite)
-        finished = summary is not None
-        if not finished:
-            summary = run_recipe(
-                recipe,
-                out,
-                data_dir=args.data_dir,
-                progress=not args.quiet,
-                echo=None if args.quiet else print,
-                resume=args.resume,
-                overwrite=args.overwrite,
-            )
+        summary, finished = run_or_keep(
+            recipe,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            data_dir=args.data_dir,
+            progress=not args.quiet,
+            echo=None if args.quiet else print,
+        )
     finally:
         dist.cleanup()
     if main_process:
-        prefix = f"{out} is already finished, nothing to resume: " if finished else ""
-        print(f"{prefix}{headline(summary)} -> {out}")
+        print(result_line(out, summary, finished))
     return 0
 
 
@@ -553,17 +548,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except PrunelabError as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except OSError as exc:
-        # The environment, not prunelab: a full disk, a permission, a vanished path. One line, no traceback.
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(
-            f"prunelab: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
-            file=sys.stderr,
-        )
-        return 1
+    except (PrunelabError, OSError) as exc:
+        line, code = error_line(exc)  # type: ignore[misc]  # never None for these two
+        print(line, file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("prunelab: interrupted", file=sys.stderr)
         return 130

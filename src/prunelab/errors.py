@@ -88,3 +88,20 @@ class UnsupportedModelError(PrunelabError):
 
 class CheckpointError(PrunelabError):
     """A checkpoint or weights file is missing, corrupted or does not match the model."""
+
+
+def error_line(exc: BaseException) -> tuple[str, int] | None:
+    """The one ``prunelab: error:`` line and exit code a user-fixable error becomes; ``None`` for a bug.
+
+    A :class:`PrunelabError` is its message; an ``OSError`` (a full disk, a permission, a vanished path:
+    the environment, not prunelab) names the file and what to check. Anything else keeps its traceback.
+    """
+    if isinstance(exc, PrunelabError):
+        return f"prunelab: error: {exc}", exc.exit_code
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return (
+            f"prunelab: error: {exc.strerror or exc}{where}; check the path, its permissions and free space",
+            1,
+        )
+    return None

@@ -159,37 +159,30 @@ def execute_job(job: RunJob | dict[str, Any]) -> int:
 
 
 def _run(job: RunJob) -> int:
-    """``prunelab run`` of ``job`` in this process: its output and errors as the command prints them.
-
-    What ``prunelab run RECIPE --out DIR --quiet [--resume]`` does (``cmd_run`` in the CLI, which this
-    layer may not import), without torchrun's process group: a sweep run is one process.
-    """
-    from prunelab.errors import PrunelabError
-    from prunelab.experiments.runner import check_run_dir, headline, run_recipe
+    """``prunelab run RECIPE --out DIR --quiet [--resume]`` of ``job`` in this process, without torchrun's
+    process group (a sweep run is one process): its result line, or its error as the command prints it."""
+    from prunelab.errors import error_line
+    from prunelab.experiments.runner import result_line, run_or_keep
     from prunelab.experiments.schema import load_recipe
 
-    out = Path(job.run_dir)
     try:
-        recipe = load_recipe(job.recipe)
-        summary = check_run_dir(out, resume=job.resume)  # a finished run is kept as it is
-        if summary is not None:
-            print(f"{out} is already finished, nothing to resume: {headline(summary)} -> {out}")
-            return 0
-        summary = run_recipe(recipe, out, data_dir=job.data_dir, progress=False, echo=None, resume=job.resume)
-        print(f"{headline(summary)} -> {out}")
-        return 0
-    except PrunelabError as exc:
-        print(f"prunelab: error: {exc}", file=sys.stderr)  # the line the sweep reports as the run's error
-        return exc.exit_code
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(
-            f"prunelab: error: {exc.strerror or exc}{where}; check the path, its permissions and free space"
+        summary, finished = run_or_keep(
+            load_recipe(job.recipe),
+            job.run_dir,
+            resume=job.resume,
+            data_dir=job.data_dir,
+            progress=False,
+            echo=None,
         )
-        return 1
-    except Exception:  # noqa: BLE001 -- any bug in a run fails that run, not the worker
-        traceback.print_exc()
-        return 1
+        print(result_line(job.run_dir, summary, finished))
+        return 0
+    except Exception as exc:  # noqa: BLE001 -- any error in a run fails that run, not the worker
+        user = error_line(exc)
+        if user is None:
+            traceback.print_exc()
+            return 1
+        print(user[0], file=sys.stderr)  # the line the sweep reports as the run's error
+        return user[1]
 
 
 class LocalWorker:

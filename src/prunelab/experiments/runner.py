@@ -310,6 +310,33 @@ def _check_run_dir(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] |
     return None
 
 
+def run_or_keep(
+    recipe: Recipe, out: str | Path, *, resume: bool = False, overwrite: bool = False, **run_options: Any
+) -> tuple[dict[str, Any], bool]:
+    """``prunelab run``: :func:`run_recipe` into ``out``, unless ``resume`` finds the run finished there.
+
+    Args:
+        recipe: the validated recipe.
+        out: the run directory.
+        resume, overwrite: as for :func:`run_recipe`.
+        run_options: the other keyword arguments of :func:`run_recipe` (``data_dir``, ``progress``, ``echo``).
+
+    Returns:
+        ``(summary, finished)``: the run's summary and whether it was already finished (nothing ran).
+    """
+    # Before any data is loaded: a finished run is kept, an unwritable ``out`` is refused.
+    summary = check_run_dir(out, resume=resume, overwrite=overwrite)
+    if summary is not None:
+        return summary, True
+    return run_recipe(recipe, out, resume=resume, overwrite=overwrite, **run_options), False
+
+
+def result_line(out: str | Path, summary: dict[str, Any], finished: bool) -> str:
+    """The line ``prunelab run`` ends with: the :func:`headline`, ``-> out``, and whether it ran now."""
+    prefix = f"{out} is already finished, nothing to resume: " if finished else ""
+    return f"{prefix}{headline(summary)} -> {out}"
+
+
 def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any] | None:
     """What a run into ``out`` may do, decided before any work; :func:`run_recipe` calls it first.
 
