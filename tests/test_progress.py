@@ -199,6 +199,8 @@ def test_eta_on_resume_and_beyond_the_plan() -> None:
         ({"method": "network_slimming", "options": {"sparsity_train": {"epochs": 4}}}, 1, 2 + 4 + 1),
         ({"method": "pls_vip", "options": {"rounds": 2, "finetune_epochs": 3}}, 1, 2 + 2 * 3),
         ({"method": "dense"}, 0, 2),
+        ({"method": "relief", "options": {"rounds": 4}}, 2, 2 + 4 * 2),
+        ({"method": "proximal_slimming", "options": {"sparsity_train": {"epochs": 3}}}, 2, 2 + 3 + 2),
     ],
 )
 def test_planned_epochs_cover_the_whole_recipe(prune: dict, finetune: int, expected: int) -> None:

@@ -565,6 +565,7 @@ def _needs_initial_weights(options: ReliefOptions) -> bool:
     uses_sparsity=False,
     reads={"include", "exclude"},
     needs_initial_weights=_needs_initial_weights,
+    epochs=lambda options, finetune: options.rounds * finetune,  # every round retrains
 )
 def run_relief(ctx: MethodContext, options: ReliefOptions) -> MethodResult:
     """NN-relief: rounds of activity-based cumulative-mass pruning -> [rewind] -> retrain."""
