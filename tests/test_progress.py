@@ -99,7 +99,10 @@ def test_pipe_gets_one_plain_line_per_epoch(piped_run: tuple[Path, str, str]) ->
 def test_terminal_gets_a_bar_with_loss_accuracy_and_lr(recipe_file: Path, tmp_path: Path) -> None:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 240, 0, 0))  # a 240-column terminal
-    proc = subprocess.Popen(_cli(recipe_file, tmp_path / "run"), stdout=slave, stderr=slave, env=_env())
+    # Every update redraws (tqdm reads TQDM_* overrides), so the running postfix shows even when an epoch
+    # of this tiny recipe is over within tqdm's default 0.1 s redraw interval on a quiet machine.
+    env = {**_env(), "TQDM_MININTERVAL": "0"}
+    proc = subprocess.Popen(_cli(recipe_file, tmp_path / "run"), stdout=slave, stderr=slave, env=env)
     os.close(slave)
     chunks = []
     while True:
