@@ -145,8 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Print the study tables and optionally write the JSON record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="*", type=Path, help="sweep directories or run directories")
-    parser.add_argument("--from-record", type=Path, default=None,
-                        help="re-derive the tables from a JSON record this script wrote (its 'runs')")
+    parser.add_argument(
+        "--from-record",
+        type=Path,
+        default=None,
+        help="re-derive the tables from a JSON record this script wrote (its 'runs')",
+    )
     parser.add_argument("--levels", nargs="+", type=float, default=[10.0, 20.0, 30.0])
     parser.add_argument(
         "--filter-levels",

@@ -134,7 +134,12 @@ def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
         items.append((name, str(path), str(tmp_path / f"{name}.out.pt")))
     script = RELOAD.format(tests=str(TESTS), items=items)
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=1800, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=1800,
+        check=False,
     )  # the timeout only catches a hang; speed is measured in benchmarks
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"reloaded {len(SAVED)}" in done.stdout

@@ -82,9 +82,7 @@ def load_yaml_file(path: Any, what: str = "recipe file") -> Any:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read the {what} ({exc.strerror}); check its permissions"
-        ) from None
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror}); check its permissions") from None
     if b"\0" in raw:
         raise ConfigError(f"{path}: is a binary file, not a YAML {what}; check the path")
     try:

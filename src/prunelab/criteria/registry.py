@@ -21,7 +21,15 @@ from prunelab.core.criterion import LEVELS, Level, criterion_levels
 from prunelab.errors import ConfigError
 from prunelab.registry import Registry
 
-__all__ = ["CRITERIA", "build_criterion", "check_criterion", "check_level", "describe_criteria", "levels_of", "names_at"]
+__all__ = [
+    "CRITERIA",
+    "build_criterion",
+    "check_criterion",
+    "check_level",
+    "describe_criteria",
+    "levels_of",
+    "names_at",
+]
 
 #: Criterion factories by name, both levels: ``build_criterion("magnitude", "entry", p=2)``.
 CRITERIA: Registry[Callable[..., Any]] = Registry("criterion")
