@@ -40,16 +40,10 @@ import yaml
 from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from sweeps import BASE  # the sweep tests' tiny recipe (tests/sweeps.py): the same runs
+
 RESULT = ROOT / "benchmarks" / "results" / "sweep_overhead.json"
-TINY = {"epochs": 1, "optimizer": "adam", "lr": 3.0e-3, "weight_decay": 0.0, "batch_size": 64}
-BASE: dict[str, Any] = {
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "val_fraction": 0.0},
-    "train": TINY,
-    "prune": {"method": "magnitude", "sparsity": 0.5},
-    "finetune": TINY,
-    "eval": {"latency": False},
-}
 ENV_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ENV = {**os.environ, **ENV_THREADS}
 
