@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_name() -> str:
@@ -15,3 +17,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_record(load_before: tuple[float, ...] | list[float], **extra: Any) -> dict[str, Any]:
+    """The ``machine`` block of a benchmark record: load before (given) and after (now), CPU, threads,
+    versions; ``extra`` adds script-specific entries (e.g. the ONNX Runtime version)."""
+    import torch
+
+    return {
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        **extra,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }

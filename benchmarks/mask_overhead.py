@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import machine_record  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 import prunelab
@@ -146,16 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "mask_overhead",
         "command": "python benchmarks/mask_overhead.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {
-            "load_average_before": list(load_before),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "load_average_after": list(os.getloadavg()),
+        "machine": machine_record(load_before),
         "results": rows,
     }
     print(f"median of {args.repeats} steps, {torch.get_num_threads()} threads; ratios: wall / paired / cpu")

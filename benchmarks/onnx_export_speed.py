@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,10 @@ import torch
 from torch import nn
 
 from prunelab._io import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import machine_record  # benchmarks/_machine.py, beside this script
+
 from prunelab.metrics.speed import _quiet_exporter, onnx_session
 from prunelab.models import build_model
 from prunelab.surgery import ChannelGraph, compact
@@ -140,17 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/onnx_export_speed.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "note": "shared, loaded 2-core machine: only the side-by-side ratios count",
-        "machine": {
-            "load_average_before": list(load_before),
-            "load_average_after": list(os.getloadavg()),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "onnx": _version("onnx"),
-            "onnxruntime": _version("onnxruntime"),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_record(load_before, onnx=_version("onnx"), onnxruntime=_version("onnxruntime")),
         "results": rows,
     }
     atomic_write_json(args.out, record)

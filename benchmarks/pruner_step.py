@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import machine_record  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.core import masking
@@ -168,16 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pruner_step.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "note": "shared, loaded 2-core machine: only the side-by-side ratios count",
-        "machine": {
-            "load_average_before": list(load_before),
-            "load_average_after": list(os.getloadavg()),
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_record(load_before),
         "results": rows,
     }
     atomic_write_json(args.out, record)
