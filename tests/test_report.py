@@ -99,6 +99,16 @@ def test_largest_sparsity_within_one_point_of_own_dense() -> None:
     assert "| pre | 81.0 ± 1.4 (n=2) | not pruned | – |" in reach_table(dense_only)
 
 
+def test_largest_sparsity_within_by_several_keys_gives_each_seed_its_own_reach() -> None:
+    reach = largest_sparsity_within(RECORDS, group=("init", "seed"), tolerance=0.01)
+    # pre seed 1: dense 82 %, 90 % keeps 81 % (inside), 95 % keeps 76 %; seed 0 the same at 80/79/70.
+    assert reach[("pre", 1)].largest_sparsity == 0.9 and reach[("pre", 1)].seeds == 1
+    assert reach[("pre", 0)].dense_accuracy == pytest.approx(0.80)
+    # scratch seed 0: dense 60 %, 90 % keeps 55 %: none.
+    assert reach[("scratch", 0)].largest_sparsity is None
+    assert "| pre / 1 | 82.0 ± 0.0 (n=1) | 90 % | 81.0 |" in reach_table(reach)
+
+
 def _fake_run(root: Path, run_id: str, record: dict[str, Any]) -> Path:
     run = root / "runs" / run_id
     run.mkdir(parents=True)
@@ -151,6 +161,35 @@ def test_report_files_from_a_sweep_directory(tmp_path: Path) -> None:
     # Any recipe field groups too; grouping by a field that does not separate the inits pools them.
     out = write_report([tmp_path], tmp_path / "by_scope.md", group_by=["prune.options.scope"], html=False)
     assert "(pooled)" in out.read_text() and not (tmp_path / "by_scope.html").exists()
+
+
+def test_study_record_keeps_the_sweep_labels_the_tables_group_by(tmp_path: Path) -> None:
+    """benchmarks/_records.py: a packed record re-derives the same records, sweep labels included."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_records.py"
+    spec = importlib.util.spec_from_file_location("_records", path)
+    assert spec is not None and spec.loader is not None
+    records_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(records_module)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    index = SweepIndex(sweep / "sweep.db")
+    for i, record in enumerate(RECORDS):
+        run_dir = _fake_run(sweep, f"r{i}", record)
+        index.register(RunSpec(f"r{i}", "main", i, [], {"init": record["init"]}, {}), run_dir)
+        index.mark_done(f"r{i}", record)
+    packed = tmp_path / "runs.json"
+    assert records_module.save(sweep, packed) == len(RECORDS)
+    assert "checkpoint" not in packed.read_text()
+
+    def keyed(root: Path) -> dict[str, dict[str, Any]]:
+        rows = load_records(sorted((root / "runs").iterdir()))
+        return {r["name"]: {k: v for k, v in r.items() if k != "run_dir"} for r in rows}
+
+    with records_module.sweep_dir(packed) as unpacked:
+        assert keyed(unpacked) == keyed(sweep)
+        assert {r["init"] for r in keyed(unpacked).values()} == {"pre", "scratch"}
 
 
 def test_dense_runs_are_a_reference_line_and_wide_axes_are_logarithmic() -> None:

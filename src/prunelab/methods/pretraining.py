@@ -71,7 +71,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def largest_sparsity_within(
     records: Sequence[dict[str, Any]],
     *,
-    group: str = "init",
+    group: str | Sequence[str] = "init",
     tolerance: float = 0.01,
     x: str = "target_sparsity",
 ) -> dict[Any, SparsityReach]:
@@ -80,7 +80,8 @@ def largest_sparsity_within(
     Args:
         records: one mapping per run with ``group``, ``x`` (0 for dense runs), ``accuracy`` and, for
             pruned runs, ``accuracy_dense`` (used as the reference only when a group has no dense run).
-        group: the key that separates the compared settings.
+        group: the key that separates the compared settings, or several keys (the groups are then
+            tuples of their values, e.g. ``("layer", "pretrained", 0)`` for variant, init and seed).
         tolerance: allowed drop below the dense accuracy, as a fraction (0.01 = 1 percentage point).
         x: the key holding each run's target sparsity.
 
@@ -90,8 +91,9 @@ def largest_sparsity_within(
     """
     by_group: dict[Any, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     fallback: dict[Any, list[float]] = defaultdict(list)
+    keys = (group,) if isinstance(group, str) else tuple(group)
     for record in records:
-        value = record.get(group)
+        value = record.get(group) if isinstance(group, str) else tuple(record.get(k) for k in keys)
         sparsity = float(record.get(x) or 0.0)
         by_group[value][sparsity].append(float(record["accuracy"]))
         if sparsity > 0 and record.get("accuracy_dense") is not None:
@@ -131,7 +133,8 @@ def reach_table(reach: dict[Any, SparsityReach], tolerance: float = 0.01) -> str
         else:
             largest = f"{100 * r.largest_sparsity:g} %"
         at = f"{100 * r.accuracy_at_largest:.1f}" if r.accuracy_at_largest is not None else "–"
+        name = " / ".join(str(v) for v in value) if isinstance(value, tuple) else value
         lines.append(
-            f"| {value} | {100 * r.dense_accuracy:.1f} ± {100 * r.dense_std:.1f} (n={r.seeds}) | {largest} | {at} |"
+            f"| {name} | {100 * r.dense_accuracy:.1f} ± {100 * r.dense_std:.1f} (n={r.seeds}) | {largest} | {at} |"
         )
     return "\n".join(lines)
