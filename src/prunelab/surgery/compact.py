@@ -733,15 +733,20 @@ def _compact(
     if removed and _masked_is_reference(work, graph.groups, removed):
         # Nothing can need folding unless a removed channel reaches a consumer as a non-zero constant
         # (an activation with f(0) != 0): one sample shows whether it does; if it does, the general
-        # path below runs on the full batch.
+        # path below runs.
         x = _batch(example_inputs, batch, size=1)
         out, _, _, zero = _observe_and_fold(work, graph.groups, removed, x, False)
         if zero:
             masked_out = want = out  # the reference's outputs too (see _masked_is_reference)
     if want is None:
-        x = _batch(example_inputs, batch)
+        x = _batch(example_inputs, batch, size=1)
         if fold_shifts and removed:
-            masked_out, exact, inexact, _ = _observe_and_fold(work, graph.groups, removed, x, True)
+            # Two samples show which removed channels reach a consumer as a constant (a Linear after
+            # global pooling sees one value per sample); the check itself needs only one, as above:
+            # the first of the two, so that the shift diagnostic below compares like with like.
+            x2 = _batch(example_inputs, batch)
+            masked_out, exact, inexact, _ = _observe_and_fold(work, graph.groups, removed, x2, True)
+            x = x2[:1] if batch is None and isinstance(x2, Tensor) else x2
         _zero(work, graph.groups, removed, "rest")
         want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
     # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
@@ -750,7 +755,9 @@ def _compact(
     diff = _max_diff(want, got, tolerance)
     shift = None
     if masked_out is not None:
-        shift = max((float((a - b).abs().max()) for a, b in zip(masked_out, got, strict=True)), default=0.0)
+        # The fold may have seen one sample more than the check: compare on the check's samples.
+        pairs = zip(masked_out, got, strict=True)
+        shift = max((float(((a[: len(b)] if b.dim() else a) - b).abs().max()) for a, b in pairs), default=0.0)
     work.train(was_training)
     sizes = {g.name: [g.size, g.size] for g in graph.groups}
     for name, channels in removed.items():
