@@ -1,11 +1,34 @@
-"""What the benchmark scripts record about the machine they ran on (imported by the scripts beside it)."""
+"""What the benchmark scripts record about the machine they ran on, and how they time on a shared one
+(imported by the scripts beside it)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+
+
+def cpu_timed(fn: Callable[[], R], into: list[float], *, scale: float = 1000.0) -> Callable[[], R]:
+    """``fn``, appending the calling thread's CPU time of each call to ``into`` (ms; seconds with ``scale=1``).
+
+    With one intra-op thread every kernel runs in the calling thread, so this CPU time leaves out what
+    the wall clock counts while other processes hold the cores of a shared machine. Passed to
+    :func:`prunelab.metrics.latency.interleaved_times`, it records both clocks of the same calls (its
+    warm-up calls included: drop the first ``warmup`` entries).
+    """
+
+    def timed() -> R:
+        start = time.thread_time()
+        out = fn()
+        into.append((time.thread_time() - start) * scale)
+        return out
+
+    return timed
 
 
 def cpu_name() -> str:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
@@ -110,18 +110,6 @@ def prepare(dense: nn.Module, small: nn.Module, backends: list[str]) -> dict[str
     return out
 
 
-def _cpu_timed(fn: Callable[[], object], into: list[float]) -> Callable[[], object]:
-    """``fn``, appending the calling thread's CPU time of each call (ms) to ``into``."""
-
-    def timed() -> object:
-        start = time.thread_time()
-        out = fn()
-        into.append((time.thread_time() - start) * 1000.0)
-        return out
-
-    return timed
-
-
 def measure(
     name: str,
     models: tuple[nn.Module, nn.Module],
@@ -167,7 +155,7 @@ def measure(
     flat = [f for pair in fns.values() for f in pair]
     cpu: list[list[float]] = [[] for _ in flat]
     with torch.no_grad():
-        times = interleaved_times([_cpu_timed(f, cpu[k]) for k, f in enumerate(flat)], warmup, repeats)
+        times = interleaved_times([cpu_timed(f, cpu[k]) for k, f in enumerate(flat)], warmup, repeats)
     row: dict[str, Any] = {"repeats": repeats, "warmup": warmup}
     for k, backend in enumerate(fns):
         td, tc = times[2 * k], times[2 * k + 1]

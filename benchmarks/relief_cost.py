@@ -35,13 +35,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 from prunelab._io import atomic_write_json
@@ -73,17 +72,6 @@ def _previous_statistics(revision: str) -> ModuleType:
     spec.loader.exec_module(module)
     os.unlink(handle.name)
     return module
-
-
-def _cpu_timed(fn: Callable[[], None], sink: list[float]) -> Callable[[], None]:
-    """``fn``, appending its CPU time of this thread (s) to ``sink`` at every call."""
-
-    def timed() -> None:
-        start = time.thread_time()
-        fn()
-        sink.append(time.thread_time() - start)
-
-    return timed
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -144,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     load_before = os.getloadavg()[0]
     wall: dict[str, list[float]] = {name: [] for name in cases}
     cpu: dict[str, list[float]] = {name: [] for name in cases}
-    timed = [_cpu_timed(fn, cpu[name]) for name, fn in cases.items()]
+    timed = [cpu_timed(fn, cpu[name], scale=1.0) for name, fn in cases.items()]
     record: dict[str, object] = {}
     for _ in range(args.repeats):
         # One interleaved round per repeat, so that every finished repeat is written out.

@@ -30,12 +30,11 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 import prunelab
@@ -85,16 +84,9 @@ def _thread_cpu_times(fns: list[Any], warmup: int, repeats: int) -> list[list[fl
     thread waits while other processes hold the 2 cores; wall-clock times of long calls (the dense
     batch-256 products) are inflated by that wait far more than short ones.
     """
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
-            start = time.thread_time()
-            fn()
-            times[k].append((time.thread_time() - start) * 1000.0)
-    return times
+    interleaved_times([cpu_timed(fn, t) for fn, t in zip(fns, times, strict=True)], warmup, repeats)
+    return [t[warmup:] for t in times]
 
 
 def _rotated_medians(fns: list[Any], repeats: int, timer: Any) -> list[float]:

@@ -12,6 +12,12 @@ outside the timings). Then, interleaved (the order alternates every repetition, 
   copy once), ``tp.DependencyGraph().build_dependency`` and ``get_pruning_group(...).prune()`` for every
   group with the same channel indices. No verification, no counting: the lower bound of the work.
 
+Two more calls are timed in the same rounds: a batch-1 forward pass of the full model and of the
+compacted one. Torch-Pruning's time plus these two is the floor of any removal that keeps the
+equivalence check (one reference pass, one pass of the result): ``floor_ratio``. Every time is
+recorded twice, wall clock and the calling thread's CPU time (``cpu``: one thread does all of the
+work, so this leaves out the waits of a shared machine).
+
 The results must be identical: the same per-layer widths, parameters and MACs, the same state_dict
 tensors (bit for bit) and outputs. The shared machine is loaded, so only the ratios count. Writes
 ``benchmarks/results/surgery_speed.json`` (with the environment).
@@ -44,7 +50,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _machine import cpu_name  # benchmarks/_machine.py, beside this script
+from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 from prunelab._io import atomic_write_json
@@ -148,6 +154,12 @@ def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
     if bn_shift:
         del variants["prune_channels"]
     results = {k: fn() for k, fn in variants.items()}  # warm-up, and the results compared below
+    # The floor of a verified removal: Torch-Pruning's work plus the two passes the check cannot do
+    # without, the full-width reference and the compacted model, at batch 1 (timed in the same rounds).
+    x1 = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(1))
+    small = results["torch_pruning"]
+    variants["forward_full"] = torch.no_grad()(lambda: model(x1))
+    variants["forward_compacted"] = torch.no_grad()(lambda: small(x1))
     x = torch.randn(8, *SHAPE, generator=torch.Generator().manual_seed(1))
     if bn_shift:
         report = compact(model, keep, SHAPE)[1]
@@ -165,29 +177,43 @@ def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
             "prune_channels_vs_tp": _same(results["prune_channels"], results["torch_pruning"], x),
         }
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    timed = {k: cpu_timed(fn, cpu[k], scale=1.0) for k, fn in variants.items()}
     order = list(variants)
     load_before = list(os.getloadavg())
     for rep in range(repeats):
         # One round of metrics.latency's interleaved timer per repetition, the order reversed every other.
         keys = order if rep % 2 == 0 else order[::-1]
-        for k, ms in zip(keys, interleaved_times([variants[k] for k in keys], 0, 1), strict=True):
+        for k, ms in zip(keys, interleaved_times([timed[k] for k in keys], 0, 1), strict=True):
             times[k].append(ms[0] / 1000.0)
         print(f"{name} rep {rep}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    tp_t = times["torch_pruning"]
-    mine = [k for k in variants if k != "torch_pruning"]
+    mine = [k for k in variants if k not in ("torch_pruning", "forward_full", "forward_compacted")]
     copy_s = statistics.median(t[0] for t in interleaved_times([lambda: copy.deepcopy(model)] * 5, 0, 1))
+
+    def ratios(clock: dict[str, list[float]]) -> dict[str, Any]:
+        med = {k: statistics.median(v) for k, v in clock.items()}
+        tp_t = clock["torch_pruning"]
+        return {
+            "median_s": med,
+            "ratio_to_tp": {k: med[k] / med["torch_pruning"] for k in mine},
+            "floor_ratio": (med["torch_pruning"] + med["forward_full"] + med["forward_compacted"])
+            / med["torch_pruning"],
+            "paired_ratio_median": {
+                k: statistics.median(a / b for a, b in zip(clock[k], tp_t, strict=True)) for k in mine
+            },
+        }
+
     return {
         "model": name + ("+bn_shift" if bn_shift else ""),
         "channels_removed": [sum(len(v) for v in removed.values()), sum(m.numel() for m in keep.values())],
-        "median_s": med,
-        "ratio_to_tp": {k: med[k] / med["torch_pruning"] for k in mine},
-        "paired_ratio_median": {
-            k: statistics.median(a / b for a, b in zip(times[k], tp_t, strict=True)) for k in mine
-        },
+        **ratios(times),
+        # The calling thread's CPU time of the same calls (one thread: all of the work), which leaves
+        # out the waits of a shared machine that the wall clock counts.
+        "cpu": ratios(cpu),
         "deepcopy_s": copy_s / 1000.0,
         "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "times_s": times,
+        "cpu_times_s": cpu,
         "checks": checks,
     }
 
@@ -241,7 +267,7 @@ def main() -> None:
         for bn_shift in (False, True) if args.bn_shift else (False,):
             result = measure(name, args.repeats, bn_shift)
             record["results"].append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "times_s"}), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if not k.endswith("times_s")}), flush=True)
     record["load_average_after"] = list(os.getloadavg())
     atomic_write_json(args.out, record)
 
