@@ -9,7 +9,8 @@ plots ``<prefix>_accuracy_vs_{params,macs,latency}.png`` into ``--out-dir`` and 
 "largest sparsity within 1 pp of its own dense accuracy" table. When the pruned runs carry a
 ``variant`` label (``recipes/pretraining/cpu_protocol.sweep.yaml``: layer, global, dwspare), every
 variant is compared with the same dense runs, the report groups by variant and initialisation, and the
-table adds each seed's own reach (the spread). ``--records-out FILE`` also packs every
+table adds each seed's own reach (the spread), against the dense runs and, where the sweep has them,
+against the dense control runs (the pruning phase at 0 %, trained as long as every pruned run). ``--records-out FILE`` also packs every
 run's ``summary.json``, ``rounds.csv`` and ``config.yaml`` into one JSON record
 (``benchmarks/_records.py``); given that file instead of a sweep directory, the script re-derives the
 same tables.
@@ -50,7 +51,7 @@ def main() -> None:
 def _tables(sweep: Path, out_dir: Path, prefix: str) -> None:
     """The report files of the runs under ``sweep`` into ``out_dir``, and the printed reach table."""
     records = load_records(find_runs([sweep]))
-    variants = sorted({str(r["variant"]) for r in records if r.get("variant")})
+    variants = sorted({str(r["variant"]) for r in records if r.get("variant") and r.get("target_sparsity")})
     with tempfile.TemporaryDirectory() as tmp:
         report = write_report(
             [sweep],
@@ -72,17 +73,36 @@ def _tables(sweep: Path, out_dir: Path, prefix: str) -> None:
 
 
 def _variant_table(records: list[dict], variants: list[str], tolerance: float = 0.01) -> str:
-    """Per variant and initialisation: the reach of the seed means, and each seed's own reach."""
-    dense = [r for r in records if not r.get("target_sparsity")]
+    """Per variant and initialisation: the reach of the seed means, and each seed's own reach.
+
+    Two references, one table each: the dense runs themselves, and (when the sweep has them) the dense
+    control runs, i.e. the pruning phase at 0 %, trained as long as every pruned run.
+    """
+    references = {
+        "the dense model": [r for r in records if r.get("method") == "dense"],
+        "the dense control (the same pruning phase at 0 %)": [
+            r for r in records if not r.get("target_sparsity") and r.get("method") != "dense"
+        ],
+    }
+    pruned = [r for r in records if r.get("target_sparsity")]
+    tables = []
+    for label, dense in references.items():
+        if dense:
+            tables.append(f"Reference: {label}.\n\n" + _reach_rows(dense, pruned, variants, tolerance))
+    return "\n\n".join(tables)
+
+
+def _reach_rows(dense: list[dict], pruned: list[dict], variants: list[str], tolerance: float) -> str:
+    """The markdown table of one reference: every variant compared with the same ``dense`` runs."""
     compared = []
-    for variant in variants:  # every variant prunes the same dense runs
-        compared += [{**r, "variant": variant} for r in dense]
-        compared += [r for r in records if r.get("variant") == variant]
+    for variant in variants:
+        compared += [{**r, "variant": variant, "target_sparsity": 0.0} for r in dense]
+        compared += [r for r in pruned if r.get("variant") == variant]
     means = largest_sparsity_within(compared, group=("variant", "init"), tolerance=tolerance)
     seeds = largest_sparsity_within(compared, group=("variant", "init", "seed"), tolerance=tolerance)
     header = (
-        f"| variant | init | dense accuracy (%) | largest sparsity within {100 * tolerance:g} pp "
-        "(seed means) | accuracy there (%) | each seed's own (vs its dense run) |"
+        f"| variant | init | reference accuracy (%) | largest sparsity within {100 * tolerance:g} pp "
+        "(seed means) | accuracy there (%) | each seed's own (vs its reference run) |"
     )
     lines = [header, "|---|---|---|---|---|---|"]
 
