@@ -1,22 +1,28 @@
 """Cost of training-time augmentation (random crop + flip) in the batch loader, CIFAR-10 shapes.
 
-Three loaders iterate over the same 50,000 uint8 images of shape 3×32×32 (random pixels: the cost does
+Loaders iterate over the same 50,000 uint8 images of shape 3×32×32 (random pixels: the cost does
 not depend on the content), batch 128, in one process on one thread:
 
 - ``plain``: the loader without augmentation (index_select + normalisation), the reference;
 - ``augmented``: the same loader with the CIFAR policy (4-pixel zero-padded random crop + horizontal flip),
-  i.e. :func:`prunelab.data.loader.augment_batch` as it is now (one ``index_select`` over a window view);
-- ``padded_mirror``: the same loader with the previous implementation (the zero-padded batch and its mirror
-  written into a buffer, then one ``index_select`` over a window view), kept here as the "before" of the
-  change to a masked crop over the unpadded batch;
-- ``two_gathers``: the same loader with the implementation before that (per-sample row and column index
-  vectors, two int64 ``gather`` calls).
+  as it is now: one ``index_select`` of windows straight from the dataset's padded source
+  (:func:`prunelab.data.loader.padded_source`, built once per dataset, outside the timings: 480 MB here);
+- ``masked_batch``: the same loader augmenting batch by batch without that source (the gathered batch
+  and its mirror in a buffer, one ``index_select`` over a window view, a masking multiplication), which
+  is what the loader still does for a dataset whose source would exceed ``SOURCE_MAX_BYTES``, and was
+  the ``augmented`` variant before the padded source;
+- ``padded_mirror``: the implementation before that (the zero-padded batch and its mirror written into
+  a buffer, then one ``index_select`` over a window view);
+- ``two_gathers``: the implementation before that (per-sample row and column index vectors, two int64
+  ``gather`` calls).
 
-All three augmented variants give the same batches bit for bit (same draws, same order).
+All augmented variants give the same batches bit for bit (same draws, same order).
 
-Each repetition times ``--batches`` consecutive batches of every loader, in rotating order so that drift in
-the machine's load hits all of them alike; the medians over the repetitions and the median of the paired
-ratios are printed and written, with the environment, to ``benchmarks/results/augment_speed.json``.
+Each repetition takes ``--batches`` batches of every loader in turn, batch by batch, in rotating
+order so that drift in the machine's load hits all of them alike, and times each batch on its own. The
+medians over the repetitions and the median of the paired ratios are printed and written, with the
+environment, to ``benchmarks/results/augment_speed.json``, each for the wall clock and (``cpu``) for the
+calling thread's CPU time, which leaves out the waits of a shared machine.
 
 Usage::
 
@@ -45,7 +51,7 @@ from prunelab.data import Augment, TensorImageDataset, make_loader
 from prunelab.data import loader as loader_module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "augment_speed.json"
-VARIANTS = ("plain", "augmented", "padded_mirror", "two_gathers")
+VARIANTS = ("plain", "augmented", "masked_batch", "padded_mirror", "two_gathers")
 
 
 def padded_mirror(images: torch.Tensor, policy: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -92,15 +98,28 @@ def _gathering(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """``fn`` as the loader called it before: the batch gathered first (``get_raw_batch``), then augmented."""
 
     def augment(
-        images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index=None
+        images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index=None, source=None
     ) -> torch.Tensor:
         return fn(images if index is None else images.index_select(0, index), policy, generator)
 
     return augment
 
 
-#: The "before" implementations, swapped into the loader for their variant.
-IMPLEMENTATIONS = {"padded_mirror": _gathering(padded_mirror), "two_gathers": _gathering(two_gathers)}
+def _batch_by_batch(
+    images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index=None, source=None
+) -> torch.Tensor:
+    """The loader's augmentation without the dataset's padded source: the masked crop of each batch
+    (what a dataset whose source exceeds ``SOURCE_MAX_BYTES`` gets)."""
+    return CURRENT(images, policy, generator, index=index)
+
+
+CURRENT = loader_module.augment_batch
+#: The other implementations, swapped into the loader for their variant.
+IMPLEMENTATIONS = {
+    "masked_batch": _batch_by_batch,
+    "padded_mirror": _gathering(padded_mirror),
+    "two_gathers": _gathering(two_gathers),
+}
 
 
 def check_identical() -> None:
@@ -110,54 +129,77 @@ def check_identical() -> None:
     )
     policy = Augment(crop_padding=4, flip=True)
     expected = loader_module.augment_batch(images, policy, torch.Generator().manual_seed(2))
+    index = torch.arange(128)
+    source = loader_module.padded_source(images, images, policy)
+    direct = loader_module.augment_batch(
+        images, policy, torch.Generator().manual_seed(2), index=index, source=source
+    )
+    if not torch.equal(direct, expected):
+        raise SystemExit("augment_speed: the padded-source path gives other batches than augment_batch")
     for name, fn in IMPLEMENTATIONS.items():
-        if not torch.equal(fn(images, policy, torch.Generator().manual_seed(2)), expected):
+        if not torch.equal(fn(images, policy, torch.Generator().manual_seed(2), index=index), expected):
             raise SystemExit(f"augment_speed: {name} gives other batches than augment_batch")
 
 
-def _time_batches(dataset: TensorImageDataset, batches: int, epoch: int) -> float:
-    """Seconds per batch over the first ``batches`` batches of one training epoch."""
-    loader = make_loader(dataset, 128, train=True, seed=0, epoch=epoch)
-    started = time.perf_counter()
-    for i, _ in enumerate(loader):
-        if i + 1 == batches:
-            break
-    return (time.perf_counter() - started) / batches
-
-
 def measure(*, repeats: int, batches: int, warmup: int) -> dict[str, Any]:
-    """Median seconds per batch of each variant and the paired ratios to ``plain``."""
+    """Per-batch times of each variant, interleaved batch by batch, and the paired ratios to ``plain``.
+
+    Every repetition opens one epoch of every variant's loader and then takes ``batches`` batches from
+    each in turn, the order rotating from batch to batch, so that a change in the machine's load hits all
+    variants alike; each batch is timed on its own (wall clock and the calling thread's CPU time: the
+    loader works in this thread). A repetition's time of a variant is the mean over its batches.
+    """
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (50_000, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (50_000,), generator=generator)
     common = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26), "classes": [str(i) for i in range(10)]}
     plain = TensorImageDataset(images, labels, **common)
     augmented = TensorImageDataset(images, labels, augment=Augment(crop_padding=4, flip=True), **common)
-    current = loader_module.augment_batch
+    loader_module.padded_source(augmented, augmented.images, augmented.augment)  # built once, untimed
 
-    def run(kind: str, epoch: int) -> float:
-        if kind == "plain":
-            return _time_batches(plain, batches, epoch)
-        loader_module.augment_batch = IMPLEMENTATIONS.get(kind, current)  # type: ignore[assignment]
+    def repetition(epoch: int) -> dict[str, tuple[float, float]]:
+        batches_of = {
+            kind: iter(
+                make_loader(plain if kind == "plain" else augmented, 128, train=True, seed=0, epoch=epoch)
+            )
+            for kind in VARIANTS
+        }
+        spent = {kind: [0.0, 0.0] for kind in VARIANTS}
+        for kind, it in batches_of.items():  # the first batch also draws the epoch's order: untimed
+            loader_module.augment_batch = IMPLEMENTATIONS.get(kind, CURRENT)  # type: ignore[assignment]
+            next(it)
         try:
-            return _time_batches(augmented, batches, epoch)
+            for i in range(batches):
+                shift = i % len(VARIANTS)
+                for kind in VARIANTS[shift:] + VARIANTS[:shift]:
+                    loader_module.augment_batch = IMPLEMENTATIONS.get(kind, CURRENT)  # type: ignore[assignment]
+                    wall, cpu = time.perf_counter(), time.thread_time()
+                    next(batches_of[kind])
+                    spent[kind][0] += time.perf_counter() - wall
+                    spent[kind][1] += time.thread_time() - cpu
         finally:
-            loader_module.augment_batch = current  # type: ignore[assignment]
+            loader_module.augment_batch = CURRENT  # type: ignore[assignment]
+        return {kind: (w / batches, c / batches) for kind, (w, c) in spent.items()}
 
     for w in range(warmup):
-        for kind in VARIANTS:
-            run(kind, w)
+        repetition(w)
     times: dict[str, list[float]] = {kind: [] for kind in VARIANTS}
+    cpu: dict[str, list[float]] = {kind: [] for kind in VARIANTS}
     for r in range(repeats):
-        shift = r % len(VARIANTS)
-        for kind in VARIANTS[shift:] + VARIANTS[:shift]:
-            times[kind].append(run(kind, r))
+        for kind, (wall, thread) in repetition(warmup + r).items():
+            times[kind].append(wall)
+            cpu[kind].append(thread)
+    return {**_summary(times), "times": times, "cpu": {**_summary(cpu), "times": cpu}}
+
+
+def _summary(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Median seconds per batch of each variant and the median of its paired ratios to ``plain``."""
     medians = {kind: statistics.median(v) for kind, v in times.items()}
     paired = {
         kind: statistics.median(a / b for a, b in zip(times[kind], times["plain"], strict=True))
         for kind in VARIANTS[1:]
     }
-    return {"seconds_per_batch": medians, "ratio_to_plain": paired, "times": times}
+    return {"seconds_per_batch": medians, "ratio_to_plain": paired}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     check_identical()
     result = measure(repeats=args.repeats, batches=args.batches, warmup=args.warmup)
     med, ratio = result["seconds_per_batch"], result["ratio_to_plain"]
-    print("variant       ms/batch  ratio to plain (paired median)")
+    cmed, cratio = result["cpu"]["seconds_per_batch"], result["cpu"]["ratio_to_plain"]
+    print("variant       wall ms/batch  ratio to plain (paired median)  CPU ms/batch  CPU ratio")
     for kind in VARIANTS:
-        r = ratio.get(kind, 1.0)
-        print(f"{kind:<12} {med[kind] * 1e3:9.3f}  {r:6.2f}")
+        print(
+            f"{kind:<12} {med[kind] * 1e3:14.3f}  {ratio.get(kind, 1.0):30.2f}"
+            f"  {cmed[kind] * 1e3:12.3f}  {cratio.get(kind, 1.0):9.2f}"
+        )
     record = {
         "benchmark": "augment_speed",
         "command": " ".join(["benchmarks/augment_speed.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -32,6 +32,8 @@ from prunelab.data import (
     stratified_split,
 )
 from prunelab.data import cifar as cifar_module
+from prunelab.data import loader as loader_module
+from prunelab.data.loader import padded_source
 from prunelab.errors import ConfigError, DataNotFoundError
 
 # ----------------------------------------------------------------------------------------------------
@@ -741,6 +743,13 @@ def test_augment_batch_equals_the_padded_crop_and_flip_bit_for_bit(shape, dtype,
         assert torch.equal(gathered.nan_to_num(0), out.nan_to_num(0)) and torch.equal(
             gathered.isnan(), out.isnan()
         )
+        # The loader's one-gather path: the same batch straight from the pool's padded source.
+        source = padded_source(pool, pool, policy)
+        assert source is not None
+        direct = augment_batch(pool, policy, torch.Generator().manual_seed(seed), index=index, source=source)
+        assert torch.equal(direct.nan_to_num(0), out.nan_to_num(0)) and torch.equal(
+            direct.isnan(), out.isnan()
+        )
 
 
 def test_augment_batch_offsets_and_flips_are_uniform() -> None:
@@ -755,6 +764,21 @@ def test_augment_batch_offsets_and_flips_are_uniform() -> None:
         counts[dy, dx, int(flipped)] += 1
     # 400 samples over 18 equally likely cells: about 22 each; a skewed draw would empty some cells.
     assert counts.min() > 5 and counts.max() < 45
+
+
+def test_loader_gathers_from_the_padded_source_unless_it_is_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ds = _toy(n=16, augment=Augment(crop_padding=2, flip=True))
+    with_source = [x for x, _ in make_loader(ds, 8, train=True, seed=3)]
+    source = padded_source(ds, ds.images, ds.augment)
+    assert source is not None and source.numel() == 2 * 16 * 3 * 12 * 12  # (8 + 2*2)^2 per plane, mirrored
+    assert padded_source(ds, ds.images, ds.augment) is source  # built once per dataset
+    monkeypatch.setattr(loader_module, "SOURCE_MAX_BYTES", source.numel() - 1)
+    assert padded_source(_toy(n=16, augment=ds.augment), ds.images, ds.augment) is None
+    without = [x for x, _ in make_loader(_toy(n=16, augment=ds.augment), 8, train=True, seed=3)]
+    assert len(with_source) == len(without) == 2
+    assert all(torch.equal(a, b) for a, b in zip(with_source, without, strict=True))
 
 
 def test_loader_augments_only_in_training() -> None:

@@ -1,18 +1,20 @@
 """A light batch loader for in-memory datasets: seeded shuffling, vectorised augmentation, DDP sharding.
 
 ``torch.utils.data.DataLoader`` collates sample by sample in Python, which dominates the step time of a
-small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor (in training
-with augmentation, straight into a buffer beside its mirror image), one more ``index_select`` over a
-window view plus one masking multiplication that perform the random crops and flips of the whole batch
-at once (on whatever device the images live), and one fused multiply-add for the normalisation.
-Shuffling and augmentation draw from generators seeded from ``(seed, epoch)``, so a run is reproducible
-and independent of the global RNG state.
+small CNN on a 2-core CPU. Here a batch is one ``index_select`` on the uint8 image tensor and one fused
+multiply-add for the normalisation. In training with augmentation, the random crops and flips of the
+whole batch are one more ``index_select`` over a window view of the dataset's padded source (the images
+zero-padded, beside their mirror image, built once per dataset: :func:`padded_source`); a dataset too
+large for that source is gathered into a buffer beside its mirror batch by batch and masked instead.
+Either way it runs on whatever device the images live. Shuffling and augmentation draw from generators
+seeded from ``(seed, epoch)``, so a run is reproducible and independent of the global RNG state.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,7 +24,7 @@ from torch.utils.data import Dataset
 from prunelab.data.dataset import Augment, TensorImageDataset
 from prunelab.errors import ConfigError
 
-__all__ = ["BatchLoader", "augment_batch", "make_loader"]
+__all__ = ["BatchLoader", "augment_batch", "make_loader", "padded_source"]
 
 # Distinct streams for the shuffle order and for the augmentation draws, so that changing the
 # augmentation policy does not change which samples land in which batch.
@@ -90,27 +92,120 @@ def _crop_tables(
     )
 
 
+#: The most memory (bytes) the loader spends on one dataset's padded source (:func:`padded_source`); a
+#: dataset whose source would be larger is augmented batch by batch instead. CIFAR-10's 50,000 training
+#: images with a 4-pixel padding and flips take 480 MB (3.1x the images).
+SOURCE_MAX_BYTES = 2 << 30
+
+# Padded sources by owner (a dataset) and (padding, flip, device, storage): built once, dropped with
+# the owner.
+_SOURCES: weakref.WeakKeyDictionary[object, dict[tuple[object, ...], torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def padded_source(owner: object, images: torch.Tensor, policy: Augment) -> torch.Tensor | None:
+    """The flat ``[images zero-padded by P on every side | its flat mirror image]`` of ``owner``'s images.
+
+    With it, :func:`augment_batch` crops and flips a batch in one ``index_select`` straight from the
+    dataset: every window of ``W`` entries of a padded row is a cropped row (zeros where the padding is),
+    and the same window read backwards, i.e. read forwards in the mirror, is the flipped one — no copy
+    of the batch, no flip and no masking per batch. Built once per owner (a dataset) and policy, on the
+    images' device, in ``2 (1 + 2P/H)(1 + 2P/W)`` times the images' memory (without flips, half); ``None``
+    when that exceeds :data:`SOURCE_MAX_BYTES` or the policy does nothing.
+    """
+    if not policy.active:
+        return None
+    n, c, h, w = images.shape
+    p, halves = policy.crop_padding, 2 if policy.flip else 1
+    if halves * n * c * (h + 2 * p) * (w + 2 * p) * images.element_size() > SOURCE_MAX_BYTES:
+        return None
+    key = (p, policy.flip, images.device, images.data_ptr(), tuple(images.shape))
+    cache = _SOURCES.setdefault(owner, {})
+    if key not in cache:
+        cache.clear()  # one source per owner: a new policy or storage replaces the old one
+        source = images.new_zeros(halves, n, c, h + 2 * p, w + 2 * p)
+        source[0, :, :, p : p + h, p : p + w] = images
+        flat = source.view(-1)
+        if policy.flip:
+            half = flat.numel() // 2
+            flat[half:] = flat[:half].flip(0)
+        cache[key] = flat
+    return cache[key]
+
+
+@functools.lru_cache(maxsize=8)
+def _source_tables(
+    n: int, c: int, h: int, w: int, p: int, flip: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lookup tables of the one-gather path of :func:`augment_batch` for a padded source of ``n`` images.
+
+    Codes as in :func:`_crop_tables`. Returns ``sign`` ``(K, 1, 1)`` (``-1`` for a flipped code), ``rows``
+    ``(K, c, h)``: each output row's window start relative to ``sign * image start``, and the code
+    weights ``(2, 1, 1, 1)``.
+    """
+    hp, wp = h + 2 * p, w + 2 * p
+    k_offsets = 2 * p + 1
+    dy = torch.arange(k_offsets, device=device).view(k_offsets, 1, 1, 1, 1)
+    dx = torch.arange(k_offsets, device=device).view(1, k_offsets, 1, 1, 1)
+    channel = torch.arange(c, device=device).view(1, 1, 1, c, 1) * (hp * wp)
+    row = torch.arange(h, device=device).view(1, 1, 1, 1, h)
+    plain = channel + (row + dy) * wp + dx  # (n, n, 1, c, h): the crop's row, read forwards
+    # Flipped: the same entries read backwards, i.e. the mirror window that ends where the plain one
+    # starts (mirror position 2M - 1 - q holds source position q, M the size of one half).
+    half = n * c * hp * wp
+    flipped = torch.arange(2, device=device).view(1, 1, 2, 1, 1).bool()
+    rows = torch.where(flipped, (2 * half - w) - plain, plain)
+    codes = 2 * k_offsets * k_offsets
+    sign = torch.tensor([1, -1], device=device).repeat(k_offsets * k_offsets).view(codes, 1, 1)
+    return sign, rows.reshape(codes, c, h), torch.tensor([2 * k_offsets, 2], device=device).view(2, 1, 1, 1)
+
+
+def _draw_codes(
+    b: int, policy: Augment, generator: torch.Generator, weights: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Each sample's draw as a code (see :func:`_crop_tables`): row offset, column offset, then flip,
+    drawn in that order from the CPU ``generator`` (the same draws on every device)."""
+    p = policy.crop_padding
+    code = torch.zeros(b, 1, 1, dtype=torch.int64, device=device)
+    if p > 0:
+        offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
+        code = (offsets.to(device) * weights).sum(0)
+    if policy.flip:
+        code = code + (torch.rand(b, 1, 1, generator=generator) < 0.5).to(device)
+    return code.view(-1)
+
+
 def augment_batch(
-    images: torch.Tensor, policy: Augment, generator: torch.Generator, *, index: torch.Tensor | None = None
+    images: torch.Tensor,
+    policy: Augment,
+    generator: torch.Generator,
+    *,
+    index: torch.Tensor | None = None,
+    source: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply a random crop (after zero padding) and/or horizontal flip to every image of a batch.
 
-    Every output row is ``W`` consecutive entries of the batch, read forwards (plain) or backwards
-    (flipped), with the entries that fall in the zero padding cleared. So the batch is copied once into a
-    flat buffer followed by its flat mirror image (reading the mirror forwards reads the batch backwards,
-    which is the flip), ``as_strided`` views the buffer as "the ``W`` entries starting at every position",
-    one ``index_select`` picks one start per output row, and one multiplication by the keep-mask of each
-    sample's drawn crop clears the padding (with ``index``, the batch is gathered from the dataset
-    straight into the buffer). Nothing padded is materialised: a window reaching past either end of its
-    image row reads the neighbouring row (or a ``P``-entry zero margin at either end of the buffer),
-    exactly the entries the mask clears; a row wholly in the padding reads a real row, cleared whole. The
-    starts and masks of every possible draw are cached tables (:func:`_crop_tables`), so a batch costs a
-    handful of ops.
+    Every output row is ``W`` consecutive entries of a zero-padded image row, read forwards (plain) or
+    backwards (flipped). With ``source`` (the images' :func:`padded_source`) and ``index``, that is all it
+    does: ``as_strided`` views the source as "the ``W`` entries starting at every position" and one
+    ``index_select`` picks one start per output row, the flipped ones in the mirror half (reading the
+    mirror forwards reads the images backwards, which is the flip).
+
+    Without a source, nothing padded is materialised: the batch is copied once into a flat buffer
+    followed by its flat mirror image (with ``index``, gathered from the dataset straight into it), the
+    same kind of window ``index_select`` picks the rows, and one multiplication by the keep-mask of each
+    sample's drawn crop clears the padding: a window reaching past either end of its image row reads the
+    neighbouring row (or a ``P``-entry zero margin at either end of the buffer), exactly the entries the
+    mask clears; a row wholly in the padding reads a real row, cleared whole. The starts (and masks) of
+    every possible draw are cached tables (:func:`_crop_tables`, :func:`_source_tables`), so a batch
+    costs a handful of ops either way.
 
     Each sample draws a row offset, a column offset and a flip bit, in that order, from the CPU
     ``generator``; the result is bit for bit the crop of the zero-padded image at those offsets, flipped
-    when the bit is set (the batches of the earlier padded-buffer and two-gather implementations, for the
-    same draws). It runs on the device of ``images``, so the same seed gives the same batch on every device.
+    when the bit is set — the same batch with or without a source (and as the earlier padded-buffer and
+    two-gather implementations gave, for the same draws). It runs on the device of ``images``, so the
+    same seed gives the same batch on every device.
 
     Args:
         images: ``(B, C, H, W)`` tensor of any dtype (uint8 in the loader), on any device; with ``index``,
@@ -119,6 +214,8 @@ def augment_batch(
         generator: a CPU source of randomness (crop offsets first, then flip bits).
         index: the batch is ``images[index]`` (on the device of ``images``), gathered straight into the
             working buffer: the loader's way, one copy of the batch fewer than gathering it first.
+        source: ``padded_source(owner, images, policy)`` for these ``images`` and this ``policy``, used
+            with ``index``: the batch is then one gather from it.
 
     Returns:
         A new tensor with the shape, dtype and device of the batch.
@@ -128,9 +225,16 @@ def augment_batch(
     if not policy.active or images.shape[0] == 0:
         return images
     b = images.shape[0] if index is None else index.numel()
-    _, c, h, w = images.shape
+    n, c, h, w = images.shape
     p = policy.crop_padding
     dev = images.device
+    if source is not None and index is not None:
+        sign, rows, weights = _source_tables(n, c, h, w, p, policy.flip, dev)
+        code = _draw_codes(b, policy, generator, weights, dev)
+        first = index.to(dev).view(b, 1, 1) * (c * (h + 2 * p) * (w + 2 * p))  # each image's start
+        starts = first * sign.index_select(0, code) + rows.index_select(0, code)
+        windows = source.as_strided((source.numel() - w + 1, w), (1, 1))
+        return windows.index_select(0, starts.view(-1)).view(b, c, h, w)
     m = b * c * h * w
     planes, sign, rows, keep, weights, margin = _crop_tables(b, c, h, w, p, images.dtype, dev)
     # [margin p | batch | mirror | margin p]: a window starts at most p entries before the batch and ends
@@ -146,13 +250,7 @@ def augment_batch(
         torch.index_select(images, 0, index, out=batch.view(b, c, h, w))
     if policy.flip:
         buffer[p + m : p + 2 * m] = batch.flip(0)
-    code = torch.zeros(b, 1, 1, dtype=torch.int64, device=dev)
-    if p > 0:
-        offsets = torch.randint(0, 2 * p + 1, (2, b, 1, 1), generator=generator)
-        code = (offsets.to(dev) * weights).sum(0)
-    if policy.flip:
-        code = code + (torch.rand(b, 1, 1, generator=generator) < 0.5).to(dev)
-    code = code.view(-1)
+    code = _draw_codes(b, policy, generator, weights, dev)
     starts = planes * sign.index_select(0, code) + rows.index_select(0, code)
     windows = buffer.as_strided((buffer.numel() - w + 1, w), (1, 1))
     out = windows.index_select(0, starts.view(-1)).view(b, c, h, w)
@@ -263,11 +361,12 @@ class BatchLoader:
         policy = ds.augment if fast and self.train else Augment()
         # Each rank augments its own samples, so the augmentation stream includes the rank.
         gen = _generator(self.seed, self.epoch, _AUGMENT_STREAM, self.rank) if policy.active else None
+        source = padded_source(ds, ds.images, policy) if gen is not None else None
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if fast:
                 if gen is not None:
-                    images = augment_batch(ds.images, policy, gen, index=idx)
+                    images = augment_batch(ds.images, policy, gen, index=idx, source=source)
                     yield ds.normalize(images), ds.labels.index_select(0, idx)
                 else:
                     yield ds.get_batch(idx)
