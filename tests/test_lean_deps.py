@@ -83,3 +83,18 @@ def test_svhn_mat_without_scipy_is_one_line_naming_the_extra(tmp_path: Path) -> 
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     core = pyproject.split("[project.optional-dependencies]")[0]
     assert "scipy" not in core and 'svhn = ["scipy' in pyproject
+
+
+def test_validate_builds_the_meta_model_without_importing_the_compiler() -> None:
+    """`prunelab validate` builds the recipe's model on the meta device; initialising it must not pull in
+    torch._dynamo (about 4 s: normal_'s meta kernel is a Python decomposition that imports it)."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pretraining" / "cpu_protocol_dense.yaml"
+    code = (
+        "import sys\n"
+        "from prunelab.cli import main\n"
+        f"rc = main(['validate', {str(recipe)!r}])\n"
+        "print(rc, 'torch' in sys.modules, 'torch._dynamo' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-3:] == ["0", "True", "False"], proc.stdout

@@ -212,7 +212,9 @@ def init_weights(model: nn.Module) -> nn.Module:
         ``model``.
     """
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
+        # A model built on the meta device (recipe validation) has nothing to initialise, and normal_'s
+        # meta kernel is a Python decomposition whose first call imports torch._dynamo (about 4 s).
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.is_meta:
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
