@@ -1,7 +1,8 @@
 """Compact per-run records behind a study's tables (imported by the table scripts beside it).
 
 A sweep's run directories hold checkpoints and logs that are too large to commit, but a study's tables
-read only three small files of each run (``summary.json``, ``rounds.csv``, ``config.yaml``) and the
+read only a few small files of each run (``summary.json``, ``rounds.csv``, ``config.yaml``, and the
+per-epoch curve ``metrics.jsonl`` behind a "trained until the loss levels off" statement) and the
 run's row in the sweep index (``sweep.db``: its stage and its ``vars.*`` labels, e.g. ``init``, by
 which the tables group). This module packs those of every finished run under a sweep directory into
 one JSON record (``save``), and writes them back as a sweep directory (``sweep_dir``: run directories
@@ -25,8 +26,8 @@ from typing import Any
 from prunelab.experiments.sweep_index import SweepIndex
 from prunelab.experiments.sweep_spec import RunSpec
 
-#: The files of a run that the tables read; anything else (checkpoints, logs) is left out.
-FILES = ("summary.json", "rounds.csv", "config.yaml")
+#: The files of a run that the tables and their pages read; anything else (checkpoints, logs) is left out.
+FILES = ("summary.json", "rounds.csv", "config.yaml", "metrics.jsonl")
 FORMAT = "prunelab.study-records"
 #: The columns of a run's sweep-index row that a record keeps (what the tables read of it).
 INDEX_COLUMNS = ("id", "stage", "position", "overrides", "vars")
