@@ -13,6 +13,11 @@ import pytest
 from prunelab.data.digits import BUNDLED_DIGITS, read_bundled_digits, read_digits
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (what was imported before stays out of it); never raises."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+
+
 def test_bundled_array_equals_sklearn_exactly() -> None:
     """Every pixel and label of the shipped archive is scikit-learn's (where scikit-learn is installed)."""
     datasets = pytest.importorskip("sklearn.datasets")
@@ -51,7 +56,7 @@ def test_reads_without_sklearn(tmp_path: Path) -> None:
         f"raw = read_digits(Path({str(tmp_path)!r}))\n"
         "print(int(raw.x_train.sum()), int(raw.x_test.sum()), int(raw.y_train.sum()))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     raw = read_digits(tmp_path)
     assert proc.stdout.split() == [
@@ -75,7 +80,7 @@ def test_svhn_mat_without_scipy_is_one_line_naming_the_extra(tmp_path: Path) -> 
         f"sys.exit(main(['run', {str(recipe)!r}, '--data-dir', {str(tmp_path)!r},"
         f" '--out', {str(tmp_path / 'run')!r}]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = _python(code)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -95,6 +100,6 @@ def test_validate_builds_the_meta_model_without_importing_the_compiler() -> None
         f"rc = main(['validate', {str(recipe)!r}])\n"
         "print(rc, 'torch' in sys.modules, 'torch._dynamo' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    proc = _python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-3:] == ["0", "True", "False"], proc.stdout
