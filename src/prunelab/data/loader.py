@@ -97,9 +97,9 @@ def _crop_tables(
 #: images with a 4-pixel padding and flips take 480 MB (3.1x the images).
 SOURCE_MAX_BYTES = 2 << 30
 
-# Padded sources by owner (a dataset) and (padding, flip, device, storage): built once, dropped with
-# the owner.
-_SOURCES: weakref.WeakKeyDictionary[object, dict[tuple[object, ...], torch.Tensor]] = (
+# One padded source per owner (a dataset), with the (padding, flip, device, storage, shape) it was built
+# for: built once, replaced when those change, dropped with the owner.
+_SOURCES: weakref.WeakKeyDictionary[object, tuple[tuple[object, ...], torch.Tensor]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -121,28 +121,29 @@ def padded_source(owner: object, images: torch.Tensor, policy: Augment) -> torch
     if halves * n * c * (h + 2 * p) * (w + 2 * p) * images.element_size() > SOURCE_MAX_BYTES:
         return None
     key = (p, policy.flip, images.device, images.data_ptr(), tuple(images.shape))
-    cache = _SOURCES.setdefault(owner, {})
-    if key not in cache:
-        cache.clear()  # one source per owner: a new policy or storage replaces the old one
-        source = images.new_zeros(halves, n, c, h + 2 * p, w + 2 * p)
-        source[0, :, :, p : p + h, p : p + w] = images
-        flat = source.view(-1)
-        if policy.flip:
-            half = flat.numel() // 2
-            flat[half:] = flat[:half].flip(0)
-        cache[key] = flat
-    return cache[key]
+    cached = _SOURCES.get(owner)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    source = images.new_zeros(halves, n, c, h + 2 * p, w + 2 * p)
+    source[0, :, :, p : p + h, p : p + w] = images
+    flat = source.view(-1)
+    if policy.flip:
+        half = flat.numel() // 2
+        flat[half:] = flat[:half].flip(0)
+    _SOURCES[owner] = (key, flat)
+    return flat
 
 
 @functools.lru_cache(maxsize=8)
 def _source_tables(
-    n: int, c: int, h: int, w: int, p: int, flip: bool, device: torch.device
+    n: int, c: int, h: int, w: int, p: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lookup tables of the one-gather path of :func:`augment_batch` for a padded source of ``n`` images.
 
     Codes as in :func:`_crop_tables`. Returns ``sign`` ``(K, 1, 1)`` (``-1`` for a flipped code), ``rows``
     ``(K, c, h)``: each output row's window start relative to ``sign * image start``, and the code
-    weights ``(2, 1, 1, 1)``.
+    weights ``(2, 1, 1, 1)``. The flipped codes' rows read the mirror half; a policy without flips never
+    draws them, so one set of tables serves both.
     """
     hp, wp = h + 2 * p, w + 2 * p
     k_offsets = 2 * p + 1
@@ -150,7 +151,7 @@ def _source_tables(
     dx = torch.arange(k_offsets, device=device).view(1, k_offsets, 1, 1, 1)
     channel = torch.arange(c, device=device).view(1, 1, 1, c, 1) * (hp * wp)
     row = torch.arange(h, device=device).view(1, 1, 1, 1, h)
-    plain = channel + (row + dy) * wp + dx  # (n, n, 1, c, h): the crop's row, read forwards
+    plain = channel + (row + dy) * wp + dx  # (2P+1, 2P+1, 1, c, h): the crop's row, read forwards
     # Flipped: the same entries read backwards, i.e. the mirror window that ends where the plain one
     # starts (mirror position 2M - 1 - q holds source position q, M the size of one half).
     half = n * c * hp * wp
@@ -229,7 +230,7 @@ def augment_batch(
     p = policy.crop_padding
     dev = images.device
     if source is not None and index is not None:
-        sign, rows, weights = _source_tables(n, c, h, w, p, policy.flip, dev)
+        sign, rows, weights = _source_tables(n, c, h, w, p, dev)
         code = _draw_codes(b, policy, generator, weights, dev)
         first = index.to(dev).view(b, 1, 1) * (c * (h + 2 * p) * (w + 2 * p))  # each image's start
         starts = first * sign.index_select(0, code) + rows.index_select(0, code)
