@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tp_reference import call, flat_output  # beside this file: one way to call a model and flatten its output
 
 OUT_ENV = "PRUNELAB_ZOO_OUT"
 
@@ -73,24 +74,6 @@ class Outcome:
             "seconds": round(self.seconds, 3),
             **self.details,
         }
-
-
-def call(model: nn.Module, inputs: Any) -> Any:
-    """``model`` applied to a tensor, a tuple (positional) or a dict (keywords)."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
-
-
-def flat(out: Any) -> Tensor:
-    """Every tensor of an output as one float vector (dicts in key order)."""
-    if isinstance(out, Tensor):
-        return out.detach().flatten().float()
-    if isinstance(out, dict):
-        return torch.cat([flat(v) for _, v in sorted(out.items())])
-    return torch.cat([flat(v) for v in out])
 
 
 def batch_size(inputs: Any) -> int:
@@ -158,7 +141,7 @@ def run_check(fn: Callable[[], dict[str, Any] | None]) -> Outcome:
 
 def _reference_output(model: nn.Module, inputs: Any) -> Tensor:
     with torch.no_grad():
-        return flat(call(model, inputs))
+        return flat_output(call(model, inputs))
 
 
 def _masks(model: nn.Module, inputs: Any, exclude: Sequence[str]) -> dict[str, Any]:
@@ -276,7 +259,7 @@ def _save(
     prunelab.save_pruned(small, path, builder=builder, kwargs=kwargs, head=head, example_inputs=inputs)
     with torch.no_grad():
         expected = call(small.eval(), inputs)
-    torch.save({"inputs": inputs, "expected": flat(expected)}, directory / f"{key}.expected.pt")
+    torch.save({"inputs": inputs, "expected": flat_output(expected)}, directory / f"{key}.expected.pt")
     return {"path": str(path), "bytes": path.stat().st_size}
 
 
