@@ -27,6 +27,7 @@ from prunelab.export import (
     ONNX_EXPORTERS,
     SUFFIXES,
     ExportVerificationError,
+    accepted_diff,
     default_export_path,
     export_checkpoint,
     export_model,
@@ -404,6 +405,44 @@ def test_a_collapsed_network_is_flagged_as_a_weak_check(tmp_path: Path) -> None:
     assert report.output_spread == 0.0 and "barely depend on the input" in report.summary_line()
     healthy = export_model(_FixedBatch(), torch.randn(2, 3), tmp_path / "h.pt", "torchscript", latency=False)
     assert healthy.output_spread > 0.1 and "barely" not in healthy.summary_line()
+
+
+class _FrozenMeanScale(nn.Module):
+    """``net(x) · mean|x| / 0.8`` with the mean read into Python: a trace freezes the example's value,
+    which differs from another batch's by about 1 %."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) * (float(x.abs().mean()) / 0.8)
+
+
+def test_accepted_diff_is_absolute_within_unit_outputs_and_relative_above() -> None:
+    assert accepted_diff(1e-4, [torch.tensor([0.5, -0.3])]) == 1e-4
+    assert accepted_diff(1e-4, [torch.tensor([]), torch.tensor([[2.0, -40.0]])]) == pytest.approx(4e-3)
+    # Infinite and NaN outputs say nothing about the rounding scale (the comparison handles them).
+    assert accepted_diff(1e-4, [torch.tensor([float("inf"), float("nan"), 3.0])]) == pytest.approx(3e-4)
+
+
+def test_large_logits_export_within_the_relative_bound_and_wrong_files_still_fail(
+    resnet20: nn.Module, tmp_path: Path
+) -> None:
+    # Logits in the thousands: folding 19 BatchNorms reorders float32 arithmetic whose rounding is ~1e-7 of
+    # the value, far above an absolute 1e-4, for a file that computes the same function.
+    with torch.no_grad():
+        resnet20.linear.weight.mul_(1e2)
+    x = torch.randn(2, 3, 32, 32)
+    report = export_model(resnet20, x, tmp_path / "big.pt", "torchscript", latency=False)
+    assert report.output_scale > 1e3 and report.max_abs_diff > 1e-4
+    assert report.accepted_diff == pytest.approx(1e-4 * report.output_scale)
+    assert report.max_abs_diff <= report.accepted_diff and report.verified
+    # A file that is wrong by about 1 % of the logits is still refused, and nothing is written.
+    wrong = _FrozenMeanScale(resnet20)
+    with pytest.raises(ExportVerificationError, match=r"tolerance 0\.0001 × output scale"):
+        export_model(wrong, x, tmp_path / "wrong.pt", "torchscript", latency=False)
+    assert not (tmp_path / "wrong.pt").exists()
 
 
 def test_bad_arguments_are_one_line_config_errors(tmp_path: Path) -> None:

@@ -515,7 +515,10 @@ def _add_export(sub: Any) -> None:
         "--batch", type=int, default=1, help="batch size of the check and the latency (default: 1)"
     )
     p.add_argument(
-        "--tolerance", type=float, default=1e-4, help="largest accepted max |diff| (default: 1e-4)"
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="accepted max |diff| per unit of output: x the largest |output| when that exceeds 1 (default: 1e-4)",
     )
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.set_defaults(func=cmd_export)

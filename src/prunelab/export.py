@@ -95,6 +95,7 @@ __all__ = [
     "ExportReport",
     "ExportVerificationError",
     "FoldReport",
+    "accepted_diff",
     "check_format",
     "default_export_path",
     "export_checkpoint",
@@ -112,7 +113,9 @@ SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "
 """File suffix of each format (``model.onnx``, ``model.torchscript.pt``, ``model.pt2``)."""
 
 DEFAULT_TOLERANCE = 1e-4
-"""Largest accepted absolute difference between the exported file's outputs and the PyTorch model's."""
+"""Accepted difference per unit of output: outputs pass when their max |diff| from the PyTorch model's is
+at most ``tolerance × max(1, largest |output|)`` (:func:`accepted_diff`) — absolute for outputs within ±1,
+relative above, because float32 rounding grows with the magnitude of what is rounded."""
 
 #: Seeds of the three input batches: verification, second batch size, the exporter's example.
 _SEED_VERIFY, _SEED_SECOND, _SEED_EXAMPLE = 0, 1, 2
@@ -168,13 +171,14 @@ class ExportReport:
         fold_max_abs_diff: largest absolute difference of the folded PyTorch copy from the model.
         max_abs_diff: largest absolute difference of the exported file's outputs from the PyTorch model's
             (unfolded, masks applied), over every output tensor and every verified batch size.
-        tolerance: the accepted ``max_abs_diff``.
+        tolerance: the tolerance asked for (see :data:`DEFAULT_TOLERANCE`).
+        accepted_diff: the largest ``max_abs_diff`` it accepted: ``tolerance × max(1, output_scale)``.
         output_scale: largest absolute value of the PyTorch model's outputs on the verification batches.
         output_spread: largest difference between two samples' outputs within a verification batch
-            (``None`` when every verified batch has one sample). A spread at or below the tolerance means
+            (``None`` when every verified batch has one sample). A spread at or below ``accepted_diff`` means
             the outputs barely depend on the input (a collapsed, e.g. untrained, network), and the check
             proves little; :meth:`summary_line` then says so.
-        verified: ``max_abs_diff <= tolerance`` (always true for a written file).
+        verified: ``max_abs_diff <= accepted_diff`` (always true for a written file).
         batch: batch size of the verification and latency inputs.
         batch_sizes_verified: every batch size the file was run and compared at.
         dynamic_batch: whether the file accepts other batch sizes (checked at a second one).
@@ -197,6 +201,7 @@ class ExportReport:
     fold_max_abs_diff: float
     max_abs_diff: float
     tolerance: float
+    accepted_diff: float
     output_scale: float
     output_spread: float | None
     verified: bool
@@ -219,10 +224,10 @@ class ExportReport:
         where = f"at batch {sizes}" if sizes else "at the example shapes"
         line = (
             f"{self.format}: {self.path} ({_size(self.bytes)}, PyTorch state {_size(self.pytorch_bytes)}), "
-            f"{self.folded_bn} BN folded, verified max |diff| {self.max_abs_diff:.2e} <= {self.tolerance:g} "
+            f"{self.folded_bn} BN folded, verified max |diff| {self.max_abs_diff:.2e} <= {self.accepted_diff:.2g} "
             f"{where}{'' if self.dynamic_batch or not sizes else ' (fixed batch)'}"
         )
-        if self.output_spread is not None and self.output_spread <= self.tolerance:
+        if self.output_spread is not None and self.output_spread <= self.accepted_diff:
             line += (
                 f" (but the outputs barely depend on the input: spread {self.output_spread:.1e} over the "
                 "batch, so the check proves little)"
@@ -284,6 +289,26 @@ def _random_inputs(
     """Seeded random inputs of the shapes and dtypes of ``args``/``kwargs``, leading size ``batch``."""
     new_args, new_kwargs = random_like((tuple(args), dict(kwargs)), seed=seed, size=batch)
     return tuple(new_args), dict(new_kwargs)
+
+
+def accepted_diff(tolerance: float, reference: Sequence[Tensor]) -> float:
+    """The largest max |diff| accepted from outputs that should equal ``reference``:
+    ``tolerance × max(1, largest |value| in reference)`` (finite values only; see :data:`DEFAULT_TOLERANCE`).
+
+    A network whose logits reach 40 rounds them in float32 at about 40× the error of one whose logits stay
+    within ±1, for the same exact arithmetic; an absolute bound would refuse its correct export (a folded
+    BatchNorm alone moves such outputs by ~1e-4)."""
+    return tolerance * max(1.0, _output_scale(reference))
+
+
+def _output_scale(tensors: Sequence[Tensor]) -> float:
+    """Largest finite absolute value in ``tensors`` (0.0 when there is none)."""
+    scale = 0.0
+    for t in tensors:
+        finite = t.detach()[torch.isfinite(t.detach())]
+        if finite.numel():
+            scale = max(scale, float(finite.abs().max()))
+    return scale
 
 
 def _max_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float, str]:
@@ -515,11 +540,12 @@ def _after_norm(bn: nn.Module, z: Tensor, tolerance: float) -> nn.Module | None:
     checked on its input ``z``; else ``None`` (the module is kept, its normalization neutralized)."""
     children = nn.Sequential(*bn.children()).eval()
     normalized = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    own = output_tensors(bn(z))
     try:
-        diff, _ = _max_diff(output_tensors(bn(z)), output_tensors(children(normalized)))
+        diff, _ = _max_diff(own, output_tensors(children(normalized)))
     except Exception:  # noqa: BLE001 - the children do not even run on the normalized tensor
         return None
-    return children if diff <= tolerance else None
+    return children if diff <= accepted_diff(tolerance, own) else None
 
 
 def _replace(model: nn.Module, target: nn.Module, new: nn.Module) -> None:
@@ -581,7 +607,7 @@ def fold_batchnorm(
 
     The pairs are found and checked as the module docstring describes: on ``example_inputs`` (a tensor,
     a tuple of tensors or a dict of keyword tensors) the folded copy must equal ``model`` (in eval mode)
-    within ``tolerance``; a pair that changes the outputs on its own is not folded.
+    within ``tolerance`` (:func:`accepted_diff`); a pair that changes the outputs on its own is not folded.
 
     Returns:
         ``(folded copy, report)``; ``model`` itself is not modified.
@@ -600,6 +626,7 @@ def _fold(
 ) -> tuple[nn.Module, FoldReport]:
     """:func:`fold_batchnorm` given the model's outputs ``reference`` on ``args``/``kwargs``."""
     plain = _bake(model)
+    limit = accepted_diff(tolerance, reference)
     pairs, skipped, inputs = _find_pairs(plain, args, kwargs)
     report = FoldReport(skipped=skipped)
     if not pairs:
@@ -612,20 +639,20 @@ def _fold(
     }
     folded = _apply_folds(plain, pairs, after)
     diff, _ = _max_diff(reference, _run(folded, args, kwargs))
-    if not diff <= tolerance:
+    if not diff <= limit:
         # Some pair changes the function (a conv subclass transforming its weights, say): keep only the
         # pairs that preserve the outputs on their own, then check them together.
         kept = []
         for pair in pairs:
             alone, _ = _max_diff(reference, _run(_apply_folds(plain, [pair], after), args, kwargs))
-            if alone <= tolerance:
+            if alone <= limit:
                 kept.append(pair)
             else:
                 report.skipped[pair[1]] = f"folding into {pair[0]} changes the outputs by {alone:.2e}"
         pairs = kept
         folded = _apply_folds(plain, pairs, after) if pairs else plain
         diff, _ = _max_diff(reference, _run(folded, args, kwargs)) if pairs else (0.0, "")
-        if not diff <= tolerance:
+        if not diff <= limit:
             for _, bn_name in pairs:
                 report.skipped[bn_name] = f"the folds together change the outputs by {diff:.2e}"
             pairs, folded, diff = [], plain, 0.0
@@ -764,9 +791,10 @@ def export_model(
     its BatchNorms folded into their convolutions (:func:`fold_batchnorm`); the copy is exported with an
     automatic-dynamic batch axis where the exporter allows it, loaded back from the exported bytes and run
     on a seeded random batch of the example inputs' shapes at batch size ``batch`` and, when the file
-    accepts other sizes, at a second one. Only when every output tensor is within ``tolerance`` (absolute)
-    of the PyTorch model's (``model`` in eval mode, unfolded, masks applied) is the file written,
-    atomically; otherwise nothing is written to ``path``.
+    accepts other sizes, at a second one. Only when every output tensor is within ``tolerance`` (scaled by
+    the outputs' magnitude when it exceeds 1, :func:`accepted_diff`) of the PyTorch model's (``model`` in
+    eval mode, unfolded, masks applied) is the file written, atomically; otherwise nothing is written to
+    ``path``.
 
     Args:
         model: any ``nn.Module`` on any device; not modified (its training mode included). The file is
@@ -777,7 +805,7 @@ def export_model(
         format: ``"onnx"`` (ONNX Runtime verifies and times it; needs ``prunelab[onnx]``),
             ``"torchscript"`` (traced) or ``"torch-export"`` (a ``.pt2`` ExportedProgram).
         fold_bn: fold BatchNorm layers into their convolutions first.
-        tolerance: the accepted absolute difference.
+        tolerance: the accepted difference per unit of output (:data:`DEFAULT_TOLERANCE`).
         batch: batch size of the verification and latency inputs (default: the example inputs').
         latency: measure the loaded file and the eager model, interleaved, on one thread.
         warmup: untimed rounds before the latency measurement.
@@ -846,7 +874,9 @@ def export_model(
             checks.append((second, s_args, s_kwargs, _run(source, s_args, s_kwargs)))
         except Exception:  # noqa: BLE001 - the model itself runs at one batch size only
             dynamic = False
-    worst, scale, spread = 0.0, 0.0, None
+    worst, spread = 0.0, None
+    expected_all = [t for *_, expected in checks for t in expected]
+    limit = accepted_diff(tolerance, expected_all)
     verified_sizes: list[int] = []
     for size, c_args, c_kwargs, expected in checks:
         try:
@@ -860,10 +890,11 @@ def export_model(
                 f"nothing was written to {path} — try another format"
             ) from None
         diff, where = _max_diff(expected, got)
-        if not diff <= tolerance:
+        if not diff <= limit:
             raise ExportVerificationError(
-                f"the exported {fmt} file differs from the PyTorch model: max |diff| {diff:.3e} > tolerance "
-                f"{tolerance:g} ({where}, batch {size}); nothing was written to {path} — "
+                f"the exported {fmt} file differs from the PyTorch model: max |diff| {diff:.3e} > {limit:.3g} "
+                f"(tolerance {tolerance:g} × output scale) ({where}, batch {size}); nothing was written to "
+                f"{path} — "
                 + (
                     "a trace freezes Python control flow and values read from tensors; "
                     if fmt == "torchscript"
@@ -873,7 +904,6 @@ def export_model(
             )
         worst = max(worst, diff)
         values = [t.detach().double() for t in expected if t.numel()]
-        scale = max([scale, *(float(t.abs().max()) for t in values)])
         if size is not None and size > 1:
             spread = max([spread or 0.0, *(float((t - t[:1]).abs().max()) for t in values if t.dim())])
         if size is not None:
@@ -896,9 +926,10 @@ def export_model(
         bn_subclasses=dict(folds.subclasses),
         fold_max_abs_diff=folds.max_abs_diff,
         max_abs_diff=worst,
-        output_scale=scale,
+        output_scale=_output_scale(expected_all),
         output_spread=spread,
         tolerance=float(tolerance),
+        accepted_diff=limit,
         verified=True,
         batch=batch,
         batch_sizes_verified=verified_sizes,
