@@ -76,7 +76,15 @@ from torch.overrides import TorchFunctionMode
 
 from prunelab._io import atomic_write_bytes, atomic_write_json
 from prunelab.core import masking
-from prunelab.core.inputs import as_call, is_shape, output_tensors, random_like
+from prunelab.core.inputs import (
+    accepted_diff,
+    as_call,
+    is_shape,
+    max_abs_diff,
+    output_scale,
+    output_tensors,
+    random_like,
+)
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
 from prunelab.metrics.speed import (
@@ -289,44 +297,6 @@ def _random_inputs(
     """Seeded random inputs of the shapes and dtypes of ``args``/``kwargs``, leading size ``batch``."""
     new_args, new_kwargs = random_like((tuple(args), dict(kwargs)), seed=seed, size=batch)
     return tuple(new_args), dict(new_kwargs)
-
-
-def accepted_diff(tolerance: float, reference: Sequence[Tensor]) -> float:
-    """The largest max |diff| accepted from outputs that should equal ``reference``:
-    ``tolerance × max(1, largest |value| in reference)`` (finite values only; see :data:`DEFAULT_TOLERANCE`).
-
-    A network whose logits reach 40 rounds them in float32 at about 40× the error of one whose logits stay
-    within ±1, for the same exact arithmetic; an absolute bound would refuse its correct export (a folded
-    BatchNorm alone moves such outputs by ~1e-4)."""
-    return tolerance * max(1.0, _output_scale(reference))
-
-
-def _output_scale(tensors: Sequence[Tensor]) -> float:
-    """Largest finite absolute value in ``tensors`` (0.0 when there is none)."""
-    scale = 0.0
-    for t in tensors:
-        finite = t.detach()[torch.isfinite(t.detach())]
-        if finite.numel():
-            scale = max(scale, float(finite.abs().max()))
-    return scale
-
-
-def _max_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float, str]:
-    """Largest absolute difference over paired outputs and a description of where it is."""
-    if len(reference) != len(got):
-        return float("inf"), f"{len(got)} output tensors instead of {len(reference)}"
-    worst, where = 0.0, "output 0"
-    for k, (a, b) in enumerate(zip(reference, got, strict=True)):
-        if tuple(a.shape) != tuple(b.shape):
-            return float("inf"), f"output {k} has shape {tuple(b.shape)} instead of {tuple(a.shape)}"
-        a, b = a.detach().double(), b.detach().double()
-        # Equal infinities and NaN where the model has NaN count as agreement; any other NaN as infinite.
-        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
-        diff = torch.where(same, torch.zeros_like(a), (a - b).abs()).nan_to_num(nan=float("inf"))
-        value = float(diff.max()) if diff.numel() else 0.0
-        if value > worst:
-            worst, where = value, f"output {k}"
-    return worst, where
 
 
 @contextlib.contextmanager
@@ -542,7 +512,7 @@ def _after_norm(bn: nn.Module, z: Tensor, tolerance: float) -> nn.Module | None:
     normalized = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
     own = output_tensors(bn(z))
     try:
-        diff, _ = _max_diff(own, output_tensors(children(normalized)))
+        diff, _ = max_abs_diff(own, output_tensors(children(normalized)))
     except Exception:  # noqa: BLE001 - the children do not even run on the normalized tensor
         return None
     return children if diff <= accepted_diff(tolerance, own) else None
@@ -638,20 +608,20 @@ def _fold(
         if _has_own_forward(modules[bn])
     }
     folded = _apply_folds(plain, pairs, after)
-    diff, _ = _max_diff(reference, _run(folded, args, kwargs))
+    diff, _ = max_abs_diff(reference, _run(folded, args, kwargs))
     if not diff <= limit:
         # Some pair changes the function (a conv subclass transforming its weights, say): keep only the
         # pairs that preserve the outputs on their own, then check them together.
         kept = []
         for pair in pairs:
-            alone, _ = _max_diff(reference, _run(_apply_folds(plain, [pair], after), args, kwargs))
+            alone, _ = max_abs_diff(reference, _run(_apply_folds(plain, [pair], after), args, kwargs))
             if alone <= limit:
                 kept.append(pair)
             else:
                 report.skipped[pair[1]] = f"folding into {pair[0]} changes the outputs by {alone:.2e}"
         pairs = kept
         folded = _apply_folds(plain, pairs, after) if pairs else plain
-        diff, _ = _max_diff(reference, _run(folded, args, kwargs)) if pairs else (0.0, "")
+        diff, _ = max_abs_diff(reference, _run(folded, args, kwargs)) if pairs else (0.0, "")
         if not diff <= limit:
             for _, bn_name in pairs:
                 report.skipped[bn_name] = f"the folds together change the outputs by {diff:.2e}"
@@ -889,7 +859,7 @@ def export_model(
                 f"the exported {fmt} file fails to run on the verification batch ({_first_line(exc)}); "
                 f"nothing was written to {path} — try another format"
             ) from None
-        diff, where = _max_diff(expected, got)
+        diff, where = max_abs_diff(expected, got)
         if not diff <= limit:
             raise ExportVerificationError(
                 f"the exported {fmt} file differs from the PyTorch model: max |diff| {diff:.3e} > {limit:.3g} "
@@ -926,7 +896,7 @@ def export_model(
         bn_subclasses=dict(folds.subclasses),
         fold_max_abs_diff=folds.max_abs_diff,
         max_abs_diff=worst,
-        output_scale=_output_scale(expected_all),
+        output_scale=output_scale(expected_all),
         output_spread=spread,
         tolerance=float(tolerance),
         accepted_diff=limit,

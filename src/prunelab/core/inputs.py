@@ -4,7 +4,8 @@ Structured pruning traces the model once and verifies the result on a batch, so 
 the way their ``forward`` wants. Everything that calls a user's model with example inputs goes through
 here: :func:`as_call` turns the three accepted forms (and the legacy ``(C, H, W)`` shape of one image)
 into ``(args, kwargs)``; :func:`output_tensors` flattens what came back (a tensor, a tuple or list, a
-dict, nested), so outputs of any structure can be compared.
+dict, nested), so outputs of any structure can be compared, and :func:`accepted_diff` says by how much
+two such outputs may differ when they should be equal.
 
 The forms:
 
@@ -16,7 +17,7 @@ The forms:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,10 +27,13 @@ from prunelab.errors import ConfigError
 
 __all__ = [
     "ExampleInputs",
+    "accepted_diff",
     "as_call",
     "call_model",
     "describe_inputs",
     "is_shape",
+    "max_abs_diff",
+    "output_scale",
     "output_tensors",
     "random_like",
 ]
@@ -105,6 +109,50 @@ def output_tensors(value: object) -> list[Tensor]:
     if isinstance(value, (tuple, list)):
         return [t for item in value for t in output_tensors(item)]
     return []
+
+
+def max_abs_diff(reference: Sequence[Tensor], got: Sequence[Tensor]) -> tuple[float, str]:
+    """Largest absolute difference over paired output tensors, and where it is (``"output k"``, or why
+    the two cannot be compared: another count or shape of tensors, then the difference is infinite).
+
+    Equal infinities, and NaN where the reference has NaN, count as agreement; any other NaN as an
+    infinite difference. Compared in float64, so the comparison adds no rounding of its own."""
+    if len(reference) != len(got):
+        return float("inf"), f"{len(got)} output tensors instead of {len(reference)}"
+    worst, where = 0.0, "output 0"
+    for k, (a, b) in enumerate(zip(reference, got, strict=True)):
+        if tuple(a.shape) != tuple(b.shape):
+            return float("inf"), f"output {k} has shape {tuple(b.shape)} instead of {tuple(a.shape)}"
+        a, b = a.detach().double(), b.detach().double()
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        diff = torch.where(same, torch.zeros_like(a), (a - b).abs()).nan_to_num(nan=float("inf"))
+        value = float(diff.max()) if diff.numel() else 0.0
+        if value > worst:
+            worst, where = value, f"output {k}"
+    return worst, where
+
+
+def output_scale(tensors: Sequence[Tensor]) -> float:
+    """Largest finite absolute value in ``tensors`` (0.0 when there is none)."""
+    scale = 0.0
+    for t in tensors:
+        t = t.detach()
+        finite = t[torch.isfinite(t)]
+        if finite.numel():
+            scale = max(scale, float(finite.abs().max()))
+    return scale
+
+
+def accepted_diff(tolerance: float, reference: Sequence[Tensor]) -> float:
+    """The largest max |diff| accepted from outputs that should equal ``reference``:
+    ``tolerance × max(1, output_scale(reference))`` — absolute for outputs within ±1, relative above.
+
+    Every check of prunelab that two models compute the same function (surgery's equivalence check, the
+    exported file against the model, the sparse form against the dense one, the latency comparison's ONNX
+    file) accepts this much: float32 rounding grows with the magnitude of what is rounded, so a network
+    whose logits reach 60 differs by ~60× more after a correct reordering of its arithmetic than one
+    whose outputs stay within ±1, while a wrong computation differs by a sizeable share of the outputs."""
+    return tolerance * max(1.0, output_scale(reference))
 
 
 def random_like(

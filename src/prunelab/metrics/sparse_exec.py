@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunelab.core.inputs import accepted_diff, max_abs_diff, output_tensors
 from prunelab.core.masking import bake
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
@@ -371,27 +372,17 @@ def to_sparse(
                 _set_module(converted, name, _sparse_form(layers[name]))
             chosen[name] = choice
         choices = [chosen[name] for name in layers]
-        diff = _max_diff(converted(x), expected)
+        diff, _ = max_abs_diff(output_tensors(expected), output_tensors(converted(x)))
     finally:
         torch.set_num_threads(old_threads)
-    scale = max(1.0, float(expected.abs().max())) if isinstance(expected, Tensor) else 1.0
-    if not diff <= rtol * scale:
+    limit = accepted_diff(rtol, output_tensors(expected))
+    if not diff <= limit:
         raise PrunelabError(
             f"to_sparse: the converted model's outputs differ from the original's by {diff:.3g} "
-            f"(tolerance {rtol * scale:.3g}); keep the dense model and report this model"
+            f"(tolerance {limit:.3g}); keep the dense model and report this model"
         )
     report = SparseReport(choices, batch_size, threads or old_threads, margin, diff)
     return converted, report
-
-
-def _max_diff(got: Any, expected: Any) -> float:
-    if isinstance(expected, Tensor):
-        return float((got - expected).abs().max()) if expected.numel() else 0.0
-    if isinstance(expected, (tuple, list)):
-        return max((_max_diff(g, e) for g, e in zip(got, expected, strict=True)), default=0.0)
-    if isinstance(expected, Mapping):
-        return max((_max_diff(got[k], v) for k, v in expected.items()), default=0.0)
-    return 0.0
 
 
 def _choose(name: str, module: nn.Module, x: Tensor | None, forced: str | None, margin: float,

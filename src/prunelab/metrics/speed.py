@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.core.inputs import output_tensors
+from prunelab.core.inputs import accepted_diff, output_tensors
 from prunelab.metrics.latency import interleaved_times
 
 __all__ = [
@@ -220,7 +220,7 @@ def onnx_session(model: nn.Module, x: torch.Tensor, folder: str) -> tuple[Any, d
     probe = torch.cat([x, -x])
     with torch.no_grad():
         expected = model(probe).numpy()
-    scale = max(1.0, float(abs(expected).max()))
+    limit = accepted_diff(ONNX_TOLERANCE, [torch.from_numpy(expected)])
     failures: list[str] = []
     for name in ("torchscript", "dynamo"):
         path = os.path.join(folder, f"{name}_{id(model):x}.onnx")
@@ -232,7 +232,7 @@ def onnx_session(model: nn.Module, x: torch.Tensor, folder: str) -> tuple[Any, d
             failures.append(f"{name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}")
             continue
         diff = float(abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-        if diff <= ONNX_TOLERANCE * scale:
+        if diff <= limit:
             info: dict[str, Any] = {"exporter": name, "max_abs_diff": diff}
             if failures:
                 info["torchscript_failed"] = failures[0]

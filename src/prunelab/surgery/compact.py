@@ -13,7 +13,7 @@ returns the smaller network with a :class:`SurgeryReport`. Three models take par
 * the *compacted* model — Torch-Pruning's physical removal on the folded model.
 
 Verification: the compacted model must reproduce the reference on a batch to ``tolerance`` (max
-absolute output difference); otherwise :class:`SurgeryMismatchError` is raised — a wrong model is
+absolute output difference, per unit of output: :func:`prunelab.core.inputs.accepted_diff`); otherwise :class:`SurgeryMismatchError` is raised — a wrong model is
 never returned silently. Cost: one deep copy and three forward passes (γ-masked, reference, compacted;
 ``fold_shifts=False`` skips the γ-masked one). When the γ-masked model provably computes the reference
 (the removed channels' shifts are 0, e.g. freshly initialised BN layers, and reach every consumer as
@@ -42,7 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from prunelab.core.inputs import ExampleInputs, as_call, output_tensors, random_like
+from prunelab.core.inputs import (
+    ExampleInputs,
+    accepted_diff,
+    as_call,
+    max_abs_diff,
+    output_tensors,
+    random_like,
+)
 from prunelab.core.masking import require_real_weights
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
@@ -512,18 +519,21 @@ def _outputs(model: nn.Module, x: ExampleInputs) -> list[Tensor]:
         model.train(was_training)
 
 
-def _max_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> float:
-    """Max absolute difference of two models' outputs; :class:`SurgeryMismatchError` beyond ``tolerance``."""
+def _verified_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> float:
+    """Max absolute difference of two models' outputs; :class:`SurgeryMismatchError` beyond ``tolerance``
+    (per unit of output: :func:`prunelab.core.inputs.accepted_diff`)."""
     shapes = [tuple(t.shape) for t in want], [tuple(t.shape) for t in got]
     if shapes[0] != shapes[1]:
         raise SurgeryMismatchError(
             f"compacted model's outputs have shapes {shapes[1]}, the masked model's {shapes[0]}; "
             "a model output lost channels (name that layer as the head or exclude it)"
         )
-    diff = max((float((a - b).abs().max()) for a, b in zip(want, got, strict=True) if a.numel()), default=0.0)
-    if not diff <= tolerance:
+    diff, _ = max_abs_diff(want, got)
+    limit = accepted_diff(tolerance, want)
+    if not diff <= limit:
         raise SurgeryMismatchError(
-            f"compacted model differs from the masked model by {diff:.3g} > tolerance {tolerance:g}; "
+            f"compacted model differs from the masked model by {diff:.3g} > {limit:.3g} (tolerance "
+            f"{tolerance:g} × output scale); "
             "this is a surgery bug for this architecture, please report it"
         )
     return diff
@@ -543,7 +553,7 @@ def check_equivalence(
     Raises:
         SurgeryMismatchError: if the difference exceeds ``tolerance`` or the outputs differ in number or shape.
     """
-    return _max_diff(_outputs(reference, x), _outputs(candidate, x), tolerance)
+    return _verified_diff(_outputs(reference, x), _outputs(candidate, x), tolerance)
 
 
 def compact(
@@ -752,7 +762,7 @@ def _compact(
     # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
     graph.remove(work, removed)
     got = _outputs(work, x)
-    diff = _max_diff(want, got, tolerance)
+    diff = _verified_diff(want, got, tolerance)
     shift = None
     if masked_out is not None:
         # The fold may have seen one sample more than the check: compare on the check's samples.
