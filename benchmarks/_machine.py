@@ -7,8 +7,11 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
+
+from prunelab.metrics.latency import cpu_name, machine
+
+__all__ = ["cpu_name", "cpu_timed", "machine_record"]
 
 R = TypeVar("R")
 
@@ -31,17 +34,6 @@ def cpu_timed(fn: Callable[[], R], into: list[float], *, scale: float = 1000.0) 
     return timed
 
 
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_record(load_before: tuple[float, ...] | list[float], **extra: Any) -> dict[str, Any]:
     """The ``machine`` block of a benchmark record: load before (given) and after (now), CPU, threads,
     versions; ``extra`` adds script-specific entries (e.g. the ONNX Runtime version)."""
@@ -50,7 +42,7 @@ def machine_record(load_before: tuple[float, ...] | list[float], **extra: Any) -
     return {
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
-        "cpu": cpu_name(),
+        **machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

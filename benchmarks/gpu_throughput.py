@@ -42,6 +42,7 @@ import torch
 from prunelab._io import atomic_write_json
 from prunelab.data import Augment, TensorImageDataset, load_dataset
 from prunelab.errors import DataNotFoundError
+from prunelab.metrics.latency import cpu_name
 from prunelab.models import build_model
 from prunelab.training import TrainConfig, set_seed, train
 
@@ -53,13 +54,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return "cpu: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu: " + (platform.processor() or "unknown")
+    return "cpu: " + cpu_name()
 
 
 def _synthetic(n: int) -> SimpleNamespace:

@@ -279,9 +279,13 @@ def test_device_auto_is_cpu_without_cuda_and_explicit_cuda_is_refused(
         run_device("cuda:0")
 
 
-def test_run_records_its_device(tmp_path: Path) -> None:
+def test_run_records_its_device_and_cpu(tmp_path: Path) -> None:
     recipe = _recipe(method="magnitude", sparsity=0.5)
     recipe.device = "cpu"
     recipe.eval.latency = False
     summary = run_recipe(recipe, tmp_path, echo=None)
-    assert summary["environment"]["device"] == "cpu"
+    env = summary["environment"]
+    assert env["device"] == "cpu"
+    # The CPU and its kernels' instruction set: the same seed trains to other weights on another one.
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    assert env["cpu"] and env["cpu"] != "unknown"

@@ -587,6 +587,7 @@ def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> 
     """Checkpoint, per-layer and per-round tables, latency, environment and ``summary.json`` (rank 0)."""
     from prunelab import distributed as dist
     from prunelab.metrics import file_size, layer_table
+    from prunelab.metrics.latency import machine
 
     recipe, out, model = run.recipe, run.out, result.model
     save_checkpoint(out / "checkpoint.pt", model, run.arch)
@@ -605,6 +606,7 @@ def _write_run_dir(run: _Run, result: MethodResult, summary: dict[str, Any]) -> 
         "threads": torch.get_num_threads(),
         "device": str(run.device),
         "world_size": dist.world_size(),
+        **machine(),  # the CPU: another one trains the same recipe and seed to other weights
     }
     summary["wall_time_s"] = round(time.perf_counter() - run.started, 3)
     atomic_write_json(out / "summary.json", summary)

@@ -13,6 +13,7 @@ hiccup; the 10th and 90th percentiles show the spread.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +26,26 @@ from torch.nn.utils import parametrize
 
 from prunelab.errors import ConfigError
 
-__all__ = ["file_size", "interleaved_times", "measure_latency"]
+__all__ = ["cpu_name", "file_size", "interleaved_times", "machine", "measure_latency"]
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo`` (Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict[str, str]:
+    """The CPU a figure was measured (or a model trained) on: its model name and the vector instruction
+    set torch's CPU kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``: ``"AVX2"``,
+    ``"AVX512"``, ...). Timings depend on both, and so do trained weights: kernels of another instruction
+    set round differently, so the same recipe and seed train to other weights on another CPU."""
+    return {"cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def interleaved_times(
