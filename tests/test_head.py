@@ -91,7 +91,7 @@ def test_head_registered_first_is_found_and_its_classes_kept() -> None:
     assert graph.head == "fc" and "fc" in graph.excluded
     assert "fc" not in graph.by_name and "hidden" in graph.by_name
     small, report = compact(model, _half(graph), SHAPE, graph=graph)
-    assert report.max_abs_diff <= report.tolerance
+    assert report.max_abs_diff <= report.accepted_diff
     assert small.fc.out_features == 3 and small.hidden.out_features == 8
     assert small(torch.randn(2, *SHAPE)).shape == (2, 3)
 
@@ -103,7 +103,7 @@ def test_conv_classifier_through_channel_graph_and_compact() -> None:
     graph = ChannelGraph(model, SHAPE)
     assert graph.head == "classifier.1" and "classifier.1" not in graph.by_name
     small, report = compact(model, _half(graph), SHAPE, graph=graph)
-    assert report.channels_removed > 0 and report.max_abs_diff <= report.tolerance
+    assert report.channels_removed > 0 and report.max_abs_diff <= report.accepted_diff
     assert small.classifier[1].out_channels == 5  # the classes are kept
     assert small(torch.randn(2, *SHAPE)).shape == (2, 5)
 

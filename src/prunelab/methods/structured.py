@@ -100,7 +100,7 @@ def structured_round(
     model, report = compact(model, keep, ctx.input_shape, graph=graph, tolerance=tolerance, min_keep=min_keep)
     ctx.log(
         f"surgery: removed {report.channels_removed}/{report.channels_before} channels, "
-        f"max |compact - masked| = {report.max_abs_diff:.2e} (tolerance {report.tolerance:g}), "
+        f"max |compact - masked| = {report.max_abs_diff:.2e} (accepted {report.accepted_diff:.2g}), "
         f"{len(report.folds_inexact)} inexact shift folds"
     )
     before = ctx.evaluate(model)

@@ -101,7 +101,9 @@ class SurgeryReport:
         channels_removed: channels removed.
         groups: ``{group: [channels before, channels after]}``.
         max_abs_diff: max |compacted − reference| on the verification batch.
-        tolerance: the accepted maximum.
+        tolerance: the tolerance asked for, per unit of output.
+        accepted_diff: the largest ``max_abs_diff`` it accepted, ``tolerance × max(1, largest |output|)``
+            (:func:`prunelab.core.inputs.accepted_diff`).
         folds_exact: consumers whose constant inputs were folded exactly.
         folds_inexact: ``{consumer: reason}`` where folding is approximate or impossible.
         shift_max_abs_diff: max |compacted − γ-masked| (the effect of the inexact folds; ~0 when all
@@ -113,6 +115,7 @@ class SurgeryReport:
     groups: dict[str, list[int]]
     max_abs_diff: float
     tolerance: float
+    accepted_diff: float
     folds_exact: list[str] = field(default_factory=list)
     folds_inexact: dict[str, str] = field(default_factory=dict)
     shift_max_abs_diff: float | None = 0.0
@@ -125,6 +128,7 @@ class SurgeryReport:
             "groups": self.groups,
             "max_abs_diff": self.max_abs_diff,
             "tolerance": self.tolerance,
+            "accepted_diff": self.accepted_diff,
             "folds_exact": self.folds_exact,
             "folds_inexact": self.folds_inexact,
             "shift_max_abs_diff": self.shift_max_abs_diff,
@@ -519,9 +523,9 @@ def _outputs(model: nn.Module, x: ExampleInputs) -> list[Tensor]:
         model.train(was_training)
 
 
-def _verified_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> float:
-    """Max absolute difference of two models' outputs; :class:`SurgeryMismatchError` beyond ``tolerance``
-    (per unit of output: :func:`prunelab.core.inputs.accepted_diff`)."""
+def _verified_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> tuple[float, float]:
+    """Max absolute difference of two models' outputs and the accepted one; :class:`SurgeryMismatchError`
+    beyond ``tolerance`` (per unit of output: :func:`prunelab.core.inputs.accepted_diff`)."""
     shapes = [tuple(t.shape) for t in want], [tuple(t.shape) for t in got]
     if shapes[0] != shapes[1]:
         raise SurgeryMismatchError(
@@ -536,7 +540,7 @@ def _verified_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: flo
             f"{tolerance:g} × output scale); "
             "this is a surgery bug for this architecture, please report it"
         )
-    return diff
+    return diff, limit
 
 
 def check_equivalence(
@@ -548,12 +552,13 @@ def check_equivalence(
         reference, candidate: the two models.
         x: inputs in any form of :mod:`prunelab.core.inputs` (a tensor, a tuple, a dict); outputs may be
             tensors, tuples, lists or dicts.
-        tolerance: the accepted maximum.
+        tolerance: the accepted difference per unit of output (:func:`prunelab.core.inputs.accepted_diff`).
 
     Raises:
-        SurgeryMismatchError: if the difference exceeds ``tolerance`` or the outputs differ in number or shape.
+        SurgeryMismatchError: if the difference exceeds ``tolerance`` × the output scale, or the outputs differ
+            in number or shape.
     """
-    return _verified_diff(_outputs(reference, x), _outputs(candidate, x), tolerance)
+    return _verified_diff(_outputs(reference, x), _outputs(candidate, x), tolerance)[0]
 
 
 def compact(
@@ -762,7 +767,7 @@ def _compact(
     # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
     graph.remove(work, removed)
     got = _outputs(work, x)
-    diff = _verified_diff(want, got, tolerance)
+    diff, limit = _verified_diff(want, got, tolerance)
     shift = None
     if masked_out is not None:
         # The fold may have seen one sample more than the check: compare on the check's samples.
@@ -778,6 +783,7 @@ def _compact(
         groups=sizes,
         max_abs_diff=diff,
         tolerance=tolerance,
+        accepted_diff=limit,
         folds_exact=exact,
         folds_inexact=inexact,
         shift_max_abs_diff=shift,
