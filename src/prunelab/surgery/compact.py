@@ -13,8 +13,8 @@ returns the smaller network with a :class:`SurgeryReport`. Three models take par
 * the *compacted* model — Torch-Pruning's physical removal on the folded model.
 
 Verification: the compacted model must reproduce the reference on a batch to ``tolerance`` (max
-absolute output difference, per unit of output: :func:`prunelab.core.inputs.accepted_diff`); otherwise :class:`SurgeryMismatchError` is raised — a wrong model is
-never returned silently. Cost: one deep copy and three forward passes (γ-masked, reference, compacted;
+absolute output difference, per unit of output: :func:`prunelab.core.inputs.accepted_diff`); otherwise
+:class:`SurgeryMismatchError` is raised — a wrong model is never returned silently. Cost: one deep copy and three forward passes (γ-masked, reference, compacted;
 ``fold_shifts=False`` skips the γ-masked one). When the γ-masked model provably computes the reference
 (the removed channels' shifts are 0, e.g. freshly initialised BN layers, and reach every consumer as
 exact zeros: see ``_masked_is_reference``), its one pass serves as the reference and nothing needs
