@@ -356,6 +356,55 @@ def test_graph_traces_and_finds_the_head_in_one_forward_pass() -> None:
         ChannelGraph(model, (3, 5, 5, 5))  # the head search's own error, not a Torch-Pruning one
 
 
+def _graph_summary(graph: ChannelGraph) -> list[Any]:
+    members = [
+        [(m.name, m.kind, m.role, m.pairs, m.channel_map, m.dim) for m in g.members] for g in graph.groups
+    ]
+    return [graph.head, graph.excluded, [g.to_dict() for g in graph.groups], members]
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in MODELS.names()]
+)
+def test_graph_traced_on_an_empty_batch_equals_the_one_traced_on_a_batch_of_one(name: str) -> None:
+    model, shape = _build(name)
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: batches.append(int(args[0].shape[0])))
+    empty = ChannelGraph(model, shape)  # a shape: traced on an empty batch
+    one = ChannelGraph(model, torch.zeros(1, *shape))  # a tensor: traced as given
+    assert batches == [0, 1]
+    assert _graph_summary(empty) == _graph_summary(one)
+
+
+class _ViewOverBatch(nn.Module):
+    """``x.view(x.size(0), -1)``: cannot run on an empty batch (-1 is ambiguous for 0 elements)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.conv(x)).relu().view(x.size(0), -1))
+
+
+def _hook_counts(model: nn.Module) -> list[int]:
+    return [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+
+
+def test_a_model_that_cannot_run_on_an_empty_batch_is_traced_on_one_and_keeps_no_hooks() -> None:
+    model = _ViewOverBatch().eval()
+    batches: list[int] = []
+    model.register_forward_pre_hook(lambda _m, args: batches.append(int(args[0].shape[0])))
+    hooks = _hook_counts(model)
+    graph = ChannelGraph(model, (3, 6, 6))
+    assert batches == [0, 1] and [g.name for g in graph.groups] == ["conv"]
+    assert _hook_counts(model) == hooks  # the failed empty-batch trace left none of its hooks behind
+    with pytest.raises(ConfigError, match="cannot run"):
+        ChannelGraph(model, (3, 5, 5))  # fails on both batches: the batch of one's error
+    assert _hook_counts(model) == hooks
+
+
 def test_weight_screen_refuses_nan_and_accepts_sums_that_overflow() -> None:
     torch.manual_seed(0)
     model = _Chain(kernel=1, padding=0).eval()

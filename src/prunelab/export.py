@@ -85,6 +85,7 @@ from prunelab.core.inputs import (
     output_tensors,
     random_like,
 )
+from prunelab.core.modules import copy_model
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
 from prunelab.metrics.speed import (
@@ -547,7 +548,7 @@ def _apply_folds(
 
 def _bake(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with every parametrization baked into plain weights."""
-    plain = copy.deepcopy(model).eval()
+    plain = copy_model(model).eval()
     masking.bake(plain)  # prunelab masks (and anything stacked on them)
     for module in list(plain.modules()):
         if parametrize.is_parametrized(module):
@@ -583,7 +584,7 @@ def fold_batchnorm(
         ``(folded copy, report)``; ``model`` itself is not modified.
     """
     args, kwargs = _split_inputs(example_inputs)
-    reference = _run(copy.deepcopy(model).eval(), args, kwargs)
+    reference = _run(copy_model(model).eval(), args, kwargs)
     return _fold(model, args, kwargs, reference, tolerance)
 
 
@@ -819,7 +820,7 @@ def export_model(
     verify_args, verify_kwargs = _random_inputs(args, kwargs, batch, _SEED_VERIFY)
 
     # The reference: the model as given (masks applied), in eval mode, on a private CPU copy.
-    source = copy.deepcopy(model).cpu().eval()
+    source = copy_model(model).cpu().eval()
     try:
         reference = _run(source, verify_args, verify_kwargs)
     except Exception as exc:  # noqa: BLE001 - the model's own error, on inputs the caller described

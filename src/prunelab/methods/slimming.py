@@ -30,7 +30,6 @@ removed and the measured speed-up.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.core.criterion import GroupMemberLike, MemberGroupCriterion, Stats, score_groups
+from prunelab.core.modules import copy_model
 from prunelab.core.selectors import guard_min_keep, select_channels
 from prunelab.criteria import build_criterion, check_criterion
 from prunelab.dataclass_yaml import build_section
@@ -201,7 +201,7 @@ def _finish(
 
     before = ctx.measure(ctx.model)
     acc_trained = ctx.evaluate(ctx.model)
-    dense_model = copy.deepcopy(ctx.model)
+    dense_model = copy_model(ctx.model)
 
     def record(
         model: nn.Module, report: Any, measures: Mapping[str, int]

@@ -30,7 +30,6 @@ beside the dense one.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from torch.nn.utils import parametrize
 
 from prunelab.core.inputs import accepted_diff, max_abs_diff, output_tensors
 from prunelab.core.masking import bake
+from prunelab.core.modules import copy_model
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.metrics.latency import interleaved_times
 
@@ -338,7 +338,7 @@ def to_sparse(
     """
     _check_args(input_shape, batch_size, margin, max_density, warmup, repeats, threads)
     force = dict(force or {})
-    converted = bake(copy.deepcopy(model)).eval()
+    converted = bake(copy_model(model)).eval()
     layers = {name: m for name, m in converted.named_modules() if _kind(m) is not None}
     unknown = sorted(set(force) - set(layers))
     bad = sorted(k for k, v in force.items() if v not in _FORMS and k in layers)

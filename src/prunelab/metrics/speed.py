@@ -15,7 +15,6 @@ on this floor, below :mod:`prunelab.export`, so that the metrics do not import t
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 import logging
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.core.inputs import accepted_diff, output_tensors
+from prunelab.core.modules import copy_model
 from prunelab.metrics.latency import interleaved_times
 
 __all__ = [
@@ -270,7 +270,7 @@ def compare_latency(
     device = next(dense.parameters()).device
     # The CPU figures are the point of the comparison, so a model trained on a GPU is timed through
     # a CPU copy; the GPU's own figures are recorded beside them.
-    models = [m if device.type == "cpu" else copy.deepcopy(m).cpu() for m in (dense, compact)]
+    models = [m if device.type == "cpu" else copy_model(m).cpu() for m in (dense, compact)]
     for m in (dense, compact, *models):
         m.eval()
     gen = torch.Generator().manual_seed(0)

@@ -38,7 +38,6 @@ lottery-ticket rewinding also rewinds the basis (``rewind_basis=True``).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -49,6 +48,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.core import masking
+from prunelab.core.modules import copy_model
 from prunelab.errors import ConfigError
 
 __all__ = [
@@ -480,7 +480,7 @@ def compact_interspace(model: nn.Module) -> nn.Module:
 
     Every other mask is baked into a plain weight of the copy. ``model`` itself is left unchanged.
     """
-    compact = copy.deepcopy(model)
+    compact = copy_model(model)
     for module_name, module, _ in interspace_layers(compact):
         replacement = CompactInterspaceConv2d.from_conv(module)  # type: ignore[arg-type]
         parent_name, _, child = module_name.rpartition(".")

@@ -31,7 +31,6 @@ the consumer (e.g. a residual stream that also carries kept channels) are not fo
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from prunelab.core.inputs import (
     random_like,
 )
 from prunelab.core.masking import require_real_weights
+from prunelab.core.modules import copy_model
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
 from prunelab.surgery.layers import is_channel_mapping
@@ -665,12 +665,12 @@ def find_unremovable(
     bad: dict[str, str] = {}
     start = 0
     while start < len(names):
-        work = copy.deepcopy(model).eval()
+        work = copy_model(model).eval()
         wgraph = ChannelGraph(work, example_inputs, exclude=list(graph.excluded), head=graph.head)
         done = {n: removed[n] for n in names[:start] if n not in bad}
         for name, channels in done.items():
             wgraph.prune(name, channels)
-        zeroed = copy.deepcopy(model).eval()
+        zeroed = copy_model(model).eval()
         zero_channels(zeroed, graph.groups, done)
         failed = None
         for i in range(start, len(names)):
@@ -737,7 +737,7 @@ def _compact(
     # One copy goes through all three models in turn, since each step only changes entries of removed
     # channels (which the removal then drops) or consumer biases (which every later step needs):
     # γ-masked → (shifts folded) → reference → compacted. The outputs of the first two are kept.
-    work = copy.deepcopy(model)
+    work = copy_model(model)
     was_training = work.training
     work.eval()
     _zero(work, graph.groups, removed, "scales")
