@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from prunelab.core import masking
-from prunelab.core.modules import copy_model
+from prunelab.core.modules import copy_model, eval_mode
 from prunelab.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,3 +99,15 @@ def test_masked_layers_and_buffers_sharing_storage_copy_like_deepcopy() -> None:
     assert got.running_mean.untyped_storage().data_ptr() != shared.running_mean.untyped_storage().data_ptr()
     got.running_mean.fill_(2.0)
     assert torch.equal(got.alias, torch.full((2,), 2.0)) and torch.equal(shared.alias, torch.zeros(2))
+
+
+def test_eval_mode_restores_mixed_modes_exactly() -> None:
+    model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32)).train()
+    model.bn1.eval()  # a frozen norm inside a training model
+    before = [m.training for m in model.modules()]
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before  # model.train(True) would have unfrozen bn1
+    with pytest.raises(RuntimeError), eval_mode(model):
+        raise RuntimeError
+    assert [m.training for m in model.modules()] == before

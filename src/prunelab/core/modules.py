@@ -1,4 +1,6 @@
-"""A faithful deep copy of a module tree, at about half the cost of ``copy.deepcopy`` on deep CNNs.
+"""Module-tree helpers on the surgery's path: a faithful deep copy, and eval mode that restores exactly.
+
+:func:`copy_model` is a deep copy at about a third of the cost of ``copy.deepcopy`` on deep CNNs.
 
 Surgery, export and the speed comparison leave the caller's model untouched, so each starts from a deep
 copy. ``copy.deepcopy`` of an ``nn.Module`` spends most of its time outside the tensors: every module
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["copy_model"]
+__all__ = ["copy_model", "eval_mode"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -40,6 +44,26 @@ _ATOMIC = (
     torch.memory_format,
 )
 _CONTAINERS = (dict, OrderedDict, set, list)
+
+
+@contextmanager
+def eval_mode(model: M) -> Iterator[M]:
+    """``model`` in eval mode inside; afterwards every module's ``training`` flag is what it was.
+
+    ``model.eval()`` then ``model.train(was_training)`` writes the flag of every module twice (through
+    ``nn.Module.__setattr__``: 1.5 ms per call on a ResNet-56) and leaves a model whose modules were in
+    mixed modes (a frozen BatchNorm in a training model) with the top module's mode everywhere. This
+    switches only when some module is training, and restores exactly the flags that changed.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    if any(training for _, training in modes):
+        model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            if module.training != training:
+                module.training = training
 
 
 class _SharedStorage(Exception):

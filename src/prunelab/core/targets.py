@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.core.inputs import call_model, describe_inputs, is_shape, output_tensors
+from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError, UnsupportedModelError
 
 #: Layer kinds that :func:`find_targets` understands, mapped to the module classes they cover.
@@ -197,10 +198,8 @@ def _run_order(
         return hook
 
     handles = [m.register_forward_hook(record(n)) for n, m in candidates.items()]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():
             out = call_model(model, _needing_grad(example))
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -211,7 +210,6 @@ def _run_order(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     return order, output_tensors(out)
 
 

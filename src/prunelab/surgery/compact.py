@@ -50,7 +50,7 @@ from prunelab.core.inputs import (
     random_like,
 )
 from prunelab.core.masking import require_real_weights
-from prunelab.core.modules import copy_model
+from prunelab.core.modules import copy_model, eval_mode
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
 from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
 from prunelab.surgery.layers import is_channel_mapping
@@ -514,13 +514,8 @@ def _full_precision() -> Iterator[None]:
 @torch.no_grad()
 def _outputs(model: nn.Module, x: ExampleInputs) -> list[Tensor]:
     """The output tensors of ``model`` on ``x``, in eval mode and full float32 (its mode restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with _full_precision():
-            return output_tensors(_call(model, x))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _full_precision():
+        return output_tensors(_call(model, x))
 
 
 def _verified_diff(want: Sequence[Tensor], got: Sequence[Tensor], tolerance: float) -> tuple[float, float]:
@@ -738,42 +733,42 @@ def _compact(
     # channels (which the removal then drops) or consumer biases (which every later step needs):
     # γ-masked → (shifts folded) → reference → compacted. The outputs of the first two are kept.
     work = copy_model(model)
-    was_training = work.training
-    work.eval()
-    _zero(work, graph.groups, removed, "scales")
-    masked_out: list[Tensor] | None = None
-    exact: list[str] = []
-    inexact: dict[str, str] = {}
-    want: list[Tensor] | None = None
-    if removed and _masked_is_reference(work, graph.groups, removed):
-        # Nothing can need folding unless a removed channel reaches a consumer as a non-zero constant
-        # (an activation with f(0) != 0): one sample shows whether it does; if it does, the general
-        # path below runs.
-        x = _batch(example_inputs, batch, size=1)
-        out, _, _, zero = _observe_and_fold(work, graph.groups, removed, x, False)
-        if zero:
-            masked_out = want = out  # the reference's outputs too (see _masked_is_reference)
-    if want is None:
-        x = _batch(example_inputs, batch, size=1)
-        if fold_shifts and removed:
-            # Two samples show which removed channels reach a consumer as a constant (a Linear after
-            # global pooling sees one value per sample); the check itself needs only one, as above:
-            # the first of the two, so that the shift diagnostic below compares like with like.
-            x2 = _batch(example_inputs, batch)
-            masked_out, exact, inexact, _ = _observe_and_fold(work, graph.groups, removed, x2, True)
-            x = x2[:1] if batch is None and isinstance(x2, Tensor) else x2
-        _zero(work, graph.groups, removed, "rest")
-        want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
-    # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
-    graph.remove(work, removed)
-    got = _outputs(work, x)
-    diff, limit = _verified_diff(want, got, tolerance)
-    shift = None
-    if masked_out is not None:
-        # The fold may have seen one sample more than the check: compare on the check's samples.
-        pairs = zip(masked_out, got, strict=True)
-        shift = max((float(((a[: len(b)] if b.dim() else a) - b).abs().max()) for a, b in pairs), default=0.0)
-    work.train(was_training)
+    with eval_mode(work):  # the copy returns in the caller's modes
+        _zero(work, graph.groups, removed, "scales")
+        masked_out: list[Tensor] | None = None
+        exact: list[str] = []
+        inexact: dict[str, str] = {}
+        want: list[Tensor] | None = None
+        if removed and _masked_is_reference(work, graph.groups, removed):
+            # Nothing can need folding unless a removed channel reaches a consumer as a non-zero constant
+            # (an activation with f(0) != 0): one sample shows whether it does; if it does, the general
+            # path below runs.
+            x = _batch(example_inputs, batch, size=1)
+            out, _, _, zero = _observe_and_fold(work, graph.groups, removed, x, False)
+            if zero:
+                masked_out = want = out  # the reference's outputs too (see _masked_is_reference)
+        if want is None:
+            x = _batch(example_inputs, batch, size=1)
+            if fold_shifts and removed:
+                # Two samples show which removed channels reach a consumer as a constant (a Linear after
+                # global pooling sees one value per sample); the check itself needs only one, as above:
+                # the first of the two, so that the shift diagnostic below compares like with like.
+                x2 = _batch(example_inputs, batch)
+                masked_out, exact, inexact, _ = _observe_and_fold(work, graph.groups, removed, x2, True)
+                x = x2[:1] if batch is None and isinstance(x2, Tensor) else x2
+            _zero(work, graph.groups, removed, "rest")
+            want = _outputs(_Reference(work, _norm_keeps(work, graph.groups, removed)), x)
+        # The caller's graph, traced on `model`, removes the channels of the copy: no second trace.
+        graph.remove(work, removed)
+        got = _outputs(work, x)
+        diff, limit = _verified_diff(want, got, tolerance)
+        shift = None
+        if masked_out is not None:
+            # The fold may have seen one sample more than the check: compare on the check's samples.
+            pairs = zip(masked_out, got, strict=True)
+            shift = max(
+                (float(((a[: len(b)] if b.dim() else a) - b).abs().max()) for a, b in pairs), default=0.0
+            )
     sizes = {g.name: [g.size, g.size] for g in graph.groups}
     for name, channels in removed.items():
         sizes[name][1] = graph.by_name[name].size - len(channels)

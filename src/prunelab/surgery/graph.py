@@ -37,11 +37,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from prunelab.core.inputs import ExampleInputs, as_call, is_shape
 from prunelab.core.masking import require_real_weights
+from prunelab.core.modules import eval_mode
 from prunelab.core.targets import check_head_name, output_layers
 from prunelab.errors import PrunelabError, UnsupportedModelError
 from prunelab.surgery.layers import ChannelMappingLayer, channel_mapping_types, is_channel_mapping
@@ -251,10 +255,17 @@ def _require_real_weights(model: nn.Module) -> None:
     (a quarter of a second on vgg19's 20 M weights, one thread). Only a tensor failing the screen (a NaN,
     an inf, or finite values whose sum overflows) pays for the exact check, which gives the message.
     """
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_meta or (tensor.is_floating_point() and not bool(tensor.detach().sum().isfinite())):
-            require_real_weights(model, "ChannelGraph")
-            return
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_meta for t in tensors):
+        require_real_weights(model, "ChannelGraph")
+        return
+    sums: dict[torch.device, list[Tensor]] = {}
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            sums.setdefault(tensor.device, []).append(tensor.detach().sum().float())
+    # One read of the result per device, not one per tensor (each read waits for the device).
+    if not all(bool(torch.stack(group).isfinite().all()) for group in sums.values()):
+        require_real_weights(model, "ChannelGraph")
 
 
 def _tp_input(model: nn.Module, example: ExampleInputs) -> Any:
@@ -279,9 +290,38 @@ def _trace(model: nn.Module, example: ExampleInputs, pruners: dict[type, Any]) -
     """
     if is_shape(example):
         # Whatever fails on the empty batch is retried as the caller asked, whose errors are the ones reported.
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), _EmptyBatchNorm():
             return _trace_once(model, as_call(example, model, batch=0)[0][0], pruners)
     return _trace_once(model, example, pruners)
+
+
+class _EmptyBatchNorm(TorchFunctionMode):
+    """Inside it, an eval-mode batch norm of an empty batch is the one ATen kernel it is on a real batch.
+
+    On an empty input, ``F.batch_norm`` computes ``clone · γ[0] + β[0]`` instead (four autograd nodes
+    where a real batch has one), so Torch-Pruning's graph would carry four more element-wise nodes per
+    norm: the same groups, at about twice the graph work on a ResNet-56. ``native_batch_norm`` gives the
+    real batch's single node.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.batch_norm:
+            names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+            bound = dict(zip(names, args, strict=False)) | kwargs
+            x = bound["input"]
+            if x.numel() == 0 and not bound.get("training", False) and bound.get("running_mean") is not None:
+                return torch.ops.aten.native_batch_norm(
+                    x,
+                    bound.get("weight"),
+                    bound.get("bias"),
+                    bound["running_mean"],
+                    bound["running_var"],
+                    False,
+                    float(bound.get("momentum", 0.1)),
+                    float(bound.get("eps", 1e-5)),
+                )[0]
+        return func(*args, **kwargs)
 
 
 def _trace_once(model: nn.Module, inputs: ExampleInputs, pruners: dict[type, Any]) -> tuple[Any, list[str]]:
@@ -368,33 +408,32 @@ class ChannelGraph:
         if head is not None:
             check_head_name(model, head)
         self.refused: dict[str, str] = {}
-        was_training = model.training
-        model.eval()
         pruners = {
             t: (CoupledShortcutPruner() if getattr(t, "couples_channels", False) else ShortcutPruner())
             for t in channel_mapping_types(model)
         }
-        try:
-            self.dg, outputs = _trace(model, example_inputs, pruners)
-            self.head = head if head is not None else outputs[0]
-            self.excluded: dict[str, str] = {self.head: "classifier head: its outputs are the classes"}
-            for name in outputs:
-                self.excluded.setdefault(name, "produces a model output: its channels are part of the output")
-            for name in exclude:
-                self.excluded.setdefault(name, "excluded by the caller")
-            modules = dict(model.named_modules())
-            ignored = [modules[n] for n in self.excluded if n in modules]
-            raw = list(self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES))
-        except PrunelabError:
-            raise  # the head search's own one-line errors (the model cannot run, no layer reaches an output)
-        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
-            raise UnsupportedModelError(
-                f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__}"
-                f"{_construct(exc)} ({type(exc).__name__}: {_one_line(exc)}); prune it with masks "
-                "(prunelab.prune), or exclude the layers around that construct"
-            ) from None
-        finally:
-            model.train(was_training)
+        with eval_mode(model):
+            try:
+                self.dg, outputs = _trace(model, example_inputs, pruners)
+                self.head = head if head is not None else outputs[0]
+                self.excluded: dict[str, str] = {self.head: "classifier head: its outputs are the classes"}
+                for name in outputs:
+                    self.excluded.setdefault(
+                        name, "produces a model output: its channels are part of the output"
+                    )
+                for name in exclude:
+                    self.excluded.setdefault(name, "excluded by the caller")
+                modules = dict(model.named_modules())
+                ignored = [modules[n] for n in self.excluded if n in modules]
+                raw = list(self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES))
+            except PrunelabError:
+                raise  # the head search's own one-line errors (the model cannot run, no layer reaches an output)
+            except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
+                raise UnsupportedModelError(
+                    f"Torch-Pruning cannot trace the channel dependencies of {type(model).__name__}"
+                    f"{_construct(exc)} ({type(exc).__name__}: {_one_line(exc)}); prune it with masks "
+                    "(prunelab.prune), or exclude the layers around that construct"
+                ) from None
         self.groups: list[ChannelGroup] = []
         self._roots: dict[str, nn.Module] = {}
         self._ops: dict[str, list[str]] = {}
