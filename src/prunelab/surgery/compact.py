@@ -458,17 +458,19 @@ def _observe_and_fold(
     inexact: dict[str, str] = {}
     # A consumer called more than once (a shared layer) is only seen at its last call: not proven zero.
     zero = map_zero[0] and all(n == 1 for n in calls.values()) and calls.keys() == wanted.keys()
+    nonzero: list[Tensor] = []
     for name, idx in wanted.items():
         idx = sorted(set(idx))
         layer = model.get_submodule(name)
         # A Linear reads its features from the last dim (also over channels-last maps), a conv from dim 1.
         dim = -1 if isinstance(layer, nn.Linear) else 1
         inp = seen[name].index_select(dim, torch.tensor(idx, device=seen[name].device))
+        if not fold:
+            nonzero.append(inp.any())  # read once for all consumers, below
+            continue
         flat = inp.movedim(dim, 0).reshape(len(idx), -1)
         const = flat.mean(dim=1)
         zero = zero and not bool(flat.any())
-        if not fold:
-            continue
         spread = (flat - const[:, None]).abs().amax() if flat.numel() else torch.tensor(0.0)
         if float(spread) > 1e-5 * (1.0 + float(const.abs().max())):
             inexact[name] = (
@@ -495,6 +497,8 @@ def _observe_and_fold(
             )
         else:
             exact.append(name)
+    if nonzero:
+        zero = zero and not bool(torch.stack([t.to(nonzero[0].device) for t in nonzero]).any())
     return masked_out, exact, inexact, zero
 
 

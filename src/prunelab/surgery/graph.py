@@ -132,11 +132,18 @@ class GroupMember:
     pairs: list[tuple[int, int]]
     channel_map: bool = False
     dim: int | None = None
+    _indices: dict[tuple[int, ...], list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     def indices(self, channels: Sequence[int]) -> list[int]:
-        """Member indices of the given group channels."""
-        wanted = {int(c) for c in channels}
-        return sorted({i for c, i in self.pairs if c in wanted})
+        """Member indices of the given group channels (a fresh list)."""
+        # One surgery asks each member for the same channels several times (zeroing, observation, the
+        # short-path proof): computed once per set of channels.
+        key = tuple(int(c) for c in channels)
+        found = self._indices.get(key)
+        if found is None:
+            wanted = set(key)
+            found = self._indices[key] = sorted({i for c, i in self.pairs if c in wanted})
+        return list(found)
 
 
 @dataclass
