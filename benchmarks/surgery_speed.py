@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import platform
@@ -50,16 +51,16 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
+from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 from torch import nn
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
 from prunelab.core.criterion import score_groups
+from prunelab.core.modules import copy_model
 from prunelab.core.selectors import select_channels
 from prunelab.criteria import build_criterion
 from prunelab.metrics import count_parameters, dense_macs
-from prunelab.metrics.latency import interleaved_times
 from prunelab.models import build_model
 from prunelab.surgery import ChannelGraph, ShortcutPruner, channel_mapping_types, compact
 
@@ -178,17 +179,24 @@ def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
         }
     times: dict[str, list[float]] = {k: [] for k in variants}
     cpu: dict[str, list[float]] = {k: [] for k in variants}
-    timed = {k: cpu_timed(fn, cpu[k], scale=1.0) for k, fn in variants.items()}
+    variants["deepcopy"] = lambda: copy.deepcopy(model)  # Torch-Pruning's side copies with it
+    variants["copy_model"] = lambda: copy_model(model)  # prunelab's side (inside compact)
+    times["deepcopy"], times["copy_model"], cpu["deepcopy"], cpu["copy_model"] = [], [], [], []
     order = list(variants)
     load_before = list(os.getloadavg())
     for rep in range(repeats):
-        # One round of metrics.latency's interleaved timer per repetition, the order reversed every other.
+        # Every variant once per repetition, the order reversed every other one. Before each call the
+        # previous calls' garbage is collected, untimed: Torch-Pruning's graphs are reference cycles, which
+        # Python's cyclic collector would otherwise free in the middle of whichever call comes next.
         keys = order if rep % 2 == 0 else order[::-1]
-        for k, ms in zip(keys, interleaved_times([timed[k] for k in keys], 0, 1), strict=True):
-            times[k].append(ms[0] / 1000.0)
+        for k in keys:
+            gc.collect()
+            wall, thread = time.perf_counter(), time.thread_time()
+            variants[k]()
+            cpu[k].append(time.thread_time() - thread)
+            times[k].append(time.perf_counter() - wall)
         print(f"{name} rep {rep}: " + ", ".join(f"{k} {v[-1]:.3f} s" for k, v in times.items()), flush=True)
-    mine = [k for k in variants if k not in ("torch_pruning", "forward_full", "forward_compacted")]
-    copy_s = statistics.median(t[0] for t in interleaved_times([lambda: copy.deepcopy(model)] * 5, 0, 1))
+    mine = [k for k in variants if k in ("surgery", "prune_channels")]
 
     def ratios(clock: dict[str, list[float]]) -> dict[str, Any]:
         med = {k: statistics.median(v) for k, v in clock.items()}
@@ -201,6 +209,11 @@ def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
             "paired_ratio_median": {
                 k: statistics.median(a / b for a, b in zip(clock[k], tp_t, strict=True)) for k in mine
             },
+            # Both sides without their copy of the model (prunelab's copy_model, Torch-Pruning's deepcopy):
+            # the removal work alone.
+            "ratio_to_tp_without_copies": {
+                k: (med[k] - med["copy_model"]) / (med["torch_pruning"] - med["deepcopy"]) for k in mine
+            },
         }
 
     return {
@@ -210,7 +223,8 @@ def measure(name: str, repeats: int, bn_shift: bool = False) -> dict[str, Any]:
         # The calling thread's CPU time of the same calls (one thread: all of the work), which leaves
         # out the waits of a shared machine that the wall clock counts.
         "cpu": ratios(cpu),
-        "deepcopy_s": copy_s / 1000.0,
+        "deepcopy_s": statistics.median(times["deepcopy"]),
+        "copy_model_s": statistics.median(times["copy_model"]),
         "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "times_s": times,
         "cpu_times_s": cpu,

@@ -135,6 +135,31 @@ def call(model: nn.Module, inputs: ExampleInputs) -> Any:
     return model(inputs)
 
 
+def graph_summary(example: ExampleInputs, model: nn.Module, *, elementwise: bool = False) -> Any:
+    """What ``ChannelGraph(model, example)`` finds, comparable with ``==``: head, exclusions, groups with
+    every member's channel pairs, and the count of Torch-Pruning's graph nodes by type; or the error's type.
+
+    Element-wise nodes are left out of the count unless ``elementwise``: they pass channels through as they
+    are, and their number may differ on an empty batch without changing a group (an empty tensor is
+    contiguous, so ``.contiguous()`` copies nothing and adds no node).
+    """
+    import collections
+
+    from prunelab.surgery import ChannelGraph
+
+    try:
+        graph = ChannelGraph(model, example)
+    except Exception as exc:  # noqa: BLE001 - the kind of failure is what is compared
+        return type(exc).__name__
+    members = [
+        [(m.name, m.kind, m.role, m.pairs, m.channel_map, m.dim) for m in g.members] for g in graph.groups
+    ]
+    nodes = collections.Counter(type(m).__name__ for m in graph.dg.module2node)
+    if not elementwise:
+        nodes.pop("_ElementWiseOp", None)
+    return [graph.head, graph.excluded, [g.to_dict() for g in graph.groups], members, sorted(nodes.items())]
+
+
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()

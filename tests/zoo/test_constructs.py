@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from constructs import CONSTRUCTS, HEADS, NORM_STATISTICS, REFUSED, call
+from constructs import CONSTRUCTS, HEADS, NORM_STATISTICS, REFUSED, call, graph_summary
 from tp_reference import flat_output, tp_prune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,6 +50,17 @@ def test_torch_pruning_reference(name: str) -> None:
     else:
         assert result.works, result.error
         assert result.params_after < result.params_before
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_shape_traces_the_graph_a_batch_of_one_traces(name: str) -> None:
+    """A shape is traced on an empty batch (or, where the model cannot run on one, a batch of one):
+    the same groups, member pairs and Torch-Pruning nodes as a batch of one, or the same kind of error."""
+    model, inputs = CONSTRUCTS[name]()
+    if not isinstance(inputs, torch.Tensor):
+        pytest.skip("several inputs: traced as given, there is no shape to trace")
+    shape = tuple(inputs.shape[1:])
+    assert graph_summary(shape, model) == graph_summary(torch.zeros(1, *shape), model)
 
 
 def _export_format() -> str:

@@ -18,6 +18,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 
 import torch
+from constructs import graph_summary
 from zoo_checks import CHECKS, judge, problems, record, run_checks
 from zoo_models import KNOWN_DEFECTS, TP_FAILS, ZOO, build, has_batchnorm
 
@@ -61,3 +62,13 @@ def test_zoo_model(entry: Any, zoo_dir: Path, reloader: Any) -> None:
     )
     failures = problems(outcomes, tp_works=tp_works, has_batchnorm=has_batchnorm(model))
     judge(entry.builder, failures, KNOWN_DEFECTS)
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=[e.id for e in ZOO])
+def test_zoo_shape_traces_the_graph_a_batch_of_one_traces(entry: Any) -> None:
+    """``ChannelGraph(model, shape)`` traces an empty batch: it must find what a batch of one finds (groups,
+    member pairs, Torch-Pruning's nodes), or fail the same way."""
+    torch.manual_seed(0)
+    model, _ = build(entry)
+    shape = tuple(entry.input_shape)
+    assert graph_summary(shape, model) == graph_summary(torch.zeros(1, *shape), model)
