@@ -2,25 +2,29 @@
 
 For each zoo model (CIFAR input 3×32×32, seeded untrained weights) 50 % of the prunable channels are
 selected once by global L1-filter ranking (prunelab's ``l1_filter`` criterion and ``select_channels``,
-outside the timings). Then, interleaved (the order alternates every repetition, medians compared):
+outside the timings). Then, interleaved (every variant once per repetition, the order reversed every
+other one, medians compared), with the garbage of the previous calls collected before each call,
+untimed (Torch-Pruning's dependency graphs are reference cycles: without it the cyclic collector frees
+them inside whichever call comes next, which scattered single calls by up to 3× in earlier runs):
 
-* ``surgery``: prunelab's channel graph plus :func:`prunelab.surgery.compact` (a deep copy, the removal,
-  the equivalence check of the compacted model against the masked reference on seeded inputs);
+* ``surgery``: prunelab's channel graph plus :func:`prunelab.surgery.compact` (a copy of the model, the
+  removal, the equivalence check of the compacted model against the masked reference on seeded inputs);
 * ``prune_channels``: the whole user call :func:`prunelab.prune_channels` (graph, scores, selection,
   surgery, parameter and MAC counts, prunability report) — the same channels;
-* ``torch_pruning``: a deep copy of the model (prunelab leaves the original untouched, so both sides
-  copy once), ``tp.DependencyGraph().build_dependency`` and ``get_pruning_group(...).prune()`` for every
-  group with the same channel indices. No verification, no counting: the lower bound of the work.
+* ``torch_pruning``: ``copy.deepcopy`` of the model (prunelab leaves the original untouched, so both
+  sides copy once), ``tp.DependencyGraph().build_dependency`` and ``get_pruning_group(...).prune()`` for
+  every group with the same channel indices. No verification, no counting: the lower bound of the work.
 
-Two more calls are timed in the same rounds: a batch-1 forward pass of the full model and of the
-compacted one. Torch-Pruning's time plus these two is the floor of any removal that keeps the
-equivalence check (one reference pass, one pass of the result): ``floor_ratio``. Every time is
-recorded twice, wall clock and the calling thread's CPU time (``cpu``: one thread does all of the
-work, so this leaves out the waits of a shared machine).
+Timed in the same rounds: a batch-1 forward pass of the full model and of the compacted one
+(Torch-Pruning's time plus these two is the floor of a removal that keeps the equivalence check with a
+full-width reference pass: ``floor_ratio``), and the two copies on their own, ``copy.deepcopy`` (what
+Torch-Pruning's side uses) and :func:`prunelab.core.modules.copy_model` (what ``compact`` uses), so that
+``ratio_to_tp_without_copies`` compares the removal work alone. Every time is recorded twice, wall clock
+and the calling thread's CPU time (``cpu``: one thread does all of the work, so this leaves out the
+waits of a shared machine).
 
 The results must be identical: the same per-layer widths, parameters and MACs, the same state_dict
-tensors (bit for bit) and outputs. The shared machine is loaded, so only the ratios count. Writes
-``benchmarks/results/surgery_speed.json`` (with the environment).
+tensors (bit for bit) and outputs. Writes ``benchmarks/results/surgery_speed.json`` (with the environment).
 
 Seeded untrained networks have BN shifts β = 0, so ``compact`` finds nothing to fold and needs one
 verification pass less (its γ-masked pass is the reference). ``--bn-shift`` also times each model with

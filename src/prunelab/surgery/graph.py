@@ -371,8 +371,9 @@ class ChannelGraph:
     Args:
         model: the network (not modified by building the graph).
         example_inputs: what the model is called with (:mod:`prunelab.core.inputs`): a tensor, a tuple
-            of tensors, a dict of keyword tensors, or the shape ``(C, H, W)`` of one input (a zero
-            batch of one is traced).
+            of tensors, a dict of keyword tensors, or the shape ``(C, H, W)`` of one input (an empty
+            batch of that shape is traced, or a zero batch of one where the model cannot run on an empty
+            one: see :func:`_trace`).
         exclude: module names whose output channels must stay (the classifier head and every other
             layer producing a model output are always excluded).
         head: the classifier head's module name; ``None`` = found from the graph (the last layer with
