@@ -58,6 +58,7 @@ import torch_pruning as tp
 from _machine import cpu_name  # benchmarks/_machine.py, beside this script
 from torch import nn
 
+import prunelab
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
 from prunelab.core.criterion import score_groups
@@ -257,6 +258,8 @@ def _environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": _git("rev-parse", "HEAD"),
+        # The checkout whose prunelab was timed (another one with PYTHONPATH=<checkout>/src).
+        "prunelab_commit": _git("-C", str(Path(prunelab.__file__).parent), "rev-parse", "HEAD"),
         # Uncommitted edits of the measured code, if any (other work shares the tree).
         "git_dirty": _git("status", "--porcelain", "--", "src/prunelab").splitlines(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
