@@ -3,11 +3,13 @@
 For vgg19 and resnet56 (CIFAR-10 shape, random weights: latency does not depend on the values) this
 removes ``--amount`` of the channels of every coupled group (:func:`prunelab.channels.prune_channels`,
 L1 filter criterion, ``scope="layer"`` by default so that "50 % channels removed" holds in every layer),
-then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on four
+then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on five
 backends:
 
 * ``eager``: the PyTorch modules as they are;
 * ``eager_folded``: eager, BatchNorm folded into the convolutions (:func:`prunelab.export.fold_batchnorm`);
+* ``eager_folded_cl``: the same, in the channels-last memory layout (weights and input): PyTorch's CPU
+  convolutions (oneDNN) then run their NHWC kernels, which keep narrow layers' channel vectors together;
 * ``onnxruntime``: the folded model exported to ONNX (:func:`prunelab.metrics.speed.onnx_session`, the
   export of :func:`prunelab.metrics.speed.onnx_bytes`), ONNX Runtime CPU provider, graph optimisations at
   ``ORT_ENABLE_ALL`` (which fuses Conv+ReLU and Conv+Add+ReLU into one kernel), one intra-op thread;
@@ -52,6 +54,7 @@ from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this 
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
+from prunelab.core.modules import copy_model
 from prunelab.export import fold_batchnorm
 from prunelab.metrics.latency import interleaved_times
 from prunelab.metrics.speed import onnx_bytes, onnx_session
@@ -101,6 +104,8 @@ def prepare(dense: nn.Module, small: nn.Module, backends: list[str]) -> dict[str
     x1 = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(1))
     folded = [fold_batchnorm(m, x1)[0] for m in (dense, small)]
     out: dict[str, Any] = {"folded": folded, "sessions": [], "onnx_export": {}}
+    if "eager_folded_cl" in backends:
+        out["folded_cl"] = [copy_model(m).to(memory_format=torch.channels_last) for m in folded]
     if "onnxruntime" in backends:
         with tempfile.TemporaryDirectory(prefix="compacted-speed-") as tmp:
             built = [onnx_session(m, x1, tmp) for m in folded]
@@ -128,6 +133,9 @@ def measure(
         fns["eager"] = [lambda m=m: m(x) for m in models]
     if "eager_folded" in backends:
         fns["eager_folded"] = [lambda m=m: m(x) for m in prepared["folded"]]
+    if "eager_folded_cl" in backends:
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        fns["eager_folded_cl"] = [lambda m=m: m(x_cl) for m in prepared["folded_cl"]]
     if prepared["sessions"]:
         feed = {prepared["sessions"][0].get_inputs()[0].name: x.numpy()}
         fns["onnxruntime"] = [lambda s=s: s.run(None, feed) for s in prepared["sessions"]]
@@ -248,7 +256,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vgg19", "resnet56"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
-    parser.add_argument("--backends", nargs="+", default=["eager", "eager_folded", "onnxruntime", "compile"])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["eager", "eager_folded", "eager_folded_cl", "onnxruntime", "compile"],
+    )
     parser.add_argument("--amount", type=float, default=0.5)
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds at batch 64 (x8 at batch 1)")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from prunelab.core import masking
-from prunelab.core.modules import copy_model, eval_mode
+from prunelab.core.modules import copy_model, eval_mode, training_mode
 from prunelab.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -111,3 +111,10 @@ def test_eval_mode_restores_mixed_modes_exactly() -> None:
     with pytest.raises(RuntimeError), eval_mode(model):
         raise RuntimeError
     assert [m.training for m in model.modules()] == before
+
+
+def test_training_mode_switches_to_training_and_back() -> None:
+    model = build_model("resnet20", num_classes=10, input_shape=(3, 32, 32)).eval()
+    with training_mode(model, True):
+        assert all(m.training for m in model.modules())
+    assert not any(m.training for m in model.modules())

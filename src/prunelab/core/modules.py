@@ -1,4 +1,4 @@
-"""Module-tree helpers on the surgery's path: a faithful deep copy, and eval mode that restores exactly.
+"""Module-tree helpers: a faithful fast deep copy, and train/eval mode that restores every flag exactly.
 
 :func:`copy_model` is a deep copy at about a third of the cost of ``copy.deepcopy`` on deep CNNs.
 
@@ -16,6 +16,7 @@ shared in the copy exactly as with ``deepcopy``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["copy_model", "eval_mode"]
+__all__ = ["copy_model", "eval_mode", "training_mode"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -47,23 +48,28 @@ _CONTAINERS = (dict, OrderedDict, set, list)
 
 
 @contextmanager
-def eval_mode(model: M) -> Iterator[M]:
-    """``model`` in eval mode inside; afterwards every module's ``training`` flag is what it was.
+def training_mode(model: M, training: bool) -> Iterator[M]:
+    """``model.train(training)`` inside; afterwards every module's ``training`` flag is what it was.
 
-    ``model.eval()`` then ``model.train(was_training)`` writes the flag of every module twice (through
-    ``nn.Module.__setattr__``: 1.5 ms per call on a ResNet-56) and leaves a model whose modules were in
-    mixed modes (a frozen BatchNorm in a training model) with the top module's mode everywhere. This
-    switches only when some module is training, and restores exactly the flags that changed.
+    ``model.train(mode)`` then ``model.train(was_training)`` writes the flag of every module twice
+    (through ``nn.Module.__setattr__``: 1.5 ms per call on a ResNet-56) and leaves a model whose modules
+    were in mixed modes (a frozen BatchNorm in a training model) with the top module's mode everywhere.
+    This switches only when some module is in the other mode, and restores exactly the flags that changed.
     """
     modes = [(module, module.training) for module in model.modules()]
-    if any(training for _, training in modes):
-        model.eval()
+    if any(flag != training for _, flag in modes):
+        model.train(training)
     try:
         yield model
     finally:
-        for module, training in modes:
-            if module.training != training:
-                module.training = training
+        for module, flag in modes:
+            if module.training != flag:
+                module.training = flag
+
+
+def eval_mode(model: M) -> contextlib.AbstractContextManager[M]:
+    """:func:`training_mode` ``(model, False)``: eval mode inside, every module's flag restored after."""
+    return training_mode(model, False)
 
 
 class _SharedStorage(Exception):

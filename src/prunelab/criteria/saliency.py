@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from prunelab.core import masking
 from prunelab.core.criterion import Stats, TargetView
+from prunelab.core.modules import eval_mode, training_mode
 from prunelab.criteria.registry import CRITERIA
 from prunelab.errors import ConfigError
 
@@ -73,13 +74,11 @@ def scoring_mode(model: nn.Module, train: bool) -> Iterator[None]:
     Scoring must not leave traces: a train-mode forward would update the BN running statistics. Every
     gradient criterion (built-in or a plugin's) scores inside it.
     """
-    was_training = model.training
     saved = {name: b.detach().clone() for name, b in model.named_buffers() if b.is_floating_point()}
-    model.train(train)
     try:
-        yield
+        with training_mode(model, train):
+            yield
     finally:
-        model.train(was_training)
         with torch.no_grad():
             for name, b in model.named_buffers():
                 if name in saved:
@@ -222,27 +221,25 @@ class SynFlow(_Precomputed):
         x0 = batches[0][0]
         device = _device(model)
         dtype = next(iter(model.parameters())).dtype
-        was_training = model.training
-        model.eval()  # BN in eval mode, as in the official code
-        if self.double:
-            model.double()
-        signs = self._linearise(model)
-        try:
-            params = _params(model, views)
-            ones = torch.ones((1, *x0.shape[1:]), device=device, dtype=params[0].dtype)
-            with torch.enable_grad():
-                flow = model(ones).sum()
-                grads = torch.autograd.grad(flow, params)
-            self._scores = {
-                # Kept in float64: the flow spans more orders of magnitude than float32 holds.
-                v.fqn: (p.detach() * g).abs().clone()
-                for v, p, g in zip(views, params, grads, strict=True)
-            }
-        finally:
-            self._restore(model, signs)
+        with eval_mode(model):  # BN in eval mode, as in the official code
             if self.double:
-                model.to(dtype)
-            model.train(was_training)
+                model.double()
+            signs = self._linearise(model)
+            try:
+                params = _params(model, views)
+                ones = torch.ones((1, *x0.shape[1:]), device=device, dtype=params[0].dtype)
+                with torch.enable_grad():
+                    flow = model(ones).sum()
+                    grads = torch.autograd.grad(flow, params)
+                self._scores = {
+                    # Kept in float64: the flow spans more orders of magnitude than float32 holds.
+                    v.fqn: (p.detach() * g).abs().clone()
+                    for v, p, g in zip(views, params, grads, strict=True)
+                }
+            finally:
+                self._restore(model, signs)
+                if self.double:
+                    model.to(dtype)
 
     def __repr__(self) -> str:
         return f"SynFlow(double={self.double})"

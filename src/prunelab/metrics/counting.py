@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunelab.core.inputs import as_call, is_shape
+from prunelab.core.modules import eval_mode
 
 __all__ = [
     "WEIGHTED_LAYERS",
@@ -151,20 +152,15 @@ def _count_flops(model: nn.Module, input_shape: Sequence[int], batch_size: int) 
         kwargs: dict[str, Any] = {}
     else:
         args, kwargs = as_call(input_shape, model)
-    was_training = model.training
-    model.eval()
-    try:
-        # Compute parametrized weights once *before* counting: a reparametrization's weight reconstruction
-        # (the interspace Λ Bᵀ product) is a training-time cost, not part of the network's forward.
-        with torch.no_grad(), parametrize.cached():
-            for module in model.modules():
-                if parametrize.is_parametrized(module):
-                    for name in module.parametrizations:  # type: ignore[union-attr]
-                        getattr(module, name)
-            with FlopCounterMode(display=False) as counter:
-                model(*args, **kwargs)
-    finally:
-        model.train(was_training)
+    # Compute parametrized weights once *before* counting: a reparametrization's weight reconstruction
+    # (the interspace Λ Bᵀ product) is a training-time cost, not part of the network's forward.
+    with eval_mode(model), torch.no_grad(), parametrize.cached():
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                for name in module.parametrizations:  # type: ignore[union-attr]
+                    getattr(module, name)
+        with FlopCounterMode(display=False) as counter:
+            model(*args, **kwargs)
     # FlopCounterMode names modules "<RootClass>.<qualified name>"; strip the root to get plain names.
     root = type(model).__name__
     per_module: dict[str, int] = {}

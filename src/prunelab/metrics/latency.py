@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError
 
 __all__ = ["cpu_name", "file_size", "interleaved_times", "machine", "measure_latency"]
@@ -126,17 +127,14 @@ def measure_latency(
     # A fixed generator: the input values do not matter for dense kernels, but reruns should be identical.
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, *tuple(int(s) for s in input_shape)), generator=gen).to(device, dtype)
-    was_training = model.training
     old_threads = torch.get_num_threads()
-    model.eval()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with torch.no_grad(), parametrize.cached():
+        with eval_mode(model), torch.no_grad(), parametrize.cached():
             (times,) = interleaved_times([lambda: model(x)], warmup, repeats, device)
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
     p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90]).tolist()
     return {
         "median_ms": float(median),

@@ -71,6 +71,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prunelab.core.inputs import call_model
+from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.stats.hooks import ForwardHooks
 
@@ -746,17 +747,15 @@ def collect(
         UnsupportedModelError: a layer of ``layers`` relief does not score (see :class:`ReliefStatistics`).
         ConfigError: a batch that is not an ``(x, y)`` pair, or inputs whose size changes between batches.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with ReliefStatistics(layers, outputs or {}, per_sample_norms, inputs or {}) as recorder:
-            for batch in batches:
-                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                    raise ConfigError(
-                        "relief statistics: every calibration batch must be an (x, y) pair; "
-                        f"got a {type(batch).__name__} (use [(x, y), ...], y may be None)"
-                    )
-                call_model(model, batch[0])
+    with (
+        eval_mode(model),
+        ReliefStatistics(layers, outputs or {}, per_sample_norms, inputs or {}) as recorder,
+    ):
+        for batch in batches:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise ConfigError(
+                    "relief statistics: every calibration batch must be an (x, y) pair; "
+                    f"got a {type(batch).__name__} (use [(x, y), ...], y may be None)"
+                )
+            call_model(model, batch[0])
         return recorder.finalize()
-    finally:
-        model.train(was_training)

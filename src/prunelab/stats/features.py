@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.core.inputs import call_model
+from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError
 from prunelab.stats.activations import model_device
 from prunelab.stats.hooks import ForwardHooks
@@ -285,26 +286,21 @@ def batch_features(
         ConfigError: no batch, a batch that is not an ``(x, y)`` pair, labels that are not class indices,
             or a layer that did not produce one output per sample.
     """
-    was_training = model.training
     device = model_device(model)
-    model.eval()
     labels = []
-    try:
-        with FilterFeatures(dict(layers), pooling) as recorder:
-            for batch in batches:
-                if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                    raise ConfigError(
-                        "features: every calibration batch must be an (x, labels) pair; "
-                        f"got a {type(batch).__name__}"
-                    )
-                call_model(model, batch[0])
-                labels.append(_labels(batch[1], device))
-            if not labels:
-                raise ConfigError("features: no calibration batches; give at least one (x, labels) pair")
-            x_all = recorder.finalize()
-            columns = list(recorder.columns)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), FilterFeatures(dict(layers), pooling) as recorder:
+        for batch in batches:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise ConfigError(
+                    "features: every calibration batch must be an (x, labels) pair; "
+                    f"got a {type(batch).__name__}"
+                )
+            call_model(model, batch[0])
+            labels.append(_labels(batch[1], device))
+        if not labels:
+            raise ConfigError("features: no calibration batches; give at least one (x, labels) pair")
+        x_all = recorder.finalize()
+        columns = list(recorder.columns)
     kinds = {t.dim() for t in labels}
     if len(kinds) > 1:
         raise ConfigError("features: mix of class-index and one-hot labels across batches; use one form")

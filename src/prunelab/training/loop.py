@@ -43,6 +43,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from prunelab import distributed as dist
 from prunelab._io import atomic_torch_save
 from prunelab.core.masking import load_masks, load_plain_state_dict, masks_state_dict, plain_state_dict
+from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError
 from prunelab.training.config import FastConfig, TrainConfig
 from prunelab.training.hooks import HOOK_METHODS
@@ -156,9 +157,7 @@ def evaluate(
     # so the first len(range(r, n, N)) samples of this rank are exactly its share of the real data.
     valid = len(range(dist.rank(), n, dist.world_size())) if distributed else n
     sums = torch.zeros(3, dtype=torch.float64, device=dev)  # loss sum, correct, count
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         seen = 0
         for x, y in loader:
             take = min(len(y), valid - seen)
@@ -170,8 +169,6 @@ def evaluate(
             sums[1] += (logits.argmax(dim=1) == y).sum()
             sums[2] += take
             seen += take
-    finally:
-        net.train(was_training)
     dist.all_reduce_(sums)
     count = max(float(sums[2]), 1.0)
     return {"accuracy": float(sums[1]) / count, "loss": float(sums[0]) / count}
