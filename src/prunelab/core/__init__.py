@@ -8,7 +8,7 @@ schedules and the criterion protocol.
   ``min_keep`` guard;
 - :mod:`~prunelab.core.cumulative`: the cumulative-mass selector (NN-relief);
 - :mod:`~prunelab.core.schedules`: when and how much (one-shot, iterative, AGP);
-- :mod:`~prunelab.core.modules`: a faithful fast deep copy of a model, and eval mode restored exactly;
+- :mod:`~prunelab.core.modules`: a faithful fast deep copy of a model, and train/eval mode restored exactly;
 - :mod:`~prunelab.core.criterion`: the criterion protocol at two levels (entries of a tensor, channels
   of a coupled group); the one criterion registry is :data:`prunelab.criteria.CRITERIA`.
 

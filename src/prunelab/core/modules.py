@@ -141,8 +141,10 @@ def _copy_buffer(buffer: Tensor | None, memo: dict[int, Any], storages: set[int]
     """A plain dense buffer cloned in one call; anything else (a view, a subclass, a tensor with
     attributes, gradients or hooks) deep-copied. Raises :class:`_SharedStorage` when a buffer's storage
     was met before."""
-    if buffer is None or id(buffer) in memo:
-        return memo.get(id(buffer)) if buffer is not None else None
+    if buffer is None:
+        return None
+    if id(buffer) in memo:
+        return memo[id(buffer)]
     plain = (
         type(buffer) is Tensor
         and buffer.layout == torch.strided

@@ -84,6 +84,7 @@ __all__ = [
     "LayerStats",
     "QuadraticPlan",
     "ReliefStatistics",
+    "calibration_inputs",
     "collect",
     "conv_geometry",
     "conv_norm_sum",
@@ -729,6 +730,18 @@ class ReliefStatistics(ForwardHooks):
 
 
 @torch.no_grad()
+def calibration_inputs(batch: Any, what: str, pair: str, hint: str = "") -> Any:
+    """The inputs ``x`` of a calibration batch ``(x, y)``; a one-line ConfigError for anything else.
+
+    ``what`` names the caller in the message, ``pair`` how it calls the pair, ``hint`` follows the error.
+    """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ConfigError(
+            f"{what}: every calibration batch must be an {pair} pair; got a {type(batch).__name__}{hint}"
+        )
+    return batch[0]
+
+
 def collect(
     model: nn.Module,
     batches: Iterable[tuple[Any, Any]],
@@ -752,10 +765,10 @@ def collect(
         ReliefStatistics(layers, outputs or {}, per_sample_norms, inputs or {}) as recorder,
     ):
         for batch in batches:
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise ConfigError(
-                    "relief statistics: every calibration batch must be an (x, y) pair; "
-                    f"got a {type(batch).__name__} (use [(x, y), ...], y may be None)"
-                )
-            call_model(model, batch[0])
+            call_model(
+                model,
+                calibration_inputs(
+                    batch, "relief statistics", "(x, y)", " (use [(x, y), ...], y may be None)"
+                ),
+            )
         return recorder.finalize()

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from prunelab.core.inputs import call_model
 from prunelab.core.modules import eval_mode
 from prunelab.errors import ConfigError
-from prunelab.stats.activations import model_device
+from prunelab.stats.activations import calibration_inputs, model_device
 from prunelab.stats.hooks import ForwardHooks
 
 __all__ = [
@@ -290,12 +290,7 @@ def batch_features(
     labels = []
     with eval_mode(model), FilterFeatures(dict(layers), pooling) as recorder:
         for batch in batches:
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise ConfigError(
-                    "features: every calibration batch must be an (x, labels) pair; "
-                    f"got a {type(batch).__name__}"
-                )
-            call_model(model, batch[0])
+            call_model(model, calibration_inputs(batch, "features", "(x, labels)"))
             labels.append(_labels(batch[1], device))
         if not labels:
             raise ConfigError("features: no calibration batches; give at least one (x, labels) pair")
