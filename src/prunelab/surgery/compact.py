@@ -52,7 +52,7 @@ from prunelab.core.inputs import (
 from prunelab.core.masking import require_real_weights
 from prunelab.core.modules import copy_model, eval_mode
 from prunelab.errors import ConfigError, PrunelabError, UnsupportedModelError
-from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup
+from prunelab.surgery.graph import CROSS_CHANNEL_NORMS, ChannelGraph, ChannelGroup, call_arguments
 from prunelab.surgery.layers import is_channel_mapping
 
 __all__ = [
@@ -315,26 +315,20 @@ class _KeptStatistics(TorchFunctionMode):
         self.kept = kept
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
-        kwargs = dict(kwargs or {})
         if func is F.layer_norm or func is F.group_norm:
-            names = (
-                ("input", "normalized_shape", "weight", "bias", "eps")
-                if func is F.layer_norm
-                else ("input", "num_groups", "weight", "bias", "eps")
-            )
-            bound = dict(zip(names, args, strict=False)) | kwargs
-            weight = bound.get("weight")
+            a = call_arguments(func, args, kwargs)
+            weight = a["weight"]
             keep = self.kept.get(id(weight)) if weight is not None else None
             if keep is not None:
-                x, bias, eps = bound["input"], bound.get("bias"), bound.get("eps", 1e-5)
+                x, bias, eps = a["input"], a["bias"], a["eps"]
                 out = torch.zeros_like(x)
                 b = None if bias is None else bias[keep]
                 if func is F.layer_norm:
                     out[..., keep] = F.layer_norm(x[..., keep], (len(keep),), weight[keep], b, eps)
                 else:
-                    out[:, keep] = F.group_norm(x[:, keep], bound["num_groups"], weight[keep], b, eps)
+                    out[:, keep] = F.group_norm(x[:, keep], a["num_groups"], weight[keep], b, eps)
                 return out
-        return func(*args, **kwargs)
+        return func(*args, **(kwargs or {}))
 
 
 class _Reference(nn.Module):

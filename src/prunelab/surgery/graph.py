@@ -31,6 +31,8 @@ A model Torch-Pruning cannot trace, and a layer type it couples but the surgery 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import traceback
 from collections.abc import Mapping, Sequence
@@ -302,6 +304,22 @@ def _trace(model: nn.Module, example: ExampleInputs, pruners: dict[type, Any]) -
     return _trace_once(model, example, pruners)
 
 
+def call_arguments(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{parameter name: value}`` of a call ``func(*args, **kwargs)``, defaults filled in.
+
+    For the ``TorchFunctionMode`` overrides of the surgery, which see a ``torch.nn.functional`` call as the
+    caller wrote it (positionally or by keyword) and read its arguments by name.
+    """
+    bound = _signature(func).bind(*args, **(kwargs or {}))
+    bound.apply_defaults()
+    return bound.arguments
+
+
+@functools.cache
+def _signature(func: Any) -> inspect.Signature:
+    return inspect.signature(func)
+
+
 class _EmptyBatchNorm(TorchFunctionMode):
     """Inside it, an eval-mode batch norm of an empty batch is the one ATen kernel it is on a real batch.
 
@@ -312,23 +330,21 @@ class _EmptyBatchNorm(TorchFunctionMode):
     """
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
         if func is F.batch_norm:
-            names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-            bound = dict(zip(names, args, strict=False)) | kwargs
-            x = bound["input"]
-            if x.numel() == 0 and not bound.get("training", False) and bound.get("running_mean") is not None:
+            a = call_arguments(func, args, kwargs)
+            x = a["input"]
+            if x.numel() == 0 and not a["training"] and a["running_mean"] is not None:
                 return torch.ops.aten.native_batch_norm(
                     x,
-                    bound.get("weight"),
-                    bound.get("bias"),
-                    bound["running_mean"],
-                    bound["running_var"],
+                    a["weight"],
+                    a["bias"],
+                    a["running_mean"],
+                    a["running_var"],
                     False,
-                    float(bound.get("momentum", 0.1)),
-                    float(bound.get("eps", 1e-5)),
+                    float(a["momentum"]),
+                    float(a["eps"]),
                 )[0]
-        return func(*args, **kwargs)
+        return func(*args, **(kwargs or {}))
 
 
 def _trace_once(model: nn.Module, inputs: ExampleInputs, pruners: dict[type, Any]) -> tuple[Any, list[str]]:
