@@ -154,14 +154,17 @@ def test_interleaved_timer_alternates_the_functions() -> None:
 def test_compare_latency_times_both_models_with_the_same_timer() -> None:
     dense, compact = hand_built(), hand_built()
     dense.train()
+    frozen = next(m for m in dense.modules() if isinstance(m, nn.BatchNorm2d))
+    frozen.eval()  # a frozen norm inside a training model: mixed modes
     compact.eval()
+    modes = [m.training for m in dense.modules()]
     result = compare_latency(dense, compact, INPUT, batch_sizes=(1, 2), warmup=1, repeats=3, onnx=False)
     assert set(result["eager_cpu"]) == {"1", "2"}
     for row in result["eager_cpu"].values():
         assert row["dense_ms"] > 0 and row["compact_ms"] > 0
         assert row["speedup"] == pytest.approx(row["dense_ms"] / row["compact_ms"])
     assert result["onnxruntime"] == {"skipped": "disabled"} and result["repeats"] == 3
-    assert dense.training and not compact.training  # modes restored
+    assert [m.training for m in dense.modules()] == modes and not compact.training  # each mode restored
 
 
 def test_file_size(tmp_path: Path) -> None:

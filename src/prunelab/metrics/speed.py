@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.core.inputs import accepted_diff, output_tensors
-from prunelab.core.modules import copy_model
+from prunelab.core.modules import copy_model, eval_mode
 from prunelab.metrics.latency import interleaved_times
 
 __all__ = [
@@ -266,31 +266,29 @@ def compare_latency(
         ``"eager_cuda"`` with the same fields when the models live on a GPU. ``"onnxruntime"`` also
         holds ``"export"``: ``{"dense": info, "compact": info}`` from :func:`onnx_session`.
     """
-    modes = [m.training for m in (dense, compact)]
     device = next(dense.parameters()).device
-    # The CPU figures are the point of the comparison, so a model trained on a GPU is timed through
-    # a CPU copy; the GPU's own figures are recorded beside them.
-    models = [m if device.type == "cpu" else copy_model(m).cpu() for m in (dense, compact)]
-    for m in (dense, compact, *models):
-        m.eval()
-    gen = torch.Generator().manual_seed(0)
-    out: dict[str, Any] = {"threads": torch.get_num_threads(), "repeats": repeats}
-    try:
-        out["load_avg_1min_before"] = os.getloadavg()[0]
-    except OSError:
-        pass
-    out["eager_cpu"] = _eager(models, input_shape, batch_sizes, gen, warmup, repeats)
-    if device.type == "cuda":
-        out[f"eager_{device.type}"] = _eager([dense, compact], input_shape, batch_sizes, gen, warmup, repeats)
-    if not onnx:
-        out["onnxruntime"] = {"skipped": "disabled"}
-    elif not onnxruntime_available():
-        out["onnxruntime"] = {"skipped": "onnxruntime not installed; pip install 'prunelab[onnx]'"}
-    else:
-        out["onnxruntime"] = _onnxruntime(models, input_shape, batch_sizes, gen, warmup, repeats, folder)
-    for m, mode in zip((dense, compact), modes, strict=True):
-        m.train(mode)
-    return out
+    with eval_mode(dense), eval_mode(compact):  # every module's mode restored after, also on an error
+        # The CPU figures are the point of the comparison, so a model trained on a GPU is timed through
+        # a CPU copy (in eval mode, as a copy of an eval-mode model); the GPU's own figures are beside them.
+        models = [m if device.type == "cpu" else copy_model(m).cpu() for m in (dense, compact)]
+        gen = torch.Generator().manual_seed(0)
+        out: dict[str, Any] = {"threads": torch.get_num_threads(), "repeats": repeats}
+        try:
+            out["load_avg_1min_before"] = os.getloadavg()[0]
+        except OSError:
+            pass
+        out["eager_cpu"] = _eager(models, input_shape, batch_sizes, gen, warmup, repeats)
+        if device.type == "cuda":
+            out[f"eager_{device.type}"] = _eager(
+                [dense, compact], input_shape, batch_sizes, gen, warmup, repeats
+            )
+        if not onnx:
+            out["onnxruntime"] = {"skipped": "disabled"}
+        elif not onnxruntime_available():
+            out["onnxruntime"] = {"skipped": "onnxruntime not installed; pip install 'prunelab[onnx]'"}
+        else:
+            out["onnxruntime"] = _onnxruntime(models, input_shape, batch_sizes, gen, warmup, repeats, folder)
+        return out
 
 
 def _onnxruntime(
