@@ -271,12 +271,6 @@ def _capture_inputs(model: nn.Module, names: Sequence[str], x: Tensor) -> tuple[
     return seen, out
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def _check_args(input_shape: Sequence[int], batch_size: int, margin: float, max_density: float,
                 warmup: int, repeats: int, threads: int | None) -> None:  # fmt: skip
     if not input_shape or not all(isinstance(s, int) and s > 0 for s in input_shape):
@@ -369,7 +363,7 @@ def to_sparse(
                 x_in = _capture_inputs(converted, [name], x)[0][name]
             choice = _choose(name, layers[name], x_in, force.get(name), margin, max_density, warmup, repeats)
             if choice.form == "sparse":
-                _set_module(converted, name, _sparse_form(layers[name]))
+                converted.set_submodule(name, _sparse_form(layers[name]))
             chosen[name] = choice
         choices = [chosen[name] for name in layers]
         diff, _ = max_abs_diff(output_tensors(expected), output_tensors(converted(x)))

@@ -194,12 +194,6 @@ def _reinitialise(module: nn.Module) -> None:
                 tensor.zero_()
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def apply_arch_spec(model: nn.Module, spec: dict[str, Any], keep_outputs: Sequence[str] = ()) -> nn.Module:
     """Resize the layers of a freshly built ``model`` to the shapes in ``spec`` (in place).
 
@@ -268,4 +262,4 @@ def _apply_v1(model: nn.Module, layers: Mapping[str, Any], keep_outputs: Sequenc
         else:
             raise CheckpointError(f"architecture spec layer {name!r} is a {kind}, the model has "
                                   f"{type(old).__name__}; rebuild with the same model")  # fmt: skip
-        _replace(model, name, new)
+        model.set_submodule(name, new)
