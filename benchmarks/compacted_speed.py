@@ -3,7 +3,7 @@
 For vgg19 and resnet56 (CIFAR-10 shape, random weights: latency does not depend on the values) this
 removes ``--amount`` of the channels of every coupled group (:func:`prunelab.channels.prune_channels`,
 L1 filter criterion, ``scope="layer"`` by default so that "50 % channels removed" holds in every layer),
-then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on five
+then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on six
 backends:
 
 * ``eager``: the PyTorch modules as they are;
@@ -13,6 +13,10 @@ backends:
 * ``onnxruntime``: the folded model exported to ONNX (:func:`prunelab.metrics.speed.onnx_session`, the
   export of :func:`prunelab.metrics.speed.onnx_bytes`), ONNX Runtime CPU provider, graph optimisations at
   ``ORT_ENABLE_ALL`` (which fuses Conv+ReLU and Conv+Add+ReLU into one kernel), one intra-op thread;
+* ``onnxruntime_selection``: the same, exported with ``export_forms=False``: resnet56's option-A shortcuts
+  as the index selection they are in PyTorch (Slice/Gather/Mul, which ONNX Runtime's blocked layout does
+  not cover) instead of their fixed 1×1 convolution form (``PadShortcut.export_form``); vgg19 has no such
+  layer, so there the two ONNX backends run the same file;
 * ``compile``: ``torch.compile`` (inductor, ``freezing=True`` so weights are constants: prepacked
   oneDNN convolutions, fused pointwise epilogues) of the folded model, one compile per batch size,
   dropped with its reason when the first compile exceeds ``--compile-budget`` seconds.
@@ -54,10 +58,17 @@ from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this 
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
+from prunelab.core.inputs import accepted_diff
 from prunelab.core.modules import copy_model
 from prunelab.export import fold_batchnorm
 from prunelab.metrics.latency import interleaved_times
-from prunelab.metrics.speed import onnx_bytes, onnx_session
+from prunelab.metrics.speed import (
+    ONNX_TOLERANCE,
+    onnx_bytes,
+    onnx_runtime_session,
+    onnx_session,
+    with_export_forms,
+)
 from prunelab.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compacted_speed.json"
@@ -112,7 +123,22 @@ def prepare(dense: nn.Module, small: nn.Module, backends: list[str]) -> dict[str
         out["sessions"] = [s for s, _ in built]
         level = out["sessions"][0].get_session_options().graph_optimization_level
         out["onnx_export"] = {"dense": built[0][1], "compact": built[1][1], "graph_optimization": str(level)}
+    if "onnxruntime_selection" in backends:
+        out["sessions_selection"] = [_selection_session(m, x1) for m in folded]
     return out
+
+
+def _selection_session(model: nn.Module, x: torch.Tensor) -> Any:
+    """An ONNX Runtime session of ``model`` exported without export forms, checked like ``onnx_session``'s."""
+    data = onnx_bytes(model, (x,), exporter="torchscript", input_names=["x"], export_forms=False)
+    session = onnx_runtime_session(data)
+    probe = torch.cat([x, -x])
+    with torch.no_grad():
+        want = model(probe)
+    diff = float(abs(session.run(None, {"x": probe.numpy()})[0] - want.numpy()).max())
+    if diff > accepted_diff(ONNX_TOLERANCE, [want]):
+        raise RuntimeError(f"the export without export forms differs from the model by {diff:.2e}")
+    return session
 
 
 def measure(
@@ -139,6 +165,11 @@ def measure(
     if prepared["sessions"]:
         feed = {prepared["sessions"][0].get_inputs()[0].name: x.numpy()}
         fns["onnxruntime"] = [lambda s=s: s.run(None, feed) for s in prepared["sessions"]]
+    if prepared.get("sessions_selection"):
+        feed_x = {"x": x.numpy()}
+        fns["onnxruntime_selection"] = [
+            lambda s=s: s.run(None, feed_x) for s in prepared["sessions_selection"]
+        ]
     compiled: dict[str, Any] = {}
     if "compile" in backends and not compile_state.get("skipped"):
         pair: list[tuple[Callable[[], object], float]] = []
@@ -195,21 +226,24 @@ def ort_profile(dense: nn.Module, small: nn.Module, bs: int, runs: int) -> dict[
     """ONNX Runtime's own per-node kernel times (ms per pass) of the folded dense and compact models.
 
     Convolutions are grouped by their (dense, compact) output width, zipped in execution order with the
-    models' ``Conv2d`` modules (both run their convolutions in module order); the other node types are
-    summed by type. This says which layers fall short of their MACs ratio.
+    models' ``Conv2d`` modules (both run their convolutions in module order; an option-A shortcut's
+    convolution, its export form, may run before its block's convolutions, which have its width); the other
+    node types are summed by type. This says which layers fall short of their MACs ratio.
     """
     import onnxruntime as ort
 
     x1 = torch.randn((1, *SHAPE), generator=torch.Generator().manual_seed(1))
     x = torch.randn((bs, *SHAPE), generator=torch.Generator().manual_seed(bs)).numpy()
     per: dict[str, dict[str, Any]] = {}
+    # The models as exported (export forms included: resnet56's shortcuts are convolutions in the file).
+    dense, small = (with_export_forms(fold_batchnorm(m, x1)[0]) for m in (dense, small))
     with tempfile.TemporaryDirectory(prefix="compacted-profile-") as tmp:
         for tag, model in (("dense", dense), ("compact", small)):
             options = ort.SessionOptions()
             options.intra_op_num_threads = options.inter_op_num_threads = 1
             options.enable_profiling = True
             options.profile_file_prefix = str(Path(tmp) / tag)
-            data = onnx_bytes(fold_batchnorm(model, x1)[0], (x1,), exporter="torchscript", input_names=["x"])
+            data = onnx_bytes(model, (x1,), exporter="torchscript", input_names=["x"])
             session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
             session.run(None, {"x": x})  # a warm-up pass; it is profiled too, hence the runs + 1 below
             for _ in range(runs):
@@ -259,7 +293,14 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=["eager", "eager_folded", "eager_folded_cl", "onnxruntime", "compile"],
+        default=[
+            "eager",
+            "eager_folded",
+            "eager_folded_cl",
+            "onnxruntime",
+            "onnxruntime_selection",
+            "compile",
+        ],
     )
     parser.add_argument("--amount", type=float, default=0.5)
     parser.add_argument("--scope", default="layer", choices=["layer", "global"])
@@ -317,7 +358,7 @@ def main() -> None:
 
         record["machine"]["onnxruntime"] = onnxruntime.__version__
     except ImportError:
-        args.backends = [b for b in args.backends if b != "onnxruntime"]
+        args.backends = [b for b in args.backends if not b.startswith("onnxruntime")]
     compile_state: dict[str, Any] = {}
     start = time.perf_counter()
     for name in args.models:

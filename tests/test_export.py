@@ -296,6 +296,31 @@ def test_export_model_and_the_latency_comparison_share_one_onnx_export(
     assert calls == ["dynamo", "torchscript"] and info["exporter"] == "torchscript"  # the fast one first
 
 
+@needs_onnx
+@pytest.mark.parametrize("exporter", ONNX_EXPORTERS)
+def test_onnx_files_carry_the_option_a_shortcut_as_a_convolution(resnet20: nn.Module, exporter: str) -> None:
+    # ONNX Runtime keeps a 1x1 convolution in its blocked layout, not the selection's Gather (speedup.md).
+    import onnx
+
+    graph = ChannelGraph(resnet20, (3, 32, 32))
+    keep = {g.name: torch.arange(g.size) % 2 == 0 for g in graph.groups}
+    small = compact(resnet20, keep, (3, 32, 32), graph=graph)[0]
+    x = torch.randn(3, 3, 32, 32)
+    for model in (resnet20, small):
+        ops = {}
+        for forms in (True, False):
+            data = onnx_bytes(model, (x[:1],), exporter=exporter, input_names=["x"], export_forms=forms)
+            ops[forms] = [node.op_type for node in onnx.load_from_string(data).graph.node]
+            (y,) = onnx_runtime_session(data).run(None, {"x": x.numpy()})
+            with torch.no_grad():
+                assert (torch.from_numpy(y) - model(x)).abs().max() <= 1e-4
+        assert "Gather" in ops[False] and "Gather" not in ops[True]
+        assert ops[True].count("Conv") == ops[False].count("Conv") + 2  # the two downsampling shortcuts
+        assert type(model.layer2[0].shortcut).__name__ == "PadShortcut"  # the model itself is unchanged
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    assert speed.with_export_forms(plain) is plain  # nothing to replace: no copy
+
+
 def test_onnx_bytes_refuses_what_its_exporter_cannot_take() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     with pytest.raises(ValueError, match="not one of dynamo, torchscript"):

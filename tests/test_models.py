@@ -176,6 +176,26 @@ def test_option_a_shortcut_channel_surgery() -> None:
     assert "layer2.0.shortcut.source" not in build_model("resnet20").state_dict()
 
 
+def test_option_a_shortcut_export_form_is_the_same_map_as_a_1x1_convolution() -> None:
+    # The export form must compute exactly what the selection does, also after surgery made the map irregular.
+    x = torch.randn(2, 16, 8, 8)
+    for stride in (1, 2):
+        shortcut = PadShortcut(16, 32, stride)
+        conv = shortcut.export_form()
+        assert isinstance(conv, nn.Conv2d) and conv.stride == (stride, stride) and conv.bias is None
+        assert not conv.weight.requires_grad and conv.weight.shape == (32, 16, 1, 1)
+        assert torch.equal(conv(x), shortcut(x))
+    shortcut = PadShortcut(16, 32, 2)
+    shortcut.prune_inputs([0, 5, 9])
+    shortcut.prune_outputs([3, 8, 20])
+    shortcut.zero_inputs([2])
+    shortcut.zero_outputs([11])
+    xs = torch.randn(2, 13, 8, 8)
+    conv = shortcut.export_form()
+    assert conv.weight.shape == (29, 13, 1, 1) and int(conv.weight.sum()) == int((shortcut.source >= 0).sum())
+    assert torch.equal(conv(xs), shortcut(xs))
+
+
 def test_mobilenet_v1_state_dict_layout() -> None:
     model = build_model("mobilenet_v1", num_classes=1000, width=0.75, stem="imagenet")
     state = model.state_dict()

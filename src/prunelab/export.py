@@ -48,8 +48,9 @@ weights on a deep copy first, so the file holds the effective weights; the calle
 modified.
 
 The ONNX bytes come from prunelab's one ONNX export, :func:`prunelab.metrics.speed.onnx_bytes` (with the
-``torch.export``-based exporter), and are loaded in :func:`prunelab.metrics.speed.onnx_runtime_session`;
-both are re-exported here. The latency comparison of the structured methods uses the same two functions.
+``torch.export``-based exporter; a layer that offers an ``export_form()``, such as the option-A ResNet
+shortcut, is exported as that form: :func:`prunelab.metrics.speed.with_export_forms`), and are loaded in
+:func:`prunelab.metrics.speed.onnx_runtime_session`; both are re-exported here. The latency comparison of the structured methods uses the same two functions.
 """
 
 from __future__ import annotations

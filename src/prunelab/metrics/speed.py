@@ -41,6 +41,7 @@ __all__ = [
     "onnx_runtime_session",
     "onnx_session",
     "onnxruntime_available",
+    "with_export_forms",
 ]
 
 
@@ -118,6 +119,32 @@ default, what ``prunelab export`` writes) and ``"torchscript"`` (``dynamo=False`
 faster to export a CIFAR ResNet-56, what the latency comparison of :mod:`prunelab.metrics.speed` uses)."""
 
 
+def with_export_forms(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it in which every submodule with an ``export_form()`` is replaced by its result.
+
+    A layer offers ``export_form() -> nn.Module`` when a standard layer computes the same function and
+    exports to a faster graph; the option-A shortcut of the CIFAR ResNets
+    (:meth:`prunelab.models.resnet.PadShortcut.export_form`: an index selection as a fixed 1×1 convolution)
+    is one. The caller verifies the exported file against ``model`` as always, so a wrong form cannot pass
+    unseen. ``model`` itself is never changed; without such a layer it is returned as it is.
+    """
+    names = [
+        n
+        for n, m in model.named_modules(remove_duplicate=False)
+        if n and callable(getattr(m, "export_form", None))
+    ]
+    if not names:
+        return model
+    lowered = copy_model(model)
+    done: list[str] = []
+    for name in names:
+        if any(name.startswith(prefix + ".") for prefix in done):
+            continue  # inside a layer already replaced
+        lowered.set_submodule(name, lowered.get_submodule(name).export_form())
+        done.append(name)
+    return lowered
+
+
 def onnx_bytes(
     model: nn.Module,
     args: tuple[Tensor, ...],
@@ -126,6 +153,7 @@ def onnx_bytes(
     dynamic: bool = True,
     exporter: str = "dynamo",
     input_names: Sequence[str] | None = None,
+    export_forms: bool = True,
 ) -> bytes:
     """The ONNX file of ``model`` called as ``model(*args, **kwargs)``, as bytes (nothing is written).
 
@@ -140,12 +168,17 @@ def onnx_bytes(
         exporter: one of :data:`ONNX_EXPORTERS`. ``"torchscript"`` takes positional tensors only.
         input_names: names of the graph inputs (default: the ``forward`` argument names for
             ``"dynamo"``, the exporter's ``input.N`` names for ``"torchscript"``).
+        export_forms: export every submodule that offers an ``export_form()`` as what that returns, a
+            standard layer computing the same (:func:`with_export_forms`); ``False`` exports the modules
+            as they are.
 
     Raises:
         ValueError: an unknown ``exporter``, or keyword inputs with ``"torchscript"``.
         Exception: whatever the exporter raises for a model it cannot export.
     """
     names = list(input_names) if input_names is not None else None
+    if export_forms:
+        model = with_export_forms(model)
     with _quiet(), torch.no_grad():
         if exporter == "dynamo":
             shapes = _dynamic_shapes(model, args, kwargs or {}) if dynamic else None

@@ -132,6 +132,27 @@ class PadShortcut(nn.Module):
         """Show the widths and stride in ``print(model)``."""
         return f"{self.in_planes}->{self.planes}, stride={self.stride}"
 
+    def export_form(self) -> nn.Conv2d:
+        """The same map as a fixed 1×1 convolution of stride ``stride`` (0/1 weights, no bias), for export.
+
+        ONNX Runtime runs convolutions in its blocked (NCHWc) layout, with the residual Add and the ReLU
+        fused into the block's last convolution; this layer's index selection exports as Slice, Gather and
+        Mul, which that layout does not cover, so from the first downsampling block on the runtime reorders
+        the tensors out of the layout and back around every residual add (``benchmarks/speedup.md``). As a
+        convolution the shortcut stays in the layout. The outputs are the same for finite inputs (each is
+        ``1 · x`` plus zeros); the convolution's few weights (``planes × in_planes``) are constants of
+        the map, not trainable parameters. :func:`prunelab.metrics.speed.onnx_bytes` uses this.
+        """
+        conv = nn.Conv2d(
+            self.in_planes, self.planes, 1, stride=self.stride, bias=False, device=self.source.device
+        )
+        conv.weight.requires_grad_(False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            rows = (self.source >= 0).nonzero().flatten()
+            conv.weight[rows, self.source[rows], 0, 0] = 1.0
+        return conv.train(self.training)
+
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut, then ReLU.
