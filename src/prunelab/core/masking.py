@@ -256,6 +256,26 @@ def _reparam_prefixes(module_name: str, module: nn.Module) -> list[tuple[str, se
     return out
 
 
+def _plain_entries(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """The ``(key, tensor)`` pairs of :func:`plain_state_dict`, uncopied: the one walk behind it and
+    :func:`plain_shapes` (parametrized tensors as their effective value, reparametrization internals kept)."""
+    parametrized: set[str] = set()
+    internals: list[tuple[str, set[str]]] = []
+    for module_name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            prefix = f"{module_name}." if module_name else ""
+            for name in module.parametrizations:  # type: ignore[union-attr]
+                with torch.no_grad():  # the effective value; not yielded inside: no_grad would leak out
+                    value = getattr(module, name)
+                yield prefix + name, value
+                parametrized.add(prefix + "parametrizations." + name + ".")
+            internals.extend(_reparam_prefixes(module_name, module))
+    for key, value in model.state_dict(keep_vars=True).items():
+        keep_internal = any(key.startswith(p) and key not in masks for p, masks in internals)
+        if isinstance(value, Tensor) and (keep_internal or not any(key.startswith(p) for p in parametrized)):
+            yield key, value
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's state_dict as it would be after :func:`bake`: effective tensors under plain names.
 
@@ -270,24 +290,9 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     model's own state_dict keys; :func:`load_plain_state_dict` restores them exactly and skips them when
     the target model lacks that reparametrization. Masks are never included (see :func:`masks_state_dict`).
     """
-    state: dict[str, Tensor] = {}
-    parametrized: set[str] = set()
-    internals: list[tuple[str, set[str]]] = []
-    for module_name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            prefix = f"{module_name}." if module_name else ""
-            for name in module.parametrizations:  # type: ignore[union-attr]
-                state[prefix + name] = getattr(module, name).detach().clone()
-                parametrized.add(prefix + "parametrizations." + name + ".")
-            internals.extend(_reparam_prefixes(module_name, module))
-    for key, value in model.state_dict().items():
-        keep_internal = any(key.startswith(p) and key not in masks for p, masks in internals)
-        if keep_internal or not any(key.startswith(p) for p in parametrized):
-            # A snapshot, not a view: state_dict() tensors share storage with the live parameters, so
-            # without a copy a stored "initial" state would follow training (and rewinding would be a
-            # no-op).
-            state[key] = value.detach().clone()
-    return state
+    # A snapshot, not a view: state_dict() tensors share storage with the live parameters, so without a
+    # copy a stored "initial" state would follow training (and rewinding would be a no-op).
+    return {key: value.detach().clone() for key, value in _plain_entries(model)}
 
 
 def require_real_weights(model: nn.Module, what: str) -> None:
@@ -356,22 +361,7 @@ def plain_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     Parametrized tensors appear under their ordinary key with their effective shape; reparametrization
     internals (see :func:`plain_state_dict`) appear under their own keys.
     """
-    shapes: dict[str, tuple[int, ...]] = {}
-    parametrized: set[str] = set()
-    internals: list[tuple[str, set[str]]] = []
-    for module_name, module in model.named_modules():
-        if parametrize.is_parametrized(module):
-            prefix = f"{module_name}." if module_name else ""
-            for name in module.parametrizations:  # type: ignore[union-attr]
-                with torch.no_grad():
-                    shapes[prefix + name] = tuple(getattr(module, name).shape)
-                parametrized.add(prefix + "parametrizations." + name + ".")
-            internals.extend(_reparam_prefixes(module_name, module))
-    for key, value in model.state_dict(keep_vars=True).items():
-        keep_internal = any(key.startswith(p) and key not in masks for p, masks in internals)
-        if isinstance(value, Tensor) and (keep_internal or not any(key.startswith(p) for p in parametrized)):
-            shapes[key] = tuple(value.shape)
-    return shapes
+    return {key: tuple(value.shape) for key, value in _plain_entries(model)}
 
 
 def state_problems(model: nn.Module, state: Mapping[str, Tensor], strict: bool = True) -> list[str]:
