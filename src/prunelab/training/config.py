@@ -92,13 +92,18 @@ class FastConfig:
         return self.device_data or self.channels_last or self.amp != "none" or self.compile
 
 
-def _fast_from_mapping(values: Mapping[str, Any]) -> FastConfig:
-    known = [f.name for f in dataclasses.fields(FastConfig)]
+def _refuse_unknown(values: Mapping[str, Any], cls: type, where: str) -> None:
+    """Raise for the first key of ``values`` that is not a field of ``cls``, with the closest field named."""
+    known = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
-            raise ConfigError(f"TrainConfig.fast.{key}: unknown option; {hint}")
+            raise ConfigError(f"{where}.{key}: unknown option; {hint}")
+
+
+def _fast_from_mapping(values: Mapping[str, Any]) -> FastConfig:
+    _refuse_unknown(values, FastConfig, "TrainConfig.fast")
     return FastConfig(**dict(values))
 
 
@@ -243,12 +248,7 @@ class TrainConfig:
             ConfigError: for an unknown key (with the closest known name), a missing required key, or an
                 invalid value.
         """
-        known = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known)}"
-                raise ConfigError(f"TrainConfig.{key}: unknown option; {hint}")
+        _refuse_unknown(values, cls, "TrainConfig")
         for required in ("epochs", "lr"):
             if required not in values:
                 raise ConfigError(f"TrainConfig.{required}: missing; it has no default, set it explicitly")
