@@ -3,7 +3,7 @@
 For vgg19 and resnet56 (CIFAR-10 shape, random weights: latency does not depend on the values) this
 removes ``--amount`` of the channels of every coupled group (:func:`prunelab.channels.prune_channels`,
 L1 filter criterion, ``scope="layer"`` by default so that "50 % channels removed" holds in every layer),
-then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on six
+then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on seven
 backends:
 
 * ``eager``: the PyTorch modules as they are;
@@ -17,6 +17,11 @@ backends:
   as the index selection they are in PyTorch (Slice/Gather/Mul, which ONNX Runtime's blocked layout does
   not cover) instead of their fixed 1×1 convolution form (``PadShortcut.export_form``); vgg19 has no such
   layer, so there the two ONNX backends run the same file;
+* ``openvino``: the file of ``onnxruntime`` run by OpenVINO's CPU plugin (a second engine, to tell an ONNX
+  Runtime limit from a limit of the narrow layers themselves): input shape fixed per batch size, float32
+  inference precision (on a CPU with bfloat16 support the plugin would otherwise choose bfloat16), one
+  inference thread, one stream, the latency hint. Optional: ``pip install openvino``; without it the
+  backend is left out and the record says so;
 * ``compile``: ``torch.compile`` (inductor, ``freezing=True`` so weights are constants: prepacked
   oneDNN convolutions, fused pointwise epilogues) of the folded model, one compile per batch size,
   dropped with its reason when the first compile exceeds ``--compile-budget`` seconds.
@@ -54,14 +59,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_name, cpu_timed  # benchmarks/_machine.py, beside this script
+from _machine import cpu_timed  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
 from prunelab.core.inputs import accepted_diff
 from prunelab.core.modules import copy_model
 from prunelab.export import fold_batchnorm
-from prunelab.metrics.latency import interleaved_times
+from prunelab.metrics.latency import interleaved_times, machine
 from prunelab.metrics.speed import (
     ONNX_TOLERANCE,
     onnx_bytes,
@@ -125,7 +130,38 @@ def prepare(dense: nn.Module, small: nn.Module, backends: list[str]) -> dict[str
         out["onnx_export"] = {"dense": built[0][1], "compact": built[1][1], "graph_optimization": str(level)}
     if "onnxruntime_selection" in backends:
         out["sessions_selection"] = [_selection_session(m, x1) for m in folded]
+    if "openvino" in backends:
+        out["openvino"] = [onnx_bytes(m, (x1,), exporter="torchscript", input_names=["x"]) for m in folded]
     return out
+
+
+def _openvino_call(data: bytes, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One OpenVINO CPU inference of the ONNX ``data`` on ``x`` (shape fixed to ``x``'s), checked against
+    ``model`` like the ONNX Runtime sessions are."""
+    import openvino
+
+    core = openvino.Core()
+    with tempfile.TemporaryDirectory(prefix="compacted-speed-ov-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(data)
+        graph = core.read_model(str(path))
+    graph.reshape({"x": list(x.shape)})
+    config = {
+        "INFERENCE_NUM_THREADS": 1,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    compiled = core.compile_model(graph, "CPU", config)
+    request = compiled.create_infer_request()
+    feed = {0: x.numpy()}
+    output = compiled.output(0)
+    with torch.no_grad():
+        want = model(x)
+    diff = float(abs(request.infer(feed)[output] - want.numpy()).max())
+    if diff > accepted_diff(ONNX_TOLERANCE, [want]):
+        raise RuntimeError(f"OpenVINO's outputs differ from the model by {diff:.2e}")
+    return lambda: request.infer(feed)[output]
 
 
 def _selection_session(model: nn.Module, x: torch.Tensor) -> Any:
@@ -169,6 +205,11 @@ def measure(
         feed_x = {"x": x.numpy()}
         fns["onnxruntime_selection"] = [
             lambda s=s: s.run(None, feed_x) for s in prepared["sessions_selection"]
+        ]
+    if prepared.get("openvino"):
+        fns["openvino"] = [
+            _openvino_call(data, m, x)
+            for data, m in zip(prepared["openvino"], prepared["folded"], strict=True)
         ]
     compiled: dict[str, Any] = {}
     if "compile" in backends and not compile_state.get("skipped"):
@@ -299,6 +340,7 @@ def main() -> None:
             "eager_folded_cl",
             "onnxruntime",
             "onnxruntime_selection",
+            "openvino",
             "compile",
         ],
     )
@@ -316,7 +358,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.profile:
-        profile: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "models": {}}
+        profile: dict[str, Any] = {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "machine": machine(),
+            "models": {},
+        }
         profile["load_avg_before"] = list(os.getloadavg())
         for name in args.models:
             dense, small, info = build_pair(name, args.amount, args.scope)
@@ -339,7 +385,7 @@ def main() -> None:
     record: dict[str, Any] = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {
-            "cpu": cpu_name(),
+            **machine(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -359,6 +405,14 @@ def main() -> None:
         record["machine"]["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         args.backends = [b for b in args.backends if not b.startswith("onnxruntime")]
+    try:
+        import openvino
+
+        record["machine"]["openvino"] = openvino.__version__
+    except ImportError:
+        if "openvino" in args.backends:
+            record["machine"]["openvino"] = "not installed: backend left out (pip install openvino)"
+            args.backends.remove("openvino")
     compile_state: dict[str, Any] = {}
     start = time.perf_counter()
     for name in args.models:
