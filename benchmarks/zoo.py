@@ -42,18 +42,14 @@ TESTS = REPO / "tests"
 sys.path[:0] = [str(TESTS / "zoo"), str(TESTS)]
 
 AMOUNT = 0.3
-EXTRA = {  # benchmark-only entries (not in the zoo test): Torch-Pruning's graph search does not end on them
-    "timm-rexnet_100": ("timm:rexnet_100", (3, 32, 32), "head.fc"),
-}
 
 
 def _entries() -> list[tuple[str, str]]:
-    """``(key, kind)`` for every model: ``zoo`` (tests/zoo/zoo_models.py), ``extra``, ``construct``."""
+    """``(key, kind)`` for every model: ``zoo`` (tests/zoo/zoo_models.py) or ``construct``."""
     from constructs import CONSTRUCTS
     from zoo_models import ZOO
 
-    out = [(e.id, "zoo") for e in ZOO] + [(k, "extra") for k in EXTRA]
-    return out + [(f"construct-{name}", "construct") for name in CONSTRUCTS]
+    return [(e.id, "zoo") for e in ZOO] + [(f"construct-{name}", "construct") for name in CONSTRUCTS]
 
 
 def _build(key: str) -> tuple[Any, Any, str, str]:
@@ -64,9 +60,9 @@ def _build(key: str) -> tuple[Any, Any, str, str]:
         name = key[len("construct-") :]
         model, inputs = CONSTRUCTS[name]()
         return model, inputs, HEADS[name][0], f"construct:{name}"
-    from zoo_models import BY_ID, ZooModel, build
+    from zoo_models import BY_ID, build
 
-    entry = BY_ID.get(key) or ZooModel(*EXTRA[key])
+    entry = BY_ID[key]
     model, inputs = build(entry)
     return model, inputs, entry.head, entry.builder
 
@@ -347,8 +343,6 @@ def collect(directory: Path, out: Path, wall: float | None) -> None:
 def _builder_name(key: str) -> str:
     if key.startswith("construct-"):
         return f"construct:{key[len('construct-') :]}"
-    if key in EXTRA:
-        return EXTRA[key][0]
     from zoo_models import BY_ID
 
     return BY_ID[key].builder

@@ -42,6 +42,7 @@ group_norm                prunes, runs; not equal to zero-masking (norm statisti
 custom_layer              prunes, equal (its parameters pruned as unwrapped parameters)
 channel_shuffle           **wrong**: runs, but differs from the masked original (0.31)
 linear_mlp                prunes, equal
+partial_residual          **hangs**: its channel-group search does not end (> 17,000 entries in 20 s)
 ========================  ==========================================================
 
 :data:`NORM_STATISTICS` names the two whose pruned model is consistent but cannot equal the zero-masked
@@ -50,6 +51,7 @@ original, because the norm's statistics run over the channels.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +61,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CONSTRUCTS",
+    "HANGS",
     "HEADS",
     "NORM_STATISTICS",
     "REFUSED",
@@ -199,6 +202,31 @@ class ResidualNet(nn.Module):
         x = F.relu(x + self.block1(x))
         x = F.relu(x + self.block2(x))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class PartialResidualNet(nn.Module):
+    """Partial residual (timm's ReXNet): each block widens the stream; the input is added to the first
+    channels of the block's output, which is then concatenated with the rest (``cat([y[:, :c] + x,
+    y[:, c:]])``). Torch-Pruning 1.6.1's search for the channels coupled to the stream never ends here."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 20, 24, 28, 32), num_classes: int = 10) -> None:
+        super().__init__()
+        self.widths = widths
+        self.stem = _cbr(3, widths[0])
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                _cbr(cin, 2 * cout, k=1), nn.Conv2d(2 * cout, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            )
+            for cin, cout in itertools.pairwise(widths)
+        )
+        self.fc = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block, width in zip(self.blocks, self.widths, strict=False):
+            y = block(x)
+            x = torch.cat([y[:, :width] + x, y[:, width:]], dim=1)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 class DepthwiseSeparableNet(nn.Module):
@@ -655,6 +683,7 @@ CONSTRUCTS: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "custom_layer": _make(CustomLayerNet, _image()),
     "channel_shuffle": _make(ChannelShuffleNet, _image()),
     "linear_mlp": _make(MLP, lambda: example_batch(1, 16, 16)),
+    "partial_residual": _make(PartialResidualNet, _image(16)),
 }
 """Construct name → builder of ``(model in eval mode, example inputs)``."""
 
@@ -681,6 +710,7 @@ HEADS: dict[str, tuple[str, ...]] = {
     "custom_layer": ("fc",),
     "channel_shuffle": ("fc",),
     "linear_mlp": ("fc3",),
+    "partial_residual": ("fc",),
 }
 """Construct name → the layers whose outputs are model outputs and stay (the first one is the classifier)."""
 
@@ -701,11 +731,19 @@ REFUSED_WHY: dict[str, str] = {
         "Torch-Pruning 1.6.1 traces the view/transpose permutation as plain reshapes: the pruned model "
         "runs but differs from the original with the removed channels zeroed (max |diff| 0.31)"
     ),
+    "partial_residual": (
+        "Torch-Pruning 1.6.1's search for the channels coupled to the stream keeps revisiting the slice, "
+        "add and concatenation with new channel indices and never ends (MagnitudePruner does not return)"
+    ),
 }
 """Construct name → why Torch-Pruning 1.6.1 cannot prune it (measured by ``tests/zoo/test_constructs.py``)."""
 
 REFUSED: set[str] = set(REFUSED_WHY)
 """Constructs whose channel groups Torch-Pruning 1.6.1 itself cannot handle: expected one-line refusal."""
+
+HANGS: set[str] = {"partial_residual"}
+"""The REFUSED constructs on which Torch-Pruning 1.6.1's group search does not end: its own pruner is not run
+on them (it would not return); ``tests/zoo/test_constructs.py`` shows the search growing instead."""
 
 NORM_STATISTICS: set[str] = {"layernorm_convnext", "group_norm"}
 """Constructs that Torch-Pruning prunes consistently (the pruned model runs, shapes kept) but whose

@@ -465,3 +465,51 @@ def test_fold_shifts_off_skips_the_masked_pass() -> None:
     assert len(calls) == 2  # reference and compacted only
     assert report.shift_max_abs_diff is None and not report.folds_exact and not report.folds_inexact
     assert report.max_abs_diff <= 1e-4
+
+
+def test_a_group_search_that_does_not_end_is_stopped_and_its_channels_stay() -> None:
+    """Torch-Pruning's search for the channels coupled to the stream of a partial residual (timm's ReXNet)
+    does not end; the graph stops it at its budget, refuses that layer in one line, keeps the channels of
+    every layer the search had reached, and finds the other groups, which then prune and verify."""
+    import importlib
+
+    from constructs import CONSTRUCTS
+
+    import prunelab
+
+    graph_module = importlib.import_module("prunelab.surgery.graph")
+    base = graph_module.tp_graph.Group
+    model, x = CONSTRUCTS["partial_residual"]()
+    graph = ChannelGraph(model, x)
+    assert graph_module.tp_graph.Group is base  # Torch-Pruning's own class again afterwards
+    # The first search to run away starts from the last block (Torch-Pruning's order); it had reached the
+    # whole stream: the stem, every block's second conv and their BatchNorms (9 layers besides itself).
+    assert list(graph.refused) == ["blocks.3.1"], graph.refused
+    why = graph.refused["blocks.3.1"]
+    assert "does not end" in why and "\n" not in why and "9 layers it had coupled" in why
+    stream = {"stem.0", *(f"blocks.{i}.1" for i in range(4))}
+    out_members = {m.name for g in graph.groups for m in g.members if m.role == "out"}
+    assert not stream & out_members  # no group removes a channel of the stream
+    assert {g.name for g in graph.groups} == {f"blocks.{i}.0.0" for i in range(4)}  # the inner ones
+    excluded = graph.report()["excluded"]
+    assert "'blocks.3.1', whose channel-group search does not end" in excluded["stem.0"]
+    small, report = prunelab.prune_channels(model, x, 0.5, scope="layer")
+    assert report.surgery.max_abs_diff <= report.surgery.accepted_diff
+    assert report.channels_after < report.channels_before and "blocks.3.1" in report.refused
+    assert small.get_submodule("stem.0").out_channels == 16  # the stream keeps its channels
+
+
+def test_the_search_bound_restores_torch_pruning_after_an_error() -> None:
+    import importlib
+
+    import torch_pruning as tp
+
+    graph_module = importlib.import_module("prunelab.surgery.graph")
+    base = graph_module.tp_graph.Group
+    dg = tp.DependencyGraph().build_dependency(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), torch.zeros(1, 3, 8, 8)
+    )
+    with pytest.raises(RuntimeError, match="inside"), graph_module._bounded_search(dg) as budget:
+        assert graph_module.tp_graph.Group is not base and budget == graph_module.SEARCH_BUDGET_FLOOR
+        raise RuntimeError("inside")
+    assert graph_module.tp_graph.Group is base

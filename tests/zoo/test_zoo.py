@@ -20,7 +20,10 @@ pytest.importorskip("timm")
 import torch
 from constructs import graph_summary
 from zoo_checks import CHECKS, judge, problems, record, run_checks
-from zoo_models import KNOWN_DEFECTS, TP_FAILS, ZOO, build, has_batchnorm
+from zoo_models import KNOWN_DEFECTS, TP_FAILS, TP_HANGS, ZOO, build, has_batchnorm
+
+from prunelab.errors import UnsupportedModelError
+from prunelab.surgery import ChannelGraph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,6 +32,7 @@ def test_zoo_size() -> None:
     assert sum(e.library == "torchvision" for e in ZOO) >= 15
     assert sum(e.library == "timm" for e in ZOO) >= 8
     assert set(TP_FAILS) <= {e.builder for e in ZOO}
+    assert TP_HANGS <= set(TP_FAILS)
 
 
 @pytest.mark.parametrize("entry", ZOO, ids=[e.id for e in ZOO])
@@ -72,3 +76,19 @@ def test_zoo_shape_traces_the_graph_a_batch_of_one_traces(entry: Any) -> None:
     model, _ = build(entry)
     shape = tuple(entry.input_shape)
     assert graph_summary(shape, model) == graph_summary(torch.zeros(1, *shape), model)
+
+
+@pytest.mark.parametrize("entry", ZOO, ids=[e.id for e in ZOO])
+def test_zoo_group_search_bound_stops_only_the_searches_that_do_not_end(entry: Any) -> None:
+    """The graph's bound on Torch-Pruning's group search (8 entries per graph node; the largest zoo group
+    needs 1.6) stops a search on the models where it does not end, and on no other."""
+    torch.manual_seed(0)
+    model, inputs = build(entry)
+    try:
+        graph = ChannelGraph(model, inputs, head=entry.head)
+    except UnsupportedModelError:
+        assert entry.builder in TP_FAILS
+        return
+    stopped = [name for name, why in graph.refused.items() if "does not end" in why]
+    assert bool(stopped) == (entry.builder in TP_HANGS), graph.refused
+    assert graph.groups  # the other groups are found

@@ -72,7 +72,7 @@ ZOO: list[ZooModel] = [
     ZooModel(
         TV + "vgg11_bn", (3, 32, 32), "classifier.6", unstructured_exclude=("classifier.0", "classifier.3")
     ),
-    # timm (11)
+    # timm (12)
     ZooModel(TM + "resnet18", (3, 32, 32), "fc"),
     ZooModel(TM + "efficientnet_b0", (3, 32, 32), "classifier"),
     ZooModel(TM + "mobilenetv3_small_100", (3, 32, 32), "classifier"),
@@ -84,6 +84,7 @@ ZOO: list[ZooModel] = [
     ZooModel(TM + "cspresnet50", (3, 32, 32), "head.fc"),
     ZooModel(TM + "mixnet_s", (3, 32, 32), "classifier"),
     ZooModel(TM + "repvgg_a0", (3, 32, 32), "head.fc"),
+    ZooModel(TM + "rexnet_100", (3, 32, 32), "head.fc"),
 ]
 """The zoo, torchvision first."""
 
@@ -93,9 +94,15 @@ TP_FAILS: dict[str, str] = {
     "torchvision:shufflenet_v2_x0_5": "ZeroDivisionError at the channel shuffle (view/transpose)",
     "timm:cspresnet50": "IndexError: index 256 is out of bounds for dimension 0 with size 256",
     "timm:mixnet_s": "RuntimeError: split_with_sizes expects split_sizes to sum exactly to ... (mixed kernel split)",
+    "timm:rexnet_100": "hangs: its channel-group search (DependencyGraph.get_all_groups) does not end",
 }
 """Zoo models Torch-Pruning 1.6.1's MagnitudePruner (L1, ratio 0.3, head ignored) cannot prune: its step or
-the pruned model's forward fails. Measured by ``benchmarks/zoo.py`` (``benchmarks/results/zoo_*.json``)."""
+the pruned model's forward fails, or it does not return. Measured by ``benchmarks/zoo.py``
+(``benchmarks/results/zoo_*.json``)."""
+
+TP_HANGS: set[str] = {"timm:rexnet_100"}
+"""The TP_FAILS models on which Torch-Pruning's channel-group search does not end (more than 9 minutes
+measured): prunelab stops that search (``prunelab.surgery.graph._bounded_search``), on no other model."""
 
 
 KNOWN_DEFECTS: dict[str, dict[str, str]] = {}

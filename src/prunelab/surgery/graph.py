@@ -26,6 +26,14 @@ group: its channels can only be removed in *periodic* sets — the same position
 :attr:`ChannelGroup.divisions` blocks — so every conv group or norm group keeps the same width.
 A model Torch-Pruning cannot trace, and a layer type it couples but the surgery cannot verify
 (embeddings, recurrent and attention layers), give a one-line :class:`~prunelab.errors.UnsupportedModelError`.
+
+Torch-Pruning's search for the channels coupled to one layer can fail to end: on timm's ``rexnet_100``
+(a residual added to a slice of the channels, then concatenated with the rest) it keeps revisiting the
+same layers with new channel indices, and its group grows without bound (20,000 entries after 25 s,
+each check scanning the whole group). Every search here is bounded (:func:`_bounded_search`): one that
+adds more than :data:`SEARCH_BUDGET_PER_NODE` entries per graph node (the largest group of the 27 zoo
+models needs 1.6) is stopped, its layer and every layer it had reached keep their channels, recorded in
+:attr:`ChannelGraph.refused` with the reason, and the other groups are found as usual.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+import torch_pruning.dependency.graph as tp_graph
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
@@ -285,6 +294,55 @@ def _tp_input(model: nn.Module, example: ExampleInputs) -> Any:
     return args[0] if len(args) == 1 else args
 
 
+#: A channel-group search that adds more than this many entries per node of the dependency graph (and
+#: more than :data:`SEARCH_BUDGET_FLOOR`) is taken not to end. The largest group of the 27 zoo models and
+#: 22 constructs needs 1.6 per node (timm's repvgg_a0: 276 entries, 170 nodes); the search that does not
+#: end (timm's rexnet_100) passes 8 per node in about 0.3 s, against 25 s for 20,000 entries.
+SEARCH_BUDGET_PER_NODE = 8
+SEARCH_BUDGET_FLOOR = 1000
+
+
+class _RunawaySearch(Exception):
+    """Torch-Pruning's search from ``root`` added more than ``budget`` entries to its group."""
+
+    def __init__(self, root: Any, reached: list[Any], budget: int) -> None:
+        super().__init__(f"channel-group search passed {budget} entries")
+        self.root = root
+        self.reached = reached  # the modules whose output channels the search had coupled to ``root``
+        self.budget = budget
+
+
+@contextlib.contextmanager
+def _bounded_search(dg: Any, per_node: int = SEARCH_BUDGET_PER_NODE) -> Any:
+    """Inside, every channel-group search of ``dg`` raises :class:`_RunawaySearch` past its budget:
+    ``per_node`` entries per node of ``dg`` (at least :data:`SEARCH_BUDGET_FLOOR`).
+
+    Torch-Pruning's ``get_pruning_group`` collects a group by appending every dependency it reaches to a
+    fresh ``Group`` (``add_dep``), each time after a scan of the whole group, so a search that does not end
+    also slows down quadratically. The class it instantiates is swapped, for the duration, for a subclass
+    that counts its entries; this bounds the search without re-implementing it. (torch-pruning is pinned
+    to the version whose ``get_pruning_group`` this relies on; ``tests/test_surgery_graph.py`` checks it.)
+    Yields the budget.
+    """
+    budget = max(SEARCH_BUDGET_FLOOR, per_node * len(dg.module2node))
+    base = tp_graph.Group
+
+    class BoundedGroup(base):  # type: ignore[misc, valid-type]
+        def add_dep(self, dep: Any, idxs: Any) -> None:
+            entries = self.__dict__.setdefault("_entries", [])
+            entries.append(dep)
+            if len(entries) > budget:
+                reached = [d.target.module for d in entries if dg.is_out_channel_pruning_fn(d.handler)]
+                raise _RunawaySearch(entries[0].target.module, reached, budget)
+            super().add_dep(dep, idxs)
+
+    tp_graph.Group = BoundedGroup
+    try:
+        yield budget
+    finally:
+        tp_graph.Group = base
+
+
 def _trace(model: nn.Module, example: ExampleInputs, pruners: dict[type, Any]) -> tuple[Any, list[str]]:
     """Torch-Pruning's dependency graph of ``model`` and its output layers, from one forward pass.
 
@@ -432,6 +490,7 @@ class ChannelGraph:
         if head is not None:
             check_head_name(model, head)
         self.refused: dict[str, str] = {}
+        self._runaway: dict[str, str] = {}  # layer: the refused layer whose endless search had reached it
         pruners = {
             t: (CoupledShortcutPruner() if getattr(t, "couples_channels", False) else ShortcutPruner())
             for t in channel_mapping_types(model)
@@ -448,8 +507,7 @@ class ChannelGraph:
                 for name in exclude:
                     self.excluded.setdefault(name, "excluded by the caller")
                 modules = dict(model.named_modules())
-                ignored = [modules[n] for n in self.excluded if n in modules]
-                raw = list(self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES))
+                raw = self._all_groups([modules[n] for n in self.excluded if n in modules])
             except PrunelabError:
                 raise  # the head search's own one-line errors (the model cannot run, no layer reaches an output)
             except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
@@ -466,11 +524,80 @@ class ChannelGraph:
         self._handlers: dict[str, list[tuple[str, bool, Any, Any, list[tuple[int, int]]]]] = {}
         for group in raw:
             parsed = self._parse(group)
-            if parsed is not None and parsed.name not in self._roots:
-                self.groups.append(parsed)
-                self._roots[parsed.name] = model.get_submodule(parsed.name)
+            if parsed is None or parsed.name in self._roots:
+                continue
+            wrong = self._out_of_range(parsed)
+            if wrong is not None:
+                self.refused[parsed.name] = wrong
+                continue
+            self.groups.append(parsed)
+            self._roots[parsed.name] = model.get_submodule(parsed.name)
         self.groups.sort(key=lambda g: self._order[g.name])
         self.by_name = {g.name: g for g in self.groups}
+
+    def _all_groups(self, ignored: list[nn.Module]) -> list[Any]:
+        """Torch-Pruning's group of every producer not in ``ignored``, each search bounded.
+
+        A search that does not end (:func:`_bounded_search`) is refused: its layer is recorded in
+        :attr:`refused`, and it and the layers it had coupled to it join ``ignored`` (they share its
+        channels, so a search from any of them would not end either, and a group holding one of them is
+        not prunable). The enumeration then starts again; the searches that ended are quick to repeat.
+        """
+        ignored = list(ignored)
+        with _bounded_search(self.dg) as budget:
+            while True:
+                try:
+                    return list(
+                        self.dg.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCER_TYPES)
+                    )
+                except _RunawaySearch as exc:
+                    coupled = [
+                        m for m in dict.fromkeys(exc.reached) if m in self._names and m is not exc.root
+                    ]
+                    ignored.extend([exc.root, *coupled])
+                    root = self._names[exc.root]
+                    self.refused[root] = (
+                        f"Torch-Pruning's search for the channels coupled to this layer does not end (stopped "
+                        f"after {budget} entries, {SEARCH_BUDGET_PER_NODE} per graph node); its channels stay"
+                        + (
+                            f", and so do those of the {len(coupled)} layers it had coupled to it"
+                            if coupled
+                            else ""
+                        )
+                    )
+                    for module in coupled:
+                        self._runaway[self._names[module]] = root
+
+    def _out_of_range(self, group: ChannelGroup) -> str | None:
+        """Why ``group`` maps a channel past the end of a member, or None when every index fits.
+
+        Torch-Pruning's index mappings around some slice/concatenation patterns (timm's ``rexnet_100``)
+        produce indices a layer does not have; such a group could be neither scored nor removed.
+        """
+        for member in group.members:
+            if not member.pairs:
+                continue
+            if member.kind == "Parameter":
+                width = int(self.model.get_parameter(member.name).shape[member.dim])
+            else:
+                module = self.model.get_submodule(member.name)
+                pruner = self.dg.get_pruner_of_module(module)
+                if pruner is None:
+                    continue
+                width = (
+                    pruner.get_out_channels(module)
+                    if member.role == "out"
+                    else pruner.get_in_channels(module)
+                )
+                if width is None:
+                    continue
+            top = max(i for _, i in member.pairs)
+            if top >= width:
+                return (
+                    f"Torch-Pruning maps a channel of this group to index {top} of {member.name!r} ({member.role}put "
+                    f"channels), which has {width}: a wrong channel mapping; its channels stay"
+                )
+        return None
 
     def _member(self, item: Any) -> tuple[str, str, str, bool, int | None] | None:
         """``(name, kind, role, channel_map, dim)`` of one Torch-Pruning group item, or None for graph ops."""
@@ -611,7 +738,8 @@ class ChannelGraph:
         root = self._roots[name]
         fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
         try:
-            group = self.dg.get_pruning_group(root, fn, sorted(int(c) for c in channels))
+            with _bounded_search(self.dg):
+                group = self.dg.get_pruning_group(root, fn, sorted(int(c) for c in channels))
             group.prune()
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
             raise UnsupportedModelError(
@@ -667,7 +795,11 @@ class ChannelGraph:
                 untouched.append(name)
         excluded = dict(self.excluded)
         for name in untouched:
-            excluded.setdefault(name, "no prunable output channels (only coupled to the input or the head)")
+            if name in self._runaway:
+                why = f"coupled to {self._runaway[name]!r}, whose channel-group search does not end (refused)"
+            else:
+                why = "no prunable output channels (only coupled to the input or the head)"
+            excluded.setdefault(name, why)
         no_bn = [g.name for g in self.groups if not g.bns()]
         return {
             "groups": [g.to_dict() for g in self.groups],
