@@ -513,3 +513,21 @@ def test_the_search_bound_restores_torch_pruning_after_an_error() -> None:
         assert graph_module.tp_graph.Group is not base and budget == graph_module.SEARCH_BUDGET_FLOOR
         raise RuntimeError("inside")
     assert graph_module.tp_graph.Group is base
+
+
+def test_a_group_mapping_a_channel_past_a_members_width_is_named() -> None:
+    """Torch-Pruning's index mappings can point past a layer's channels (timm's rexnet_100, around its
+    slice and concatenation); the graph refuses such a group instead of failing later in scoring."""
+    from dataclasses import replace
+
+    from constructs import CONSTRUCTS
+
+    model, x = CONSTRUCTS["residual_add"]()
+    graph = ChannelGraph(model, x)
+    group = graph.groups[0]
+    assert graph._out_of_range(group) is None
+    member = next(m for m in group.members if m.kind == "Conv2d" and m.role == "in")
+    width = model.get_submodule(member.name).in_channels
+    broken = replace(group, members=[replace(member, pairs=[*member.pairs, (0, width)])])
+    why = graph._out_of_range(broken)
+    assert why is not None and f"index {width} of {member.name!r} (input channels), which has {width}" in why
