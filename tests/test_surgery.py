@@ -23,6 +23,7 @@ from prunelab.surgery import (
     arch_spec,
     check_equivalence,
     compact,
+    find_unremovable,
     zero_channels,
 )
 from prunelab.surgery.compact import ChannelRemovalError
@@ -531,3 +532,76 @@ def test_a_group_mapping_a_channel_past_a_members_width_is_named() -> None:
     broken = replace(group, members=[replace(member, pairs=[*member.pairs, (0, width)])])
     why = graph._out_of_range(broken)
     assert why is not None and f"index {width} of {member.name!r} (input channels), which has {width}" in why
+
+
+@pytest.mark.parametrize("name", ["split_chunk", "split_sized", "concat_slice_ghost"])
+def test_find_unremovable_names_the_failing_groups_without_tracing_again(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The groups are tried on copies through the graph's own removal (what compact applies), so the
+    search needs no new trace, and the groups it lets pass do remove together and verify."""
+    import importlib
+
+    from constructs import CONSTRUCTS
+
+    graph_module = importlib.import_module("prunelab.surgery.graph")
+    model, x = CONSTRUCTS[name]()
+    graph = ChannelGraph(model, x)
+    traces: list[int] = []
+    trace = graph_module._trace
+    monkeypatch.setattr(graph_module, "_trace", lambda *a, **k: traces.append(1) or trace(*a, **k))
+    bad = find_unremovable(model, graph, x)
+    assert not traces
+    for group, why in bad.items():
+        assert group in graph.by_name and why and "\n" not in why
+    keep = {}
+    for group in graph.groups:
+        if group.name not in bad and group.size > group.divisions:
+            keep[group.name] = torch.ones(group.size, dtype=torch.bool)
+            keep[group.name][group.periodic([0])] = False
+    _, report = compact(model, keep, x, graph=graph)
+    assert report.channels_removed == len(keep) > 0
+    assert report.max_abs_diff <= report.accepted_diff
+
+
+class _GhostResidualNet(nn.Module):
+    """Residual GhostNet blocks (timm's ghostnet): the stream's group reaches consumers that read none of
+    some of its channels (the ghost modules' slices)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from constructs import GhostModule, _cbr
+
+        self.stem = _cbr(3, 16)
+        self.blocks = nn.ModuleList(nn.Sequential(GhostModule(16, 32), GhostModule(32, 16)) for _ in range(2))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_removing_a_channel_some_consumer_does_not_read_compacts() -> None:
+    """A consumer that reads none of the removed channels has nothing to observe or fold (the shift fold
+    once failed there: an empty index, "index_select(): Expected dtype int32 or int64")."""
+    from constructs import calibrate_bn, example_batch, randomize_norms
+
+    torch.manual_seed(0)
+    x = example_batch(3, 16, 16)
+    model = calibrate_bn(randomize_norms(_GhostResidualNet()), x)  # BN shifts != 0: the folding path
+    graph = ChannelGraph(model, x)
+    cases = [
+        (group, channel)
+        for group in graph.groups
+        for member in group.members
+        if member.role == "in" and member.kind in ("Conv2d", "Linear")
+        for channel in sorted(set(range(group.size)) - {c for c, _ in member.pairs})[:1]
+    ]
+    assert cases  # the model has such a consumer
+    for group, channel in cases:
+        keep = {group.name: torch.ones(group.size, dtype=torch.bool)}
+        keep[group.name][channel] = False
+        _, report = compact(model, keep, x, graph=graph)
+        assert report.channels_removed == 1 and report.max_abs_diff <= report.accepted_diff
