@@ -516,9 +516,10 @@ def test_the_search_bound_restores_torch_pruning_after_an_error() -> None:
     assert graph_module.tp_graph.Group is base
 
 
-def test_a_group_mapping_a_channel_past_a_members_width_is_named() -> None:
-    """Torch-Pruning's index mappings can point past a layer's channels (timm's rexnet_100, around its
-    slice and concatenation); the graph refuses such a group instead of failing later in scoring."""
+def test_a_group_whose_mapping_cannot_be_right_is_named() -> None:
+    """Torch-Pruning's index mappings around slices and concatenations can point past a layer's channels
+    (timm's rexnet_100) or leave channels no layer produces (ghostnet_100); the graph refuses such a group
+    instead of failing later in scoring or spending the pruning budget on channels that are not there."""
     from dataclasses import replace
 
     from constructs import CONSTRUCTS
@@ -526,12 +527,16 @@ def test_a_group_mapping_a_channel_past_a_members_width_is_named() -> None:
     model, x = CONSTRUCTS["residual_add"]()
     graph = ChannelGraph(model, x)
     group = graph.groups[0]
-    assert graph._out_of_range(group) is None
+    assert graph._mismatch(group) is None
     member = next(m for m in group.members if m.kind == "Conv2d" and m.role == "in")
     width = model.get_submodule(member.name).in_channels
     broken = replace(group, members=[replace(member, pairs=[*member.pairs, (0, width)])])
-    why = graph._out_of_range(broken)
+    why = graph._mismatch(broken)
     assert why is not None and f"index {width} of {member.name!r} (input channels), which has {width}" in why
+    # A channel no layer produces (timm's ghostnet_100, mixnet_s): removing it would remove nothing.
+    phantom = replace(group, size=group.size + 1)
+    why = graph._mismatch(phantom)
+    assert why is not None and f"maps only {group.size} of this group's {group.size + 1} channels" in why
 
 
 @pytest.mark.parametrize("name", ["split_chunk", "split_sized", "concat_slice_ghost"])

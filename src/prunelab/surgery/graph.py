@@ -33,7 +33,10 @@ same layers with new channel indices, and its group grows without bound (20,000 
 each check scanning the whole group). Every search here is bounded (:func:`_bounded_search`): one that
 adds more than :data:`SEARCH_BUDGET_PER_NODE` entries per graph node (the largest group of the 27 zoo
 models needs 1.6) is stopped, its layer and every layer it had reached keep their channels, recorded in
-:attr:`ChannelGraph.refused` with the reason, and the other groups are found as usual.
+:attr:`ChannelGraph.refused` with the reason, and the other groups are found as usual. Around the same
+constructs a search can end with a mapping that cannot be right (a channel mapped past the end of a layer,
+or channels no layer produces: ``ghostnet_100``, ``mixnet_s``); such a group is refused the same way when
+it is parsed (``ChannelGraph._mismatch``), before any removal is tried.
 """
 
 from __future__ import annotations
@@ -526,7 +529,7 @@ class ChannelGraph:
             parsed = self._parse(group)
             if parsed is None or parsed.name in self._roots:
                 continue
-            wrong = self._out_of_range(parsed)
+            wrong = self._mismatch(parsed)
             if wrong is not None:
                 self.refused[parsed.name] = wrong
                 continue
@@ -568,15 +571,20 @@ class ChannelGraph:
                     for module in coupled:
                         self._runaway[self._names[module]] = root
 
-    def _out_of_range(self, group: ChannelGroup) -> str | None:
-        """Why ``group`` maps a channel past the end of a member, or None when every index fits.
+    def _mismatch(self, group: ChannelGroup) -> str | None:
+        """Why Torch-Pruning's mapping of ``group`` cannot be right, or None when it is consistent.
 
-        Torch-Pruning's index mappings around some slice/concatenation patterns (timm's ``rexnet_100``)
-        produce indices a layer does not have; such a group could be neither scored nor removed.
+        Two signs, both seen around slices and concatenations (timm's ``rexnet_100`` and ``ghostnet_100``):
+        a channel mapped to an index past the end of a layer (the group could be neither scored nor
+        removed), and a channel that no layer produces (removing it would remove nothing, so a criterion
+        that ranks it first would spend the pruning budget on it).
         """
+        produced: set[int] = set()
         for member in group.members:
             if not member.pairs:
                 continue
+            if member.role == "out":
+                produced.update(c for c, _ in member.pairs)
             if member.kind == "Parameter":
                 width = int(self.model.get_parameter(member.name).shape[member.dim])
             else:
@@ -597,6 +605,11 @@ class ChannelGraph:
                     f"Torch-Pruning maps a channel of this group to index {top} of {member.name!r} ({member.role}put "
                     f"channels), which has {width}: a wrong channel mapping; its channels stay"
                 )
+        if len(produced) < group.size:
+            return (
+                f"Torch-Pruning maps only {len(produced)} of this group's {group.size} channels to a layer that "
+                "produces them: a wrong channel mapping; its channels stay"
+            )
         return None
 
     def _member(self, item: Any) -> tuple[str, str, str, bool, int | None] | None:
