@@ -92,6 +92,11 @@ class ChannelRemovalError(UnsupportedModelError):
         )
 
 
+#: How a removal that cannot work shows: a wrong result, Torch-Pruning's refusal, or the compacted model
+#: failing to run (wrong widths).
+_REMOVAL_FAILURES = (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError)
+
+
 @dataclass
 class SurgeryReport:
     """What one surgery did and how it was verified.
@@ -608,7 +613,7 @@ def compact(
     removed = _removed(graph, keep, min_keep)
     try:
         return _compact(model, graph, removed, example_inputs, batch, tolerance, fold_shifts)
-    except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+    except _REMOVAL_FAILURES as exc:
         # A given graph checked the weights when it was traced; if they went bad since (NaN/inf from a
         # diverged training run, reaching the outputs), that is the reason, not the surgery.
         require_real_weights(model, "compact")
@@ -673,7 +678,7 @@ def find_unremovable(
             graph.remove(work, trial)
             reference = _Reference(zeroed, _norm_keeps(zeroed, graph.groups, trial))
             check_equivalence(reference, work, x, tolerance)
-        except (SurgeryMismatchError, UnsupportedModelError, RuntimeError, ValueError, IndexError) as exc:
+        except _REMOVAL_FAILURES as exc:
             bad[name] = _why(exc, graph, name)
             zeroed = copy_model(model).eval()  # without this group's zeroing
             zero_channels(zeroed, graph.groups, done)
