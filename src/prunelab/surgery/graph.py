@@ -31,7 +31,7 @@ Torch-Pruning's search for the channels coupled to one layer can fail to end: on
 (a residual added to a slice of the channels, then concatenated with the rest) it keeps revisiting the
 same layers with new channel indices, and its group grows without bound (20,000 entries after 25 s,
 each check scanning the whole group). Every search here is bounded (:func:`_bounded_search`): one that
-adds more than :data:`SEARCH_BUDGET_PER_NODE` entries per graph node (the largest group of the 27 zoo
+adds more than :data:`SEARCH_BUDGET_PER_NODE` entries per graph node (the largest group of the 27 other zoo
 models needs 1.6) is stopped, its layer and every layer it had reached keep their channels, recorded in
 :attr:`ChannelGraph.refused` with the reason, and the other groups are found as usual. Around the same
 constructs a search can end with a mapping that cannot be right (a channel mapped past the end of a layer,
@@ -298,7 +298,7 @@ def _tp_input(model: nn.Module, example: ExampleInputs) -> Any:
 
 
 #: A channel-group search that adds more than this many entries per node of the dependency graph (and
-#: more than :data:`SEARCH_BUDGET_FLOOR`) is taken not to end. The largest group of the 27 zoo models and
+#: more than :data:`SEARCH_BUDGET_FLOOR`) is taken not to end. The largest group of the 27 other zoo models and
 #: 22 constructs needs 1.6 per node (timm's repvgg_a0: 276 entries, 170 nodes); the search that does not
 #: end (timm's rexnet_100) passes 8 per node in about 0.3 s, against 25 s for 20,000 entries.
 SEARCH_BUDGET_PER_NODE = 8
