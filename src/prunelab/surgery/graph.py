@@ -323,8 +323,10 @@ def _bounded_search(dg: Any, per_node: int = SEARCH_BUDGET_PER_NODE) -> Any:
     Torch-Pruning's ``get_pruning_group`` collects a group by appending every dependency it reaches to a
     fresh ``Group`` (``add_dep``), each time after a scan of the whole group, so a search that does not end
     also slows down quadratically. The class it instantiates is swapped, for the duration, for a subclass
-    that counts its entries; this bounds the search without re-implementing it. (torch-pruning is pinned
-    to the version whose ``get_pruning_group`` this relies on; ``tests/test_surgery_graph.py`` checks it.)
+    that counts its entries; this bounds the search without re-implementing it. Torch-Pruning used from
+    another thread at the same time would see the subclass too (prunelab builds its graphs on one thread).
+    torch-pruning is pinned to the version whose ``get_pruning_group`` this relies on
+    (``tests/test_surgery.py`` and ``tests/zoo/test_constructs.py`` check the bound and the restore).
     Yields the budget.
     """
     budget = max(SEARCH_BUDGET_FLOOR, per_node * len(dg.module2node))
