@@ -563,7 +563,8 @@ class ChannelGraph:
                     root = self._names[exc.root]
                     self.refused[root] = (
                         f"Torch-Pruning's search for the channels coupled to this layer does not end (stopped "
-                        f"after {budget} entries, {SEARCH_BUDGET_PER_NODE} per graph node); its channels stay"
+                        f"after {budget} entries: {SEARCH_BUDGET_PER_NODE} per graph node, at least "
+                        f"{SEARCH_BUDGET_FLOOR}); its channels stay"
                         + (
                             f", and so do those of the {len(coupled)} layers it had coupled to it"
                             if coupled
