@@ -63,7 +63,7 @@ from _machine import cpu_timed  # benchmarks/_machine.py, beside this script
 
 from prunelab._io import atomic_write_json
 from prunelab.channels import prune_channels
-from prunelab.core.inputs import accepted_diff
+from prunelab.core.inputs import accepted_diff, max_abs_diff
 from prunelab.core.modules import copy_model
 from prunelab.export import fold_batchnorm
 from prunelab.metrics.latency import interleaved_times, machine
@@ -156,12 +156,17 @@ def _openvino_call(data: bytes, model: nn.Module, x: torch.Tensor) -> Callable[[
     request = compiled.create_infer_request()
     feed = {0: x.numpy()}
     output = compiled.output(0)
+    _check_engine("OpenVINO", model, x, request.infer(feed)[output])
+    return lambda: request.infer(feed)[output]
+
+
+def _check_engine(engine: str, model: nn.Module, x: torch.Tensor, got: np.ndarray) -> None:
+    """Raise unless ``got``, an engine's output on ``x``, is ``model``'s within the ONNX tolerance."""
     with torch.no_grad():
         want = model(x)
-    diff = float(abs(request.infer(feed)[output] - want.numpy()).max())
+    diff, where = max_abs_diff([want], [torch.from_numpy(got)])
     if diff > accepted_diff(ONNX_TOLERANCE, [want]):
-        raise RuntimeError(f"OpenVINO's outputs differ from the model by {diff:.2e}")
-    return lambda: request.infer(feed)[output]
+        raise RuntimeError(f"{engine}'s outputs differ from the model by {diff:.2e} ({where})")
 
 
 def _selection_session(model: nn.Module, x: torch.Tensor) -> Any:
@@ -169,11 +174,7 @@ def _selection_session(model: nn.Module, x: torch.Tensor) -> Any:
     data = onnx_bytes(model, (x,), exporter="torchscript", input_names=["x"], export_forms=False)
     session = onnx_runtime_session(data)
     probe = torch.cat([x, -x])
-    with torch.no_grad():
-        want = model(probe)
-    diff = float(abs(session.run(None, {"x": probe.numpy()})[0] - want.numpy()).max())
-    if diff > accepted_diff(ONNX_TOLERANCE, [want]):
-        raise RuntimeError(f"the export without export forms differs from the model by {diff:.2e}")
+    _check_engine("ONNX Runtime (no export forms)", model, probe, session.run(None, {"x": probe.numpy()})[0])
     return session
 
 

@@ -521,23 +521,21 @@ class ChannelGraph:
                     f"{_construct(exc)} ({type(exc).__name__}: {_one_line(exc)}); prune it with masks "
                     "(prunelab.prune), or exclude the layers around that construct"
                 ) from None
-        self.groups: list[ChannelGroup] = []
-        self._roots: dict[str, nn.Module] = {}
         self._ops: dict[str, list[str]] = {}
         # Per group, Torch-Pruning's handler for each module/parameter of the model it touches, with the
         # (group channel, index) pairs it removes: what :meth:`remove` replays on a copy of the model.
         self._handlers: dict[str, list[tuple[str, bool, Any, Any, list[tuple[int, int]]]]] = {}
+        self.by_name: dict[str, ChannelGroup] = {}
         for group in raw:
             parsed = self._parse(group)
-            if parsed is None or parsed.name in self._roots:
+            if parsed is None or parsed.name in self.by_name:
                 continue
             wrong = self._mismatch(parsed)
             if wrong is not None:
                 self.refused[parsed.name] = wrong
                 continue
-            self.groups.append(parsed)
-            self._roots[parsed.name] = model.get_submodule(parsed.name)
-        self.groups.sort(key=lambda g: self._order[g.name])
+            self.by_name[parsed.name] = parsed
+        self.groups: list[ChannelGroup] = sorted(self.by_name.values(), key=lambda g: self._order[g.name])
         self.by_name = {g.name: g for g in self.groups}
 
     def _all_groups(self, ignored: list[nn.Module]) -> list[Any]:
@@ -742,26 +740,6 @@ class ChannelGraph:
         if group is not None:
             self.groups.remove(group)
         self.refused[name] = reason
-
-    def prune(self, name: str, channels: Sequence[int]) -> None:
-        """Physically remove ``channels`` (indices in the group's current channel order) of group ``name``.
-
-        Raises:
-            UnsupportedModelError: Torch-Pruning fails on this group (one line, naming it).
-        """
-        if not channels:
-            return
-        root = self._roots[name]
-        fn = tp.prune_linear_out_channels if isinstance(root, nn.Linear) else tp.prune_conv_out_channels
-        try:
-            with _bounded_search(self.dg):
-                group = self.dg.get_pruning_group(root, fn, sorted(int(c) for c in channels))
-            group.prune()
-        except Exception as exc:  # noqa: BLE001 - Torch-Pruning's own failure, said in one line
-            raise UnsupportedModelError(
-                f"Torch-Pruning cannot remove channels of group {name!r} ({type(exc).__name__}: {_one_line(exc)}); "
-                f"exclude it (exclude=[{name!r}])"
-            ) from None
 
     def remove(self, target: nn.Module, removed: Mapping[str, Sequence[int]]) -> None:
         """Physically remove channels from ``target``, a copy of the traced model (same module names).
