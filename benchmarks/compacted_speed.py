@@ -3,7 +3,7 @@
 For vgg19 and resnet56 (CIFAR-10 shape, random weights: latency does not depend on the values) this
 removes ``--amount`` of the channels of every coupled group (:func:`prunelab.channels.prune_channels`,
 L1 filter criterion, ``scope="layer"`` by default so that "50 % channels removed" holds in every layer),
-then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on seven
+then times the dense and the compacted model side by side on one thread, at batch 1 and 64, on eight
 backends:
 
 * ``eager``: the PyTorch modules as they are;
@@ -22,6 +22,9 @@ backends:
   inference precision (on a CPU with bfloat16 support the plugin would otherwise choose bfloat16), one
   inference thread, one stream, the latency hint. Optional: ``pip install openvino``; without it the
   backend is left out and the record says so;
+* ``mnn``: the same file converted by MNN's ``mnnconvert`` and run by MNN's CPU backend (a third engine,
+  with its own kernels for narrow layers: 4-channel packed layouts), float32 (``precision: high``), one
+  thread. Optional: ``pip install mnn``; without it the backend is left out and the record says so;
 * ``compile``: ``torch.compile`` (inductor, ``freezing=True`` so weights are constants: prepacked
   oneDNN convolutions, fused pointwise epilogues) of the folded model, one compile per batch size,
   dropped with its reason when the first compile exceeds ``--compile-budget`` seconds.
@@ -47,6 +50,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,9 +134,57 @@ def prepare(dense: nn.Module, small: nn.Module, backends: list[str]) -> dict[str
         out["onnx_export"] = {"dense": built[0][1], "compact": built[1][1], "graph_optimization": str(level)}
     if "onnxruntime_selection" in backends:
         out["sessions_selection"] = [_selection_session(m, x1) for m in folded]
-    if "openvino" in backends:
-        out["openvino"] = [onnx_bytes(m, (x1,), exporter="torchscript", input_names=["x"]) for m in folded]
+    if "openvino" in backends or "mnn" in backends:
+        out["onnx_files"] = [onnx_bytes(m, (x1,), exporter="torchscript", input_names=["x"]) for m in folded]
+    if "mnn" in backends:
+        out["mnn"] = [_mnn_convert(data) for data in out["onnx_files"]]
     return out
+
+
+def _mnn_convert(data: bytes) -> bytes:
+    """The ONNX ``data`` converted to an MNN model by the ``mnnconvert`` tool of the ``mnn`` package."""
+    tool = Path(sys.executable).with_name("mnnconvert")
+    with tempfile.TemporaryDirectory(prefix="compacted-speed-mnn-") as tmp:
+        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.mnn"
+        src.write_bytes(data)
+        done = subprocess.run(
+            [
+                str(tool),
+                "-f",
+                "ONNX",
+                "--modelFile",
+                str(src),
+                "--MNNModel",
+                str(dst),
+                "--bizCode",
+                "prunelab",
+            ],
+            check=False,  # the failure is raised below with the tool's message
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode or not dst.exists():
+            raise RuntimeError(f"mnnconvert failed: {(done.stdout + done.stderr).strip()[-300:]}")
+        return dst.read_bytes()
+
+
+def _mnn_call(data: bytes, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One MNN CPU inference of the MNN model ``data`` on ``x`` (float32, one thread), checked against
+    ``model`` like the other engines."""
+    import MNN
+
+    runtime = MNN.nn.create_runtime_manager(({"backend": "CPU", "precision": "high", "numThread": 1},))
+    with tempfile.TemporaryDirectory(prefix="compacted-speed-mnn-") as tmp:
+        path = Path(tmp) / "model.mnn"
+        path.write_bytes(data)
+        net = MNN.nn.load_module_from_file(str(path), ["x"], [], runtime_manager=runtime)
+    feed = [MNN.expr.const(x.numpy().copy(), list(x.shape), MNN.expr.NCHW)]
+
+    def call() -> np.ndarray:
+        return np.asarray(net.forward(feed)[0].read())
+
+    _check_engine("MNN", model, x, call().reshape(x.shape[0], -1))
+    return call
 
 
 def _openvino_call(data: bytes, model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -207,10 +259,14 @@ def measure(
         fns["onnxruntime_selection"] = [
             lambda s=s: s.run(None, feed_x) for s in prepared["sessions_selection"]
         ]
-    if prepared.get("openvino"):
+    if "openvino" in backends:
         fns["openvino"] = [
             _openvino_call(data, m, x)
-            for data, m in zip(prepared["openvino"], prepared["folded"], strict=True)
+            for data, m in zip(prepared["onnx_files"], prepared["folded"], strict=True)
+        ]
+    if "mnn" in backends:
+        fns["mnn"] = [
+            _mnn_call(data, m, x) for data, m in zip(prepared["mnn"], prepared["folded"], strict=True)
         ]
     compiled: dict[str, Any] = {}
     if "compile" in backends and not compile_state.get("skipped"):
@@ -342,6 +398,7 @@ def main() -> None:
             "onnxruntime",
             "onnxruntime_selection",
             "openvino",
+            "mnn",
             "compile",
         ],
     )
@@ -393,6 +450,9 @@ def main() -> None:
             "load_avg_before": list(os.getloadavg()),
         },
         "threads": torch.get_num_threads(),
+        # Set outside the script, and read by the engines: the thread count, and the instruction set that
+        # oneDNN (PyTorch's and OpenVINO's convolutions) may use.
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "amount": args.amount,
         "scope": args.scope,
         "criterion": "l1_filter",
@@ -414,6 +474,14 @@ def main() -> None:
         if "openvino" in args.backends:
             record["machine"]["openvino"] = "not installed: backend left out (pip install openvino)"
             args.backends.remove("openvino")
+    try:
+        import MNN
+
+        record["machine"]["mnn"] = MNN.version()
+    except ImportError:
+        if "mnn" in args.backends:
+            record["machine"]["mnn"] = "not installed: backend left out (pip install mnn)"
+            args.backends.remove("mnn")
     compile_state: dict[str, Any] = {}
     start = time.perf_counter()
     for name in args.models:
