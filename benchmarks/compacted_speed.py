@@ -40,6 +40,10 @@ Usage::
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compacted_speed.py                 # both models, ~8 min
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compacted_speed.py --models resnet56 --repeats 5
 
+With ``--data-dir DIR`` each model's registered CIFAR-10 weights (``resnet56_cifar10``, ...) are pruned
+instead of random ones: the same latency per layer width, but the widths a global ranking leaves are those
+of a trained network.
+
 Output: ``benchmarks/results/compacted_speed.json`` (``--out``).
 """
 
@@ -79,6 +83,7 @@ from prunelab.metrics.speed import (
     with_export_forms,
 )
 from prunelab.models import build_model
+from prunelab.models.pretrained import build_pretrained
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compacted_speed.json"
 SHAPE = (3, 32, 32)
@@ -86,10 +91,20 @@ TARGET = {1: 0.75, 64: 0.9}
 """Issue 15's target: measured speed-up >= this share of the MACs ratio, per batch size."""
 
 
-def build_pair(name: str, amount: float, scope: str) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """The dense zoo model (seeded random weights) and its compacted copy, both in eval mode."""
+def build_pair(
+    name: str, amount: float, scope: str, data_dir: str | None = None
+) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The dense zoo model and its compacted copy, both in eval mode.
+
+    The weights are seeded random ones, or with ``data_dir`` the registered CIFAR-10 weights of ``name``
+    (``<name>_cifar10``) from ``data_dir/weights``: latency does not depend on the values, but which
+    channels the criterion removes (with ``scope="global"``: how many per layer) does.
+    """
     torch.manual_seed(0)
-    dense = build_model(name, num_classes=10, input_shape=SHAPE).eval()
+    if data_dir is None:
+        dense = build_model(name, num_classes=10, input_shape=SHAPE).eval()
+    else:
+        dense = build_pretrained(f"{name}_cifar10", data_dir=data_dir).eval()
     small, report = prune_channels(dense, SHAPE, amount, criterion="l1_filter", scope=scope)
     small.eval()
     widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
@@ -407,6 +422,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds at batch 64 (x8 at batch 1)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile-budget", type=float, default=90.0)
+    parser.add_argument(
+        "--data-dir",
+        help="prune the registered CIFAR-10 weights of each model (<model>_cifar10) from DIR/weights "
+        "instead of seeded random ones",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
         "--profile",
@@ -423,7 +443,7 @@ def main() -> None:
         }
         profile["load_avg_before"] = list(os.getloadavg())
         for name in args.models:
-            dense, small, info = build_pair(name, args.amount, args.scope)
+            dense, small, info = build_pair(name, args.amount, args.scope, args.data_dir)
             profile["models"][name] = {"macs_ratio": info["macs_ratio"]}
             for bs in args.batches:
                 runs = args.repeats * (8 if bs == 1 else 1)
@@ -456,7 +476,11 @@ def main() -> None:
         "amount": args.amount,
         "scope": args.scope,
         "criterion": "l1_filter",
-        "weights": "random (seeded zoo initialisation); latency does not depend on weight values",
+        "weights": (
+            "random (seeded zoo initialisation); latency does not depend on weight values"
+            if args.data_dir is None
+            else f"pretrained CIFAR-10 weights <model>_cifar10 from {args.data_dir}/weights"
+        ),
         "target": {str(k): v for k, v in TARGET.items()},
         "models": {},
     }
@@ -485,7 +509,7 @@ def main() -> None:
     compile_state: dict[str, Any] = {}
     start = time.perf_counter()
     for name in args.models:
-        dense, small, info = build_pair(name, args.amount, args.scope)
+        dense, small, info = build_pair(name, args.amount, args.scope, args.data_dir)
         prepared = prepare(dense, small, args.backends)
         cells: dict[str, Any] = {}
         for bs in args.batches:
