@@ -375,7 +375,9 @@ def ort_profile(dense: nn.Module, small: nn.Module, bs: int, runs: int) -> dict[
                 if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
                     continue
                 op, ms = e["args"]["op_name"], e["dur"] / 1000 / (runs + 1)
-                if op == "Conv":
+                # FusedConv: a convolution with its activation that ONNX Runtime left in plain NCHW (it
+                # does so for some narrow layers); a convolution all the same.
+                if op in ("Conv", "FusedConv"):
                     convs[e["name"]] = convs.get(e["name"], 0.0) + ms
                 else:
                     others[op] = others.get(op, 0.0) + ms
@@ -389,7 +391,9 @@ def ort_profile(dense: nn.Module, small: nn.Module, bs: int, runs: int) -> dict[
         )
     ]
     groups: dict[str, list[float]] = {}
-    for (wd, wc), td, tc in zip(widths, per["dense"]["convs"], per["compact"]["convs"], strict=False):
+    # Kernels in execution order, matched to the modules in definition order: the same order for these
+    # sequential networks; a count that differs raises rather than pairing the wrong layers.
+    for (wd, wc), td, tc in zip(widths, per["dense"]["convs"], per["compact"]["convs"], strict=True):
         g = groups.setdefault(f"{wd}->{wc}", [0.0, 0.0, 0])
         g[0] += td
         g[1] += tc
