@@ -23,7 +23,7 @@ backends:
   inference thread, one stream, the latency hint. Optional: ``pip install openvino``; without it the
   backend is left out and the record says so;
 * ``mnn``: the same file converted by MNN's ``mnnconvert`` and run by MNN's CPU backend (a third engine,
-  with its own kernels for narrow layers: 4-channel packed layouts), float32 (``precision: high``), one
+  with its own kernels and packed channel layout), float32 (``precision: high``), one
   thread. Optional: ``pip install mnn``; without it the backend is left out and the record says so;
 * ``compile``: ``torch.compile`` (inductor, ``freezing=True`` so weights are constants: prepacked
   oneDNN convolutions, fused pointwise epilogues) of the folded model, one compile per batch size,
